@@ -1,0 +1,252 @@
+"""The one interface every image format offers: virtual size, an allocation map, and ``read()``.
+
+An opened image describes the guest-visible disk as a sequence of :class:`Extent` runs:
+
+* ``DATA``: bytes stored in a file (this image's, or a backing/parent layer's), at ``host_offset``;
+* ``ZERO``: the format says these bytes read as zeros (qcow2 zero clusters, VHDX ZERO/UNMAPPED);
+* ``UNALLOCATED``: nothing is stored anywhere in the chain; reads as zeros.
+
+``read()`` is built on that map, so the converter and the reader can never disagree.  Each format
+implements ``_extents(start, end)`` and, when its data is not plain bytes (qcow2 compressed
+clusters), ``_read_data``.  The base class clips, merges and checks the runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import CorruptImage, TruncatedImage
+
+#: Largest single read() a caller may ask for: reads are bounded so memory is.
+MAX_READ = 256 * 1024 * 1024
+
+
+class Kind(enum.Enum):
+    DATA = "data"
+    ZERO = "zero"
+    UNALLOCATED = "unallocated"
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A run of guest bytes ``[offset, offset + length)`` of one kind."""
+
+    offset: int
+    length: int
+    kind: Kind
+    #: DATA only: where the first byte lives in ``source``'s file (or a format-private descriptor
+    #: when ``compressed``).
+    host_offset: int | None = None
+    #: DATA only: the image whose file holds the bytes (a backing or parent layer); None = this one.
+    source: DiskImage | None = field(default=None, compare=False)
+    #: qcow2 compressed cluster: ``host_offset`` is the cluster's descriptor, not a plain offset,
+    #: and ``inner`` is where this run starts inside the decompressed cluster.
+    compressed: bool = False
+    inner: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def clip(self, start: int, end: int) -> Extent | None:
+        lo, hi = max(self.offset, start), min(self.end, end)
+        if lo >= hi:
+            return None
+        if lo == self.offset and hi == self.end:
+            return self
+        host, inner = self.host_offset, self.inner
+        if self.compressed:
+            inner += lo - self.offset
+        elif host is not None:
+            host += lo - self.offset
+        return Extent(lo, hi - lo, self.kind, host, self.source, self.compressed, inner)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something readable but wrong or suspicious about an image's structure."""
+
+    severity: str          # "error" | "warning" | "info"
+    structure: str
+    offset: int | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "structure": self.structure, "offset": self.offset,
+                "message": self.message}
+
+
+class DiskImage(ABC):
+    """An image file opened read-only."""
+
+    format_name: ClassVar[str] = "?"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = -1
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(self._fd)
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, self.path) from e
+        self.file_size = st.st_size
+        self.problems: list[Problem] = []
+        #: backing file (qcow2) or parent (VHD/VHDX differencing), opened, or None
+        self.backing: DiskImage | None = None
+
+    # -- what every format provides -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def virtual_size(self) -> int:
+        """Size of the disk the guest sees, in bytes."""
+
+    @property
+    def subformat(self) -> str:
+        return ""
+
+    @property
+    def logical_sector_size(self) -> int:
+        return 512
+
+    @abstractmethod
+    def _extents(self, start: int, end: int) -> Iterator[Extent]:
+        """Runs covering at least ``[start, end)`` in ascending order, without gaps."""
+
+    def info(self) -> dict[str, Any]:
+        """Format-specific facts for ``vhdtool info`` (creator, geometry, sizes per reader...)."""
+        return {}
+
+    # -- built on the above ---------------------------------------------------------------------
+    def extents(self, start: int = 0, end: int | None = None) -> Iterator[Extent]:
+        """The allocation map of ``[start, end)``: clipped, merged, checked runs."""
+        end = self.virtual_size if end is None else min(end, self.virtual_size)
+        pos = start
+        pending: Extent | None = None
+        for ext in self._extents(start, end):
+            ext2 = ext.clip(pos, end)
+            if ext2 is None:
+                if ext.end <= pos:
+                    continue
+                break
+            if ext2.offset != pos:
+                raise CorruptImage(self.path, "allocation map", ext2.offset,
+                                   f"internal gap: expected a run at {pos:#x}")
+            pos = ext2.end
+            if pending is not None and _mergeable(pending, ext2):
+                host = pending.host_offset
+                pending = Extent(pending.offset, pending.length + ext2.length, pending.kind, host,
+                                 pending.source)
+            else:
+                if pending is not None:
+                    yield pending
+                pending = ext2
+            if pos >= end:
+                break
+        if pending is not None:
+            yield pending
+        if pos < end:
+            raise CorruptImage(self.path, "allocation map", pos, "allocation map ends early")
+
+    def allocated_bytes(self) -> int:
+        """Guest bytes whose data is stored in this image or its chain."""
+        return sum(e.length for e in self.extents() if e.kind is Kind.DATA)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Guest bytes ``[offset, offset+length)``, clamped to the virtual size."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        if length > MAX_READ:
+            raise ValueError(f"read of {length} bytes exceeds the {MAX_READ}-byte limit")
+        end = min(offset + length, self.virtual_size)
+        if end <= offset:
+            return b""
+        buf = bytearray(end - offset)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def readinto(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` (assumed zeroed) with guest bytes from ``offset``."""
+        mv = memoryview(buf)
+        end = offset + len(mv)
+        for ext in self.extents(offset, end):
+            if ext.kind is not Kind.DATA:
+                continue
+            src = ext.source or self
+            a = ext.offset - offset
+            src._read_data(ext, mv[a:a + ext.length])
+
+    def _read_data(self, ext: Extent, out: memoryview) -> None:
+        """Read a DATA extent stored in this image's file into ``out`` (len == ext.length)."""
+        assert ext.host_offset is not None
+        self._pread_into(ext.host_offset, out, "data")
+
+    # -- file access helpers for the formats ----------------------------------------------------
+    def _pread(self, offset: int, length: int, structure: str) -> bytes:
+        """Read exactly ``length`` bytes of a structure, or raise TruncatedImage."""
+        if offset < 0 or offset + length > self.file_size:
+            raise TruncatedImage(self.path, structure, offset,
+                                 f"needs {length} bytes but the file is {self.file_size} bytes long")
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise TruncatedImage(self.path, structure, offset, "short read")
+        return data
+
+    def _pread_into(self, offset: int, out: memoryview, structure: str) -> None:
+        n = len(out)
+        if offset < 0 or offset + n > self.file_size:
+            raise TruncatedImage(self.path, structure, offset,
+                                 f"needs {n} bytes but the file is {self.file_size} bytes long")
+        done = 0
+        while done < n:
+            got = os.preadv(self._fd, [out[done:]], offset + done)
+            if got <= 0:
+                raise TruncatedImage(self.path, structure, offset + done, "short read")
+            done += got
+
+    def problem(self, severity: str, structure: str, offset: int | None, message: str) -> None:
+        self.problems.append(Problem(severity, structure, offset, message))
+
+    def all_problems(self) -> list[Problem]:
+        out = list(self.problems)
+        if self.backing is not None:
+            out += [Problem(p.severity, f"backing {self.backing.path}: {p.structure}", p.offset,
+                            p.message) for p in self.backing.all_problems()]
+        return out
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self.backing is not None:
+            self.backing.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> DiskImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r} {self.subformat} {self.virtual_size}>"
+
+
+def _mergeable(a: Extent, b: Extent) -> bool:
+    if a.kind is not b.kind or a.end != b.offset:
+        return False
+    if a.kind is not Kind.DATA:
+        return True
+    return (not a.compressed and not b.compressed and a.source is b.source
+            and a.host_offset is not None and b.host_offset is not None
+            and a.host_offset + a.length == b.host_offset)
+
+
+def zero_runs(start: int, end: int, kind: Kind = Kind.UNALLOCATED) -> Extent:
+    return Extent(start, end - start, kind)
