@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -175,3 +176,75 @@ def test_not_a_vhd(tmp_path: Path) -> None:
     p.write_bytes(b"conectix")
     with pytest.raises(FormatError, match="VHD footer"):
         VhdImage(p)
+
+
+# -- dynamic -------------------------------------------------------------------------------------
+
+def qemu_map(path: Path) -> list[tuple[int, int, int]]:
+    """qemu-img map's DATA runs as (guest offset, length, host offset), adjacent runs merged."""
+    out: list[tuple[int, int, int]] = []
+    for r in json.loads(qemu_img("map", "--output=json", "-f", "vpc", path)):
+        if not r["data"]:
+            continue
+        if out and out[-1][0] + out[-1][1] == r["start"] and out[-1][2] + out[-1][1] == r["offset"]:
+            out[-1] = (out[-1][0], out[-1][1] + r["length"], out[-1][2])
+        else:
+            out.append((r["start"], r["length"], r["offset"]))
+    return out
+
+
+def our_map(img) -> list[tuple[int, int, int]]:
+    return [(e.offset, e.length, e.host_offset) for e in img.extents() if e.kind is Kind.DATA]
+
+
+def _dynamic(tmp_path: Path, size: int, runs: list[tuple[int, int]], opts: str = "",
+             name: str = "d.vhd") -> Path:
+    raw = write_pattern(tmp_path / (name + ".raw"), size, runs, seed=len(name))
+    out = tmp_path / name
+    qemu_img("convert", "-f", "raw", "-O", "vpc", *(["-o", opts] if opts else []), raw, out)
+    raw.unlink()
+    return out
+
+
+@needs_qemu
+@pytest.mark.parametrize("opts", ["", "force_size", "subformat=dynamic,force_size"])
+def test_dynamic_reads_and_maps_like_qemu(tmp_path: Path, opts: str) -> None:
+    p = _dynamic(tmp_path, 30 * MiB + 4096,
+                 [(0, 4096), (3 * MiB + 512, 2 * MiB), (20 * MiB, MiB + 4096), (30 * MiB, 4096)],
+                 opts)
+    qemu_io(p, "vpc", "write -P 0x5a 7M 1k", "write -z 3M 64k", "write -P 0x33 29M 4k")
+    assert probe(p) == "vpc"
+    with open_image(p) as img:
+        assert img.subformat == "dynamic"
+        assert_reads_like_qemu(img, p, "vpc", tmp_path)
+        assert our_map(img) == qemu_map(p)
+        info = img.info()
+        assert info["block_size"] == 2 * MiB and info["allocated_blocks"] == 7
+        assert info["bat_entries"] >= -(-img.virtual_size // (2 * MiB))
+        assert info["footer_checksum_ok"] and info["header_checksum_ok"]
+
+
+@needs_qemu
+def test_hyperv_sample(sample, tmp_path: Path) -> None:
+    p = sample("hyperv2012r2-dynamic.vhd")
+    with open_image(p) as img:
+        assert img.virtual_size == 136_365_211_648 == qemu_virtual_size(p, "vpc")
+        assert img.subformat == "dynamic"
+        info = img.info()
+        assert info["creator_app"] == "win " and info["creator_version"] == "6.3"
+        assert info["sizes_by_reader"]["chs"] == 65278 * 16 * 255 * 512
+        assert info["sizes_by_reader"]["qemu"] == img.virtual_size
+        assert our_map(img) == qemu_map(p) == []
+        assert img.read(img.virtual_size - MiB, 2 * MiB) == bytes(MiB)
+        assert not any(pr.severity == "error" for pr in img.problems)
+
+
+def test_bitmap_runs_msb_first() -> None:
+    from formats.vhd import bitmap_runs
+    assert bitmap_runs(b"\xff" * 512, 4096) == [(0, 4096, True)]
+    assert bitmap_runs(bytes(512), 4096) == [(0, 4096, False)]
+    assert bitmap_runs(b"\x80\x00", 16) == [(0, 1, True), (1, 16, False)]
+    assert bitmap_runs(b"\x0f\xf0", 16) == [(0, 4, False), (4, 12, True), (12, 16, False)]
+    assert bitmap_runs(b"\x01", 8) == [(0, 7, False), (7, 8, True)]
+    assert bitmap_runs(b"\x80", 1) == [(0, 1, True)]
+    assert bitmap_runs(b"\xfe\xff", 12) == [(0, 7, True), (7, 8, False), (8, 12, True)]
