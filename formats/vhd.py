@@ -37,7 +37,8 @@ from typing import Any
 
 import construct as cs
 
-from .errors import CorruptImage, FormatError, MissingBackingFile, TruncatedImage, UnsupportedFeature
+from .errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
+                     UnsupportedFeature)
 from .image import DiskImage, Extent, Kind
 from .raw import data_runs
 

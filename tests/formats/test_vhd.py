@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import uuid
 from pathlib import Path
 
 import pytest
 
-from formats import CorruptImage, FormatError, Kind, open_image, probe
+from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage, open_image,
+                     probe)
 from formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
                          parse_footer, sizes_by_reader, vhd_checksum)
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
-                          qemu_virtual_size, write_pattern)
+                          qemu_to_raw, qemu_virtual_size, write_pattern)
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -248,3 +250,202 @@ def test_bitmap_runs_msb_first() -> None:
     assert bitmap_runs(b"\x01", 8) == [(0, 7, False), (7, 8, True)]
     assert bitmap_runs(b"\x80", 1) == [(0, 1, True)]
     assert bitmap_runs(b"\xfe\xff", 12) == [(0, 7, True), (7, 8, False), (8, 12, True)]
+
+
+# -- differencing --------------------------------------------------------------------------------
+# qemu-img cannot create a differencing VHD, so one is made here from a qemu dynamic VHD by editing
+# bytes at the spec's offsets (independently of formats.vhd's structs): disk type 4 in both footer
+# copies, parent unique id/timestamp/name and W2ru/W2ku locators in the dynamic header, locator
+# data where the footer was, checksums recomputed.  qemu 7.2 opens such a file as a plain dynamic
+# disk (verified: it ignores the parent and the bitmaps), so the expected guest content is computed
+# from qemu's readings: the parent's bytes, overlaid with the child's blocks that qemu-img map
+# reports, except the sectors whose bitmap bits the test cleared (those come from the parent).
+
+SIZE = 20 * MiB
+
+
+def _sum_checksum(buf: bytearray, start: int, length: int, field: int) -> None:
+    buf[field:field + 4] = bytes(4)
+    struct.pack_into(">I", buf, field, ~sum(buf[start:start + length]) & 0xFFFFFFFF)
+
+
+def make_differencing(child: Path, parent: Path, locators: list[tuple[bytes, str]],
+                      parent_uuid: bytes | None = None, name: str = "parent.vhd") -> None:
+    with open(parent, "rb") as f:
+        f.seek(-512, os.SEEK_END)
+        pfooter = f.read()
+    b = bytearray(child.read_bytes())
+    footer = bytearray(b[-512:])
+    del b[-512:]
+    h = struct.unpack_from(">Q", footer, 16)[0]
+    b[h + 40:h + 56] = parent_uuid or pfooter[68:84]
+    b[h + 56:h + 60] = pfooter[24:28]
+    b[h + 64:h + 576] = name.encode("utf-16-be").ljust(512, b"\0")
+    for n, (code, text) in enumerate(locators):
+        data = text.encode("utf-16-le")
+        off = len(b)
+        b += data.ljust(512, b"\0")
+        struct.pack_into(">4sIIIQ", b, h + 576 + 24 * n, code, 512, len(data), 0, off)
+    _sum_checksum(b, h, 1024, h + 36)
+    footer[60:64] = struct.pack(">I", 4)
+    _sum_checksum(footer, 0, 512, 64)
+    b[0:512] = footer
+    child.write_bytes(bytes(b + footer))
+
+
+def clear_bitmap_bits(path: Path, block: int, sectors: range) -> None:
+    """Mark ``sectors`` of ``block`` as not present (MSB-first bits), in place."""
+    b = bytearray(path.read_bytes())
+    h = struct.unpack_from(">Q", b, len(b) - 512 + 16)[0]
+    bat = struct.unpack_from(">Q", b, h + 16)[0]
+    bitmap = struct.unpack_from(">I", b, bat + 4 * block)[0] * 512
+    for s in sectors:
+        b[bitmap + s // 8] &= ~(0x80 >> (s % 8)) & 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.fixture
+def diff_pair(tmp_path: Path) -> tuple[Path, Path]:
+    parent = _dynamic(tmp_path, SIZE, [(0, SIZE)], name="parent.vhd")
+    child = tmp_path / "child.vhd"
+    qemu_img("create", "-q", "-f", "vpc", child, str(SIZE))
+    qemu_io(child, "vpc", "write -P 0x11 0 4k", "write -P 0x22 3M 1M", "write -P 0x33 9M 512",
+            "write -P 0x44 15M 2M")
+    return parent, child
+
+
+def expected_layers(parent: Path, child: Path, cleared: dict[int, range], tmp: Path) -> bytes:
+    ptext = qemu_to_raw(parent, "vpc", tmp / "p.raw").read_bytes()
+    mine = qemu_to_raw(child, "vpc", tmp / "c.raw").read_bytes()      # qemu: child alone
+    want = bytearray(ptext)
+    for start, length, _host in qemu_map(child):
+        want[start:start + length] = mine[start:start + length]
+    for block, sectors in cleared.items():
+        for s in sectors:
+            a = block * 2 * MiB + s * 512
+            want[a:a + 512] = ptext[a:a + 512]
+    return bytes(want)
+
+
+@needs_qemu
+def test_differencing_reads_parent_under_child(diff_pair, tmp_path: Path) -> None:
+    parent, child = diff_pair
+    cleared = {1: range(100, 300), 7: range(0, 4096, 3)}      # 3M..4M is data, 15M..17M too
+    clear_bitmap_bits(child, 1, cleared[1])
+    clear_bitmap_bits(child, 7, cleared[7])
+    make_differencing(child, parent, [(b"MacX", "file://nowhere/parent.vhd"),
+                                      (b"W2ru", ".\\parent.vhd")])
+    assert qemu_virtual_size(child, "vpc") == qemu_virtual_size(parent, "vpc")
+    want = expected_layers(parent, child, cleared, tmp_path)
+    with open_image(child) as img:
+        assert img.subformat == "differencing"
+        assert img.backing is not None and Path(img.backing.path).name == "parent.vhd"
+        assert img.read(0, len(want)) == want
+        kinds = {(e.source.path if e.source else img.path) for e in img.extents()
+                 if e.kind is Kind.DATA}
+        assert kinds == {str(child), str(parent)}
+        assert img.info()["parent_unique_id"] == str(uuid.UUID(bytes=img.backing.footer.unique_id))
+
+
+@needs_qemu
+def test_differencing_absolute_locator_falls_back_to_the_childs_folder(diff_pair) -> None:
+    parent, child = diff_pair
+    make_differencing(child, parent, [(b"W2ku", "C:\\Hyper-V\\Disks\\parent.vhd")], name="")
+    with open_image(child) as img:
+        assert Path(img.backing.path) == parent
+        assert img.read(3 * MiB, 4) == b"\x22" * 4
+
+
+@needs_qemu
+def test_differencing_wrong_or_missing_parent(diff_pair, tmp_path: Path) -> None:
+    parent, child = diff_pair
+    orig = child.read_bytes()
+    make_differencing(child, parent, [(b"W2ru", ".\\parent.vhd")], parent_uuid=bytes(16))
+    with pytest.raises(MissingBackingFile, match="unique id"):
+        open_image(child)
+    child.write_bytes(orig)
+    make_differencing(child, parent, [(b"W2ru", ".\\gone.vhd")], name="gone.vhd")
+    with pytest.raises(MissingBackingFile, match="not found.*gone.vhd"):
+        open_image(child)
+    child.write_bytes(orig)
+    make_differencing(child, child, [(b"W2ru", ".\\child.vhd")], name="child.vhd")
+    with pytest.raises(FormatError, match="loop"):
+        open_image(child)
+
+
+# -- hostile input -------------------------------------------------------------------------------
+
+def _patch(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _header_offset(path: Path) -> int:
+    with open(path, "rb") as f:
+        f.seek(-512 + 16, os.SEEK_END)
+        return struct.unpack(">Q", f.read(8))[0]
+
+
+@needs_qemu
+@pytest.mark.parametrize("field, value, error, structure", [
+    (16, struct.pack(">Q", 1 << 40), "TruncatedImage", "VHD BAT"),            # table_offset
+    (28, struct.pack(">I", 0xFFFFFFFF), None, None),                           # extra entries: ok
+    (28, struct.pack(">I", 1), "CorruptImage", "VHD dynamic header"),          # too few entries
+    (32, struct.pack(">I", 3 * 1024 * 1024), "CorruptImage", "VHD dynamic header"),
+    (32, struct.pack(">I", 1 << 31), "CorruptImage", "VHD dynamic header"),
+    (32, struct.pack(">I", 256), "CorruptImage", "VHD dynamic header"),
+    (0, b"cxspars3", "CorruptImage", "VHD dynamic header"),
+])
+def test_hostile_dynamic_header(tmp_path: Path, field: int, value: bytes, error: str | None,
+                                structure: str | None) -> None:
+    p = _dynamic(tmp_path, 8 * MiB, [(MiB, MiB)])
+    _patch(p, _header_offset(p) + field, value)
+    if error is None:
+        with open_image(p) as img:
+            assert any(pr.structure == "VHD dynamic header" for pr in img.problems)
+        return
+    with pytest.raises(FormatError) as exc:
+        open_image(p)
+    assert type(exc.value).__name__ == error and exc.value.structure == structure
+    assert exc.value.path == str(p) and exc.value.offset is not None
+
+
+@needs_qemu
+def test_hostile_bat_and_data_offset(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 8 * MiB, [(MiB, MiB)])
+    h = _header_offset(p)
+    with open(p, "rb") as f:
+        f.seek(h + 16)
+        bat = struct.unpack(">Q", f.read(8))[0]
+    orig = p.read_bytes()
+    _patch(p, bat + 4, struct.pack(">I", 0x7FFFFFF0))                   # block past EOF
+    with pytest.raises(TruncatedImage, match="VHD BAT.*block 1"):
+        open_image(p)
+    p.write_bytes(orig)
+    size = len(orig)
+    _patch(p, size - 512 + 16, struct.pack(">Q", 1 << 50))              # data_offset past EOF
+    _patch(p, 0, b"XXXXXXXX")                                           # and no usable copy
+    with pytest.raises(CorruptImage, match="VHD footer.*data_offset"):
+        open_image(p)
+    p.write_bytes(orig[:size - 3 * MiB])                                # truncated mid-block
+    with pytest.raises(FormatError):
+        open_image(p)
+
+
+@needs_qemu
+def test_dynamic_problems_are_reported_not_fatal(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 8 * MiB, [(MiB, MiB)])
+    want = qemu_to_raw(p, "vpc", tmp_path / "want.raw").read_bytes()
+    size = p.stat().st_size
+    _patch(p, size - 512 + 30, b"\x07")         # end footer: creator_app byte, checksum now bad
+    _patch(p, _header_offset(p) + 100, b"\x01")                        # header: checksum bad
+    with open_image(p) as img:
+        found = {(pr.structure, pr.severity) for pr in img.problems}
+        assert ("VHD footer", "error") in found and ("VHD dynamic header", "error") in found
+        assert img.footer.offset == 0           # the spec's fallback: the valid copy at 0
+        assert img.read(0, len(want)) == want
+    _patch(p, 0, b"X")                           # both copies unusable: end one, checksum bad
+    with open_image(p) as img:
+        assert img.footer.offset == size - 512 and not img.footer.checksum_ok
+        assert img.read(0, len(want)) == want
