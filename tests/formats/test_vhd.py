@@ -7,6 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage, open_image,
                      probe)
@@ -449,3 +451,73 @@ def test_dynamic_problems_are_reported_not_fatal(tmp_path: Path) -> None:
     with open_image(p) as img:
         assert img.footer.offset == size - 512 and not img.footer.checksum_ok
         assert img.read(0, len(want)) == want
+
+
+# -- mutation fuzzing ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fuzz_bases(tmp_path_factory) -> dict[str, bytes]:
+    """Small valid images: qemu dynamic (2 MiB blocks, partial bitmap), fixed, differencing."""
+    d = tmp_path_factory.mktemp("vhdfuzz")
+    dyn = _dynamic(d, 6 * MiB, [(512, 4096), (2 * MiB + 7 * 512, MiB), (5 * MiB, 4096)])
+    clear_bitmap_bits(dyn, 1, range(10, 40))
+    fixed = _fixed_with_data(d, 2 * MiB, [(4096, 8192)], "subformat=fixed")
+    parent = _dynamic(d, 6 * MiB, [(0, 6 * MiB)], name="parent.vhd")
+    child = _dynamic(d, 6 * MiB, [(3 * MiB, 4096)], name="child.vhd")
+    make_differencing(child, parent, [(b"W2ru", ".\\parent.vhd")])
+    return {"dyn": dyn.read_bytes(), "fixed": fixed.read_bytes(), "child": child.read_bytes(),
+            "parent_path": str(parent).encode()}
+
+
+def _check_consistent(img) -> None:
+    """Reads stay within bounds, extents tile the range, overlapping reads agree."""
+    n = min(img.virtual_size, 8 * MiB)
+    ext = list(img.extents(0, n))
+    assert sum(e.length for e in ext) == n and (not ext or ext[0].offset == 0)
+    whole = img.read(0, n)
+    assert len(whole) == n
+    if n > 3 * MiB:
+        assert img.read(MiB + 512 * 3, 2 * MiB) == whole[MiB + 1536:3 * MiB + 1536]
+    for e in ext:
+        if e.kind is not Kind.DATA:
+            assert whole[e.offset:e.end] == bytes(e.length)
+    img.info()
+
+
+@needs_qemu
+@settings(max_examples=int(os.environ.get("VHD_FUZZ_EXAMPLES", "150")), deadline=2000,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(["dyn", "fixed", "child"]),
+       flips=st.lists(st.tuples(st.sampled_from(["footer", "copy", "header", "bat", "bitmap",
+                                                 "locator", "any"]),
+                                st.integers(0, 1023), st.integers(1, 255)), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, 7 * MiB)))
+def test_mutated_images_fail_cleanly_or_read_consistently(fuzz_bases, tmp_path: Path, base: str,
+                                                          flips, cut) -> None:
+    import shutil
+    b = bytearray(fuzz_bases[base])
+    size = len(b)
+    h = struct.unpack_from(">Q", b, size - 512 + 16)[0] if base != "fixed" else 0
+    starts = {"footer": size - 512, "copy": 0, "header": h, "bat": h + 1024,
+              "bitmap": 3 * 512 + 512, "locator": size - 1024, "any": 0}
+    for region, off, x in flips:
+        at = (starts[region] + off) % size if region != "any" else (off * 7919) % size
+        b[at] ^= x
+    if cut is not None:
+        del b[cut:]
+    p = tmp_path / f"{base}.vhd"
+    p.write_bytes(bytes(b))
+    if base == "child":
+        shutil.copyfile(fuzz_bases["parent_path"].decode(), tmp_path / "parent.vhd")
+    try:
+        img = VhdImage(p)
+    except FormatError as e:
+        event(f"open: {type(e).__name__} {e.structure}")
+        assert e.path == str(p) or e.path.endswith("parent.vhd")
+        return
+    with img:
+        try:
+            _check_consistent(img)
+            event(f"read {img.subformat}, {len(img.problems)} problems")
+        except FormatError as e:
+            event(f"read: {type(e).__name__} {e.structure}")
