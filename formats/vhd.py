@@ -374,6 +374,8 @@ class VhdImage(DiskImage):
         if len(end.raw) == LEGACY_FOOTER_SIZE:
             self.problem("info", "VHD footer", end.offset,
                          "511-byte footer (written by Virtual PC before 2004)")
+        if end.disk_type == FIXED and end.checksum_ok:
+            head = None                 # a fixed disk keeps no copy: offset 0 is guest data
         if head is not None and not end.checksum_ok and head.checksum_ok:
             self.problem("error", "VHD footer", end.offset,
                          "footer checksum mismatch; using the valid copy at offset 0 (spec)")
@@ -640,6 +642,8 @@ class VhdImage(DiskImage):
                 raise CorruptImage(self.path, "VHD parent locator", off,
                                    f"{loc.platform_code.decode()} is not UTF-16LE: {e}") from e
             found[loc.platform_code].append(text.split("\0")[0])
+        name = h.parent_unicode_name.decode("utf-16-be", "replace").split("\0")[0]
+        self.parent_locators = {"W2ru": found[b"W2ru"], "W2ku": found[b"W2ku"], "name": name}
         out: list[str] = []
         for rel in found[b"W2ru"]:
             out.append(os.path.join(folder, _posix(rel)))
@@ -648,7 +652,6 @@ class VhdImage(DiskImage):
             if path.startswith("/"):
                 out.append(path)
             out.append(os.path.join(folder, path.rsplit("/", 1)[-1]))
-        name = h.parent_unicode_name.decode("utf-16-be", "replace").split("\0")[0]
         if name:
             out.append(os.path.join(folder, _posix(name).rsplit("/", 1)[-1]))
         return list(dict.fromkeys(p for p in out if p.rstrip("/") != folder))
@@ -707,6 +710,7 @@ class VhdImage(DiskImage):
         if self.backing is not None:
             out["parent"] = self.backing.path
             out["parent_unique_id"] = str(uuid.UUID(bytes=h.parent_unique_id))
+            out["parent_locators"] = self.parent_locators
         return out
 
 

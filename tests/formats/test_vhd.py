@@ -346,7 +346,9 @@ def test_differencing_reads_parent_under_child(diff_pair, tmp_path: Path) -> Non
         kinds = {(e.source.path if e.source else img.path) for e in img.extents()
                  if e.kind is Kind.DATA}
         assert kinds == {str(child), str(parent)}
-        assert img.info()["parent_unique_id"] == str(uuid.UUID(bytes=img.backing.footer.unique_id))
+        info = img.info()
+        assert info["parent_unique_id"] == str(uuid.UUID(bytes=img.backing.footer.unique_id))
+        assert info["parent_locators"] == {"W2ru": [".\\parent.vhd"], "W2ku": [], "name": "parent.vhd"}
 
 
 @needs_qemu
@@ -521,3 +523,15 @@ def test_mutated_images_fail_cleanly_or_read_consistently(fuzz_bases, tmp_path: 
             event(f"read {img.subformat}, {len(img.problems)} problems")
         except FormatError as e:
             event(f"read: {type(e).__name__} {e.structure}")
+
+
+@needs_qemu
+def test_fixed_vhd_holding_a_dynamic_vhd_is_read_as_fixed(tmp_path: Path) -> None:
+    inner = _dynamic(tmp_path, 4 * MiB, [(0, MiB)], name="inner.vhd")
+    data = inner.read_bytes()
+    size = -(-len(data) // MiB) * MiB
+    p = tmp_path / "outer.vhd"
+    p.write_bytes(data.ljust(size, b"\0") + build_fixed_footer(size))
+    with VhdImage(p) as img:
+        assert img.subformat == "fixed" and img.virtual_size == size
+        assert img.problems == [] and img.read(0, len(data)) == data
