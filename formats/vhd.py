@@ -68,7 +68,7 @@ QEMU10_CHS_CREATORS = (b"vpc ", b"qemu")
 
 #: sanity limits applied before anything is allocated
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
-MAX_BAT_BYTES = 256 * 1024 * 1024
+MAX_BAT_BYTES = 16 * 1024 * 1024         # 4M entries: 2 TiB even with 512 KiB blocks
 MAX_LOCATOR_BYTES = 64 * 1024
 
 GEOMETRY = cs.Struct(
@@ -548,11 +548,15 @@ class VhdImage(DiskImage):
         self._bat = bat
         self._table_offset = h.table_offset
         #: indices of allocated blocks, ascending: runs of unallocated blocks are skipped at once
-        self._alloc = [i for i, e in enumerate(bat) if e != UNALLOCATED]
+        self._alloc = array("I", (i for i, e in enumerate(bat) if e != UNALLOCATED))
 
     def _check_blocks(self) -> None:
-        """Every allocated block inside the file; overlaps reported."""
+        """Every allocated block inside the file; overlapping blocks reported."""
         span = self._bitmap_size + self._block_size
+        if len(self._alloc) > 1 and (len(self._alloc) - 1) * span > self.file_size:
+            raise CorruptImage(self.path, "VHD BAT", self._table_offset,
+                               f"{len(self._alloc)} allocated blocks of {span} bytes cannot fit "
+                               f"in the {self.file_size}-byte file")
         last = len(self._bat) - 1
         tail = self.footer.current_size - last * self._block_size
         for i in self._alloc:
@@ -562,11 +566,13 @@ class VhdImage(DiskImage):
                 raise TruncatedImage(self.path, "VHD BAT", self._table_offset + 4 * i,
                                      f"block {i} at {start:#x} ({need} bytes) runs past the "
                                      f"end of the {self.file_size}-byte file")
-        starts = sorted((self._bat[i], i) for i in self._alloc)
-        for (a, i), (b, j) in zip(starts, starts[1:]):
+        starts = sorted(self._bat[i] for i in self._alloc)
+        for a, b in zip(starts, starts[1:]):
             if (b - a) * SECTOR < span:
+                i = self._bat.index(a)
+                j = self._bat.index(b, i + 1 if a == b else 0)
                 self.problem("error", "VHD BAT", self._table_offset + 4 * j,
-                             f"blocks {i} and {j} overlap in the file ({a * SECTOR:#x}, "
+                             f"blocks {i} and {j} overlap in the file (at {a * SECTOR:#x} and "
                              f"{b * SECTOR:#x})")
                 break
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage, open_image,
-                     probe)
+from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage,
+                     open_image, probe)
 from formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
                          parse_footer, sizes_by_reader, vhd_checksum)
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
@@ -348,7 +348,8 @@ def test_differencing_reads_parent_under_child(diff_pair, tmp_path: Path) -> Non
         assert kinds == {str(child), str(parent)}
         info = img.info()
         assert info["parent_unique_id"] == str(uuid.UUID(bytes=img.backing.footer.unique_id))
-        assert info["parent_locators"] == {"W2ru": [".\\parent.vhd"], "W2ku": [], "name": "parent.vhd"}
+        assert info["parent_locators"] == {"W2ru": [".\\parent.vhd"], "W2ku": [],
+                                           "name": "parent.vhd"}
 
 
 @needs_qemu
@@ -535,3 +536,18 @@ def test_fixed_vhd_holding_a_dynamic_vhd_is_read_as_fixed(tmp_path: Path) -> Non
     with VhdImage(p) as img:
         assert img.subformat == "fixed" and img.virtual_size == size
         assert img.problems == [] and img.read(0, len(data)) == data
+
+
+@needs_qemu
+def test_overlapping_blocks_are_reported(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 8 * MiB, [(0, MiB), (2 * MiB, MiB)])
+    with open(p, "rb") as f:
+        f.seek(_header_offset(p) + 16)
+        bat = struct.unpack(">Q", f.read(8))[0]
+        f.seek(bat)
+        first = f.read(4)
+    _patch(p, bat + 4, first)                   # block 1 now shares block 0's place
+    with open_image(p) as img:
+        assert any("blocks 0 and 1 overlap" in pr.message and pr.structure == "VHD BAT"
+                   for pr in img.problems)
+        assert img.read(2 * MiB, MiB) == img.read(0, MiB)
