@@ -393,6 +393,18 @@ class VhdImage(DiskImage):
         if f.disk_type not in (FIXED, DYNAMIC, DIFFERENCING):
             raise UnsupportedFeature(self.path, "VHD footer", f.offset,
                                      f"disk type {f.disk_type_name} is not supported")
+        if f.version != 0x00010000:
+            self.problem("warning", "VHD footer", f.offset + 12,
+                         f"file format version {f.version:#010x}, expected 0x00010000")
+        if not f.features & 2:
+            self.problem("warning", "VHD footer", f.offset + 8,
+                         f"features {f.features:#x}: the reserved bit 0x2 must always be set")
+        if f.saved_state:
+            self.problem("warning", "VHD footer", f.offset + 84,
+                         "saved_state is set: the disk belongs to a saved (suspended) VM")
+        if f.current_size % SECTOR:
+            self.problem("warning", "VHD footer", f.offset + 48,
+                         f"current_size {f.current_size} is not a whole number of sectors")
         return f
 
     # -- layout ---------------------------------------------------------------------------------
@@ -490,6 +502,7 @@ class VhdImage(DiskImage):
                                f"data_offset {hoff:#x} points past the end of the "
                                f"{self.file_size}-byte file")
         raw = self._pread(hoff, HEADER_SIZE, "VHD dynamic header")
+        self._header_raw = raw
         h = DYNAMIC_HEADER.parse(raw)
         if h.cookie != HEADER_COOKIE:
             raise CorruptImage(self.path, "VHD dynamic header", hoff,
@@ -710,8 +723,7 @@ class VhdImage(DiskImage):
             "block_size": self._block_size,
             "bat_entries": h.max_table_entries,
             "allocated_blocks": len(self._alloc),
-            "header_checksum_ok": h.checksum == header_checksum(
-                self._pread(self._header_offset, HEADER_SIZE, "VHD dynamic header")),
+            "header_checksum_ok": h.checksum == header_checksum(self._header_raw),
         }
         if self.backing is not None:
             out["parent"] = self.backing.path

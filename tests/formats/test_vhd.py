@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -497,7 +498,6 @@ def _check_consistent(img) -> None:
        cut=st.one_of(st.none(), st.integers(0, 7 * MiB)))
 def test_mutated_images_fail_cleanly_or_read_consistently(fuzz_bases, tmp_path: Path, base: str,
                                                           flips, cut) -> None:
-    import shutil
     b = bytearray(fuzz_bases[base])
     size = len(b)
     h = struct.unpack_from(">Q", b, size - 512 + 16)[0] if base != "fixed" else 0
@@ -551,3 +551,27 @@ def test_overlapping_blocks_are_reported(tmp_path: Path) -> None:
         assert any("blocks 0 and 1 overlap" in pr.message and pr.structure == "VHD BAT"
                    for pr in img.problems)
         assert img.read(2 * MiB, MiB) == img.read(0, MiB)
+
+
+@needs_qemu
+def test_differencing_chain_of_three(diff_pair, tmp_path: Path) -> None:
+    parent, mid = diff_pair
+    make_differencing(mid, parent, [(b"W2ru", ".\\parent.vhd")])
+    top = tmp_path / "top.vhd"
+    qemu_img("create", "-q", "-f", "vpc", top, str(SIZE))
+    qemu_io(top, "vpc", "write -P 0x77 15M 4k")
+    clear_bitmap_bits(top, 7, range(0, 2048))             # qemu allocated all of 14M..16M:
+    clear_bitmap_bits(top, 7, range(2056, 4096))          # keep only the 4 KiB written at 15M
+    make_differencing(top, mid, [(b"W2ru", ".\\child.vhd")], name="child.vhd")
+    ptext = qemu_to_raw(parent, "vpc", tmp_path / "p.raw").read_bytes()
+    with open_image(top) as img:
+        got = img.read(0, SIZE)
+        assert got[15 * MiB:15 * MiB + 4096] == b"\x77" * 4096                 # top
+        assert got[15 * MiB + 4096:16 * MiB] == b"\x44" * (MiB - 4096)         # mid
+        assert got[14 * MiB:15 * MiB] == bytes(MiB)                            # mid's zeros
+        assert got[3 * MiB:4 * MiB] == b"\x22" * MiB                           # mid
+        assert got[5 * MiB:8 * MiB] == ptext[5 * MiB:8 * MiB]                  # parent
+        sources = {Path(e.source.path).name if e.source else "top.vhd"
+                   for e in img.extents() if e.kind is Kind.DATA}
+        assert sources == {"top.vhd", "child.vhd", "parent.vhd"}
+        assert img.backing.backing is not None
