@@ -50,7 +50,7 @@ def test_chs_geometry_matches_qemu_create(tmp_path: Path, size: int) -> None:
 
 
 @needs_qemu
-@pytest.mark.parametrize("size", [MiB, 30 * GiB + MiB, 21474754560])
+@pytest.mark.parametrize("size", [MiB, 30 * GiB + MiB, 21474754560, 2040 * GiB])
 def test_built_fixed_footer_is_read_by_qemu_as_exactly_size(tmp_path: Path, size: int) -> None:
     p = tmp_path / "f.vhd"
     with open(p, "wb") as f:
@@ -64,9 +64,9 @@ def test_built_fixed_footer_is_read_by_qemu_as_exactly_size(tmp_path: Path, size
 
 
 @needs_qemu
-def test_qemu_refuses_vhds_over_2040_gib_whatever_the_footer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [2040 * GiB + MiB, 2048 * GiB, 4096 * GiB])
+def test_qemu_refuses_vhds_over_2040_gib_whatever_the_footer(tmp_path: Path, size: int) -> None:
     """qemu 7.2 refuses any VHD above 0xff000000 sectors: our footer cannot change that."""
-    size = 2 * 1024 * GiB
     p = tmp_path / "big.vhd"
     with open(p, "wb") as f:
         f.truncate(size)
@@ -575,3 +575,20 @@ def test_differencing_chain_of_three(diff_pair, tmp_path: Path) -> None:
                    for e in img.extents() if e.kind is Kind.DATA}
         assert sources == {"top.vhd", "child.vhd", "parent.vhd"}
         assert img.backing.backing is not None
+
+
+@needs_qemu
+@pytest.mark.parametrize("app", [b"win ", b"qem2", b"d2v ", b"d2v\0", b"CTXS", b"tap\0", b"vpc ",
+                                 b"qemu", b"wa\0\0", b"vbox", b"vhdt"])
+@pytest.mark.parametrize("geometry", [(40, 16, 63), CHS_MAX])
+def test_sizes_by_reader_predicts_qemu(tmp_path: Path, app: bytes,
+                                       geometry: tuple[int, int, int]) -> None:
+    size = 24 * MiB                             # CHS 40/16/63 = 20,643,840 bytes: not the size
+    p = tmp_path / "s.vhd"
+    with open(p, "wb") as f:
+        f.truncate(size)
+        f.seek(size)
+        f.write(build_fixed_footer(size, creator_app=app, geometry=geometry))
+    with VhdImage(p) as img:
+        assert sizes_by_reader(img.footer)["qemu"] == qemu_virtual_size(p, "vpc")
+        assert img.virtual_size == size
