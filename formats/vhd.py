@@ -379,7 +379,7 @@ class VhdImage(DiskImage):
         if head is not None and not end.checksum_ok and head.checksum_ok:
             self.problem("error", "VHD footer", end.offset,
                          "footer checksum mismatch; using the valid copy at offset 0 (spec)")
-            return head
+            return self._checked(head)
         if head is not None and head.raw[:len(end.raw)] != end.raw:
             self.problem("warning", "VHD footer copy", 0,
                          "the footer copy at offset 0 differs from the footer at the end")
@@ -422,14 +422,18 @@ class VhdImage(DiskImage):
                          "VHD footer", f.offset,
                          f"current_size {f.current_size} differs from the {self._data_len} "
                          "bytes of data before the footer")
-        stale = f.current_size - FOOTER_SIZE
-        if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
-            inner = parse_footer(self._pread(stale, FOOTER_SIZE, "data"), self.path, stale,
-                                 verify=False)
-            if inner.cookie_ok and inner.checksum_ok:
-                self.problem("warning", "VHD footer", stale,
-                             "the last data sector is itself a VHD footer (a fixed VHD wrapped "
-                             f"again?); its current_size is {inner.current_size}")
+        for stale in sorted({f.current_size - FOOTER_SIZE, self._data_len - FOOTER_SIZE}):
+            if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
+                self._note_stale_footer(stale)
+
+    def _note_stale_footer(self, offset: int) -> None:
+        """A valid footer as the last data sector: a fixed VHD wrapped again as if it were raw."""
+        inner = parse_footer(self._pread(offset, FOOTER_SIZE, "data"), self.path, offset,
+                             verify=False)
+        if inner.cookie_ok and inner.checksum_ok:
+            self.problem("warning", "VHD footer", offset,
+                         "the last data sector is itself a VHD footer (a fixed VHD wrapped "
+                         f"again?); its current_size is {inner.current_size}")
 
     def _note_sizes(self) -> None:
         f = self.footer
