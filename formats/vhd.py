@@ -70,6 +70,8 @@ QEMU10_CHS_CREATORS = (b"vpc ", b"qemu")
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
 MAX_BAT_BYTES = 16 * 1024 * 1024         # 4M entries: 2 TiB even with 512 KiB blocks
 MAX_LOCATOR_BYTES = 64 * 1024
+#: decoded bitmap runs kept in memory (a few MiB even for pathological bitmaps)
+RUNS_CACHE_LIMIT = 64 * 1024
 
 GEOMETRY = cs.Struct(
     "cylinders" / cs.Int16ub,
@@ -524,6 +526,7 @@ class VhdImage(DiskImage):
         self._read_bat(h, hoff)
         self._check_blocks()
         self._runs_cache: dict[int, list[tuple[int, int, bool]]] = {}
+        self._runs_cached = 0
         if f.disk_type == DIFFERENCING:
             self.backing = self._open_parent(h, hoff)
 
@@ -627,9 +630,11 @@ class VhdImage(DiskImage):
         if runs is None:
             bm = self._pread(self._bat[i] * SECTOR, self._bitmap_bytes, "VHD block bitmap")
             runs = bitmap_runs(bm, self._spb)
-            if len(self._runs_cache) >= 1024:
+            if self._runs_cached + len(runs) > RUNS_CACHE_LIMIT:
                 self._runs_cache.clear()
+                self._runs_cached = 0
             self._runs_cache[i] = runs
+            self._runs_cached += len(runs)
         return runs
 
     def _absent(self, start: int, end: int) -> Iterator[Extent]:
