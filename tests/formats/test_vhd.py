@@ -613,3 +613,14 @@ def test_dynamic_bitmap_zero_bits_read_as_zeros(tmp_path: Path) -> None:
         holes = [(e.offset, e.length) for e in img.extents(0, 6 * MiB)
                  if e.kind is Kind.UNALLOCATED]
         assert holes == [(2 * MiB + s * 512, 512) for s in cleared]
+
+
+@needs_qemu
+def test_dynamic_with_legacy_511_byte_footer(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 6 * MiB, [(MiB, 3 * MiB)])
+    with open(p, "r+b") as f:                   # drop the footer's last (reserved, zero) byte
+        f.truncate(p.stat().st_size - 1)
+    with open_image(p) as img:
+        assert len(img.footer.raw) == 511 and img.footer.checksum_ok
+        assert [pr.message for pr in img.problems if pr.severity != "info"] == []
+        assert_reads_like_qemu(img, p, "vpc", tmp_path)       # qemu uses the copy at offset 0
