@@ -391,11 +391,13 @@ class VhdxImage(DiskImage):
         self.block_size = fp.block_size
         self.leave_blocks_allocated = bool(fp.flags & 1)
         self.has_parent = bool(fp.flags & 2)
-        self._virtual_size = struct.unpack("<Q", self._item(items, VIRTUAL_DISK_SIZE, base, 8))[0]
+        self._virtual_size = struct.unpack_from("<Q", self._item(items, VIRTUAL_DISK_SIZE,
+                                                                   base, 8))[0]
         self.page83 = _guid(self._item(items, PAGE83_DATA, base, 16)[:16])
-        self._logical = struct.unpack("<I", self._item(items, LOGICAL_SECTOR_SIZE, base, 4)[:4])[0]
-        self.physical_sector_size = struct.unpack(
-            "<I", self._item(items, PHYSICAL_SECTOR_SIZE, base, 4)[:4])[0]
+        self._logical = struct.unpack_from("<I", self._item(items, LOGICAL_SECTOR_SIZE, base,
+                                                               4))[0]
+        self.physical_sector_size = struct.unpack_from(
+            "<I", self._item(items, PHYSICAL_SECTOR_SIZE, base, 4))[0]
         self.parent_locator: dict[str, str] = {}
         if self.has_parent:
             self.parent_locator = self._parse_parent_locator(

@@ -176,3 +176,72 @@ def test_dirty_log_without_replay_would_lose_data(tmp_path: Path) -> None:
         on_disk = p.read_bytes()[bat:bat + 8]
         assert int.from_bytes(on_disk, "little") & 7 != vhdx.FULLY_PRESENT
         assert img.read(0, MiB) == b"\x5a" * MiB
+
+
+# -- damaged images: only FormatError subclasses, bounded time ------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import crc32c  # noqa: E402
+
+#: (structure, start, length, CRC-covered length or 0) in a qemu image with 1 MiB blocks
+STRUCTURES = [("identifier", 0, 1024, 0), ("header1", 64 << 10, 80, 4096),
+              ("header2", 128 << 10, 80, 4096), ("regions1", 192 << 10, 80, 65536),
+              ("regions2", 256 << 10, 80, 65536), ("log", MiB, 8192, 0),
+              ("bat", 2 * MiB, 512, 0), ("metadata", 3 * MiB, 256, 0),
+              ("items", 3 * MiB + (64 << 10), 128, 0)]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> dict[str, bytes]:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img not installed")
+    d = tmp_path_factory.mktemp("vhdx-fuzz")
+    clean = make(d / "clean.vhdx", "24M", "block_size=1M", writes=WRITES[:4])
+    dirty = _dirty(d, "32M", 4096, ("write -P 0x5a 0 1M", "write -P 0x6b 3M 100k"))
+    return {"clean": clean.read_bytes(), "dirty": dirty.read_bytes()}
+
+
+def _read_all(p: Path) -> None:
+    try:
+        with open_image(p, "vhdx") as img:
+            img.info()
+            budget = 64 * MiB     # the map of the whole disk, the bytes of its first data runs
+            for ext in list(img.extents()):
+                if ext.kind is Kind.DATA and budget > 0:
+                    n = min(ext.length, budget, 16 * MiB)
+                    assert len(img.read(ext.offset, n)) == n
+                    budget -= n
+    except FormatError:
+        pass
+
+
+@settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["clean", "dirty"]), where=st.sampled_from(STRUCTURES),
+       edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1,
+                      max_size=4),
+       fix_crc=st.booleans())
+def test_mutated_images_fail_cleanly(pristine, tmp_path: Path, which: str, where, edits,
+                                     fix_crc: bool) -> None:
+    _name, start, length, crc_len = where
+    buf = bytearray(pristine[which])
+    for rel, val in edits:
+        buf[start + rel % length] = val
+    if fix_crc and crc_len:
+        buf[start + 4:start + 8] = b"\0" * 4
+        buf[start + 4:start + 8] = crc32c.crc32c(bytes(buf[start:start + crc_len])).to_bytes(
+            4, "little")
+    p = tmp_path / "m.vhdx"
+    p.write_bytes(buf)
+    t = time.monotonic()
+    _read_all(p)
+    assert time.monotonic() - t < 3
+    assert p.read_bytes() == buf
+
+
+@settings(max_examples=25, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["clean", "dirty"]), keep=st.integers(0, 12 * MiB))
+def test_truncated_images_fail_cleanly(pristine, tmp_path: Path, which: str, keep: int) -> None:
+    p = tmp_path / "t.vhdx"
+    p.write_bytes(pristine[which][:keep])
+    _read_all(p)
