@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from formats import Kind, open_image, probe
-from formats.errors import FormatError
+from formats.errors import FormatError, MissingBackingFile
 from formats import vhdx
 from formats.vhdx import VhdxImage
 from tests.oracle import (QEMU_IO, assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info,
@@ -245,3 +245,132 @@ def test_truncated_images_fail_cleanly(pristine, tmp_path: Path, which: str, kee
     p = tmp_path / "t.vhdx"
     p.write_bytes(pristine[which][:keep])
     _read_all(p)
+
+
+# -- differencing (built by hand: qemu-img cannot create, nor read, VHDX with a parent) ------------
+def _locator(pairs: dict[str, str]) -> bytes:
+    """A VHDX parent locator item: header, key/value entries, UTF-16LE strings (MS-VHDX 2.6.2.6)."""
+    head = vhdx.ParentLocatorHeader.build(dict(locator_type=vhdx.VHDX_PARENT_LOCATOR_TYPE.bytes_le,
+                                               reserved=0, key_value_count=len(pairs)))
+    strings = b""
+    entries = b""
+    base = len(head) + 12 * len(pairs)
+    for k, v in pairs.items():
+        kb, vb = k.encode("utf-16-le"), v.encode("utf-16-le")
+        entries += vhdx.ParentLocatorEntry.build(dict(
+            key_offset=base + len(strings), value_offset=base + len(strings) + len(kb),
+            key_length=len(kb), value_length=len(vb)))
+        strings += kb + vb
+    return head + entries + strings
+
+
+def make_differencing(child: Path, parent: Path, states: dict[int, int],
+                      bitmap: dict[int, list[tuple[int, int]]], linkage: str | None = None,
+                      relative: str = "parent.vhdx") -> None:
+    """Turn the qemu-made dynamic VHDX ``child`` into a differencing image of ``parent``.
+
+    ``states``: payload block -> new BAT state (the block's file offset is kept); ``bitmap``:
+    partially present block -> sector runs [a, b) stored in this file (one sector bitmap block
+    appended at the end of the file, for chunk 0).  Everything else is qemu's own layout.
+    """
+    with open_image(child, "vhdx") as img:
+        meta = img.regions[vhdx.METADATA_GUID]
+        bat = img.regions[vhdx.BAT_GUID]
+        items = img.metadata_items
+        fp = items[vhdx.FILE_PARAMETERS]
+        cr, spb = img.chunk_ratio, img.block_size // img.logical_sector_size
+        nitems = len(items)
+    with open_image(parent, "vhdx") as par:
+        guid = par.data_write_guid
+    buf = bytearray(child.read_bytes())
+    # file parameters: HasParent
+    flags_at = meta.file_offset + fp.offset + 4
+    buf[flags_at] |= 2
+    # a parent locator item after the last item, and its table entry
+    loc = _locator({"parent_linkage": linkage or "{%s}" % guid, "relative_path": relative,
+                    "absolute_win32_path": "C:\\nowhere\\parent.vhdx"})
+    item_off = max(i.offset + i.length for i in items.values())
+    item_off = -(-item_off // 4096) * 4096
+    buf[meta.file_offset + item_off:meta.file_offset + item_off + len(loc)] = loc
+    entry_at = meta.file_offset + 32 + 32 * nitems
+    buf[entry_at:entry_at + 32] = vhdx.MetadataTableEntry.build(dict(
+        item_id=vhdx.PARENT_LOCATOR.bytes_le, offset=item_off, length=len(loc), flags=4,
+        reserved=0))
+    buf[meta.file_offset + 10:meta.file_offset + 12] = (nitems + 1).to_bytes(2, "little")
+    # BAT states
+    for blk, state in states.items():
+        at = bat.file_offset + 8 * (blk + blk // cr)
+        e = int.from_bytes(buf[at:at + 8], "little")
+        buf[at:at + 8] = ((e & vhdx.OFFSET_MASK) | state).to_bytes(8, "little")
+    if bitmap:
+        sb_off = len(buf)
+        sb = bytearray(MiB)
+        for blk, runs in bitmap.items():
+            for a, b in runs:
+                for s in range(a, b):
+                    bit = blk * spb + s
+                    sb[bit // 8] |= 1 << (bit % 8)       # LSB-first
+        buf += sb
+        at = bat.file_offset + 8 * cr
+        buf[at:at + 8] = (sb_off | vhdx.SB_PRESENT).to_bytes(8, "little")
+    child.write_bytes(buf)
+
+
+@pytest.fixture
+def diff_pair(tmp_path: Path):
+    parent = make(tmp_path / "parent.vhdx", "8M", "block_size=1M", "block_state_zero=off",
+                  writes=("write -P 0xa1 0 8M", "write -P 0xa2 2M 1M"))
+    child = make(tmp_path / "child.vhdx", "8M", "block_size=1M", "block_state_zero=off",
+                 writes=("write -P 0xc1 1M 1M", "write -P 0xc3 3M 1M", "write -P 0xc5 5M 1M",
+                         "write -P 0xc6 6M 1M"))
+    refs = {}
+    for name, p in (("parent", parent), ("child", child)):
+        qemu_img("convert", "-f", "vhdx", "-O", "raw", p, tmp_path / f"{name}.raw")
+        refs[name] = (tmp_path / f"{name}.raw").read_bytes()
+    # block 1 fully present, 3 partially (sectors 8..16 and 1000..1040), 5 ZERO, 6 UNDEFINED
+    # (reads as zeros like qemu); 0, 2, 4, 7 NOT_PRESENT -> parent
+    states = {0: 0, 2: 0, 3: vhdx.PARTIALLY_PRESENT, 4: 0, 5: vhdx.ZERO, 6: vhdx.UNDEFINED, 7: 0}
+    runs = [(8, 16), (1000, 1040)]
+    expected = bytearray(refs["parent"])
+    expected[1 * MiB:2 * MiB] = refs["child"][1 * MiB:2 * MiB]
+    for a, b in runs:
+        expected[3 * MiB + 512 * a:3 * MiB + 512 * b] = refs["child"][3 * MiB + 512 * a:
+                                                                     3 * MiB + 512 * b]
+    expected[5 * MiB:7 * MiB] = bytes(2 * MiB)
+    return parent, child, states, {3: runs}, bytes(expected)
+
+
+@needs_qemu
+def test_differencing_reads_parent_and_child(diff_pair) -> None:
+    parent, child, states, bitmap, expected = diff_pair
+    make_differencing(child, parent, states, bitmap)
+    res = subprocess.run([shutil.which("qemu-img") or "qemu-img", "info", "-f", "vhdx",
+                          str(child)], capture_output=True, text=True)
+    assert res.returncode != 0       # qemu refuses VHDX with a parent: it is one
+    with open_image(child) as img:
+        assert img.subformat == "differencing" and img.backing is not None
+        assert Path(img.backing.path).resolve() == parent.resolve()
+        info = img.info()
+        assert info["parent"]["locator"]["relative_path"] == "parent.vhdx"
+        assert info["bat_states"] == {"fully_present": 1, "not_present": 4,
+                                      "partially_present": 1, "undefined": 1, "zero": 1}
+        assert img.read(0, img.virtual_size) == expected
+        kinds = {e.source is img.backing for e in img.extents() if e.kind is Kind.DATA}
+        assert kinds == {True, False}
+
+
+@needs_qemu
+def test_differencing_wrong_linkage_is_refused(diff_pair) -> None:
+    parent, child, states, bitmap, _ = diff_pair
+    make_differencing(child, parent, states, bitmap,
+                      linkage="{01234567-89ab-cdef-0123-456789abcdef}")
+    with pytest.raises(MissingBackingFile, match="parent_linkage"):
+        open_image(child, "vhdx")
+
+
+@needs_qemu
+def test_differencing_missing_parent(diff_pair) -> None:
+    parent, child, states, bitmap, _ = diff_pair
+    make_differencing(child, parent, states, bitmap, relative="..\\elsewhere\\gone.vhdx")
+    with pytest.raises(MissingBackingFile, match="gone.vhdx"):
+        open_image(child, "vhdx")
