@@ -289,8 +289,9 @@ class VhdxImage(DiskImage):
                 self.problem("warning", "region table", e.offset,
                              f"invalid region table ignored: {e.message}")
             return regions
-        raise CorruptImage(self.path, "region table", REGION_TABLE_OFFSETS[0],
-                           "no valid region table: " + "; ".join(e.message for e in errors))
+        first = errors[0]
+        raise type(first)(self.path, first.structure, first.offset,
+                          f"{first.message} (and the second table: {errors[1].message})")
 
     def _parse_region_table(self, off: int) -> dict[uuid.UUID, Region]:
         raw = self._vread(off, REGION_TABLE_SIZE, "region table")

@@ -6,12 +6,14 @@ import hashlib
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from formats import Kind, open_image, probe
-from formats.errors import FormatError, MissingBackingFile
+from formats.errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
+                            UnsupportedFeature)
 from formats import vhdx
 from formats.vhdx import VhdxImage
 from tests.oracle import (QEMU_IO, assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info,
@@ -374,3 +376,106 @@ def test_differencing_missing_parent(diff_pair) -> None:
     make_differencing(child, parent, states, bitmap, relative="..\\elsewhere\\gone.vhdx")
     with pytest.raises(MissingBackingFile, match="gone.vhdx"):
         open_image(child, "vhdx")
+
+
+# -- targeted damage: the right error or problem, naming structure and offset ---------------------
+def _patched(src: Path, dst: Path, edits: list[tuple[int, bytes]],
+             crc: tuple[int, int] | None = None, both_region_tables: bool = False) -> Path:
+    """``src`` with ``edits``, the CRC of the structure ``crc`` = (start, length) recomputed;
+    ``both_region_tables`` repeats edits and CRC in the second table (64 KiB further)."""
+    buf = bytearray(src.read_bytes())
+    if both_region_tables:
+        edits = edits + [(off + 65536, data) for off, data in edits]
+    for off, data in edits:
+        buf[off:off + len(data)] = data
+    for start, n in ([crc, (crc[0] + 65536, crc[1])] if both_region_tables and crc else
+                     [crc] if crc else []):
+        buf[start + 4:start + 8] = bytes(4)
+        buf[start + 4:start + 8] = crc32c.crc32c(bytes(buf[start:start + n])).to_bytes(4, "little")
+    dst.write_bytes(buf)
+    return dst
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return make(tmp_path / "base.vhdx", "16M", "block_size=1M", writes=WRITES[:3])
+
+
+@needs_qemu
+def test_bad_header_is_a_problem_and_the_other_is_used(base: Path, tmp_path: Path) -> None:
+    with open_image(base, "vhdx") as img:
+        cur = img.header.offset
+    other = 192 * 1024 - cur     # 64 KiB <-> 128 KiB
+    p = _patched(base, tmp_path / "h.vhdx", [(cur + 100, b"\xff")])   # current header: bad CRC
+    with open_image(p, "vhdx") as img:
+        assert img.header.offset == other
+        assert [(pr.structure, pr.offset) for pr in img.problems] == [("header", cur)]
+        assert "CRC" in img.problems[0].message
+        assert img.read(0, 64 << 10) == b"\x11" * (64 << 10)
+    p = _patched(p, tmp_path / "h2.vhdx", [(other, b"HEAD")])
+    with pytest.raises(CorruptImage, match="no valid header") as exc:
+        open_image(p, "vhdx")
+    assert exc.value.structure == "header"
+
+
+@needs_qemu
+def test_region_table_2_used_when_1_is_bad(base: Path, tmp_path: Path) -> None:
+    p = _patched(base, tmp_path / "r.vhdx", [(192 * 1024 + 20, b"\x99")])
+    with open_image(p, "vhdx") as img:
+        assert any(pr.structure == "region table" and pr.offset == 192 * 1024
+                   for pr in img.problems)
+        assert_reads_like_qemu(img, base, "vhdx", tmp_path)
+
+
+RT = 192 * 1024
+
+
+@needs_qemu
+@pytest.mark.parametrize("case,error,structure", [
+    ("unknown_required_region", UnsupportedFeature, "region table entry"),
+    ("overlapping_regions", CorruptImage, "region table entry"),
+    ("region_past_eof", TruncatedImage, "region table entry"),
+    ("unknown_required_item", UnsupportedFeature, "metadata table entry"),
+    ("block_size_not_pow2", CorruptImage, "metadata item file parameters"),
+    ("sector_size_1024", CorruptImage, "metadata item logical sector size"),
+    ("bat_past_eof", CorruptImage, "BAT entry 0"),
+    ("bat_state_4", CorruptImage, "BAT entry 2"),
+    ("absurd_virtual_size", CorruptImage, "metadata item virtual disk size"),
+])
+def test_damage_is_named(base: Path, tmp_path: Path, case: str, error: type, structure: str
+                         ) -> None:
+    with open_image(base, "vhdx") as img:
+        meta, bat = img.regions[vhdx.METADATA_GUID], img.regions[vhdx.BAT_GUID]
+        items = img.metadata_items
+        size = img.file_size
+    entry0 = RT + 16                            # first region table entry
+    bat_e = RT + 16 + 32 * [r.guid for r in img.regions.values()].index(vhdx.BAT_GUID)
+    guid = uuid.uuid4().bytes_le
+    item = lambda g: meta.file_offset + items[g].offset  # noqa: E731
+    edits = {
+        "unknown_required_region": ([(entry0, guid), (entry0 + 28, b"\1")], (RT, 65536)),
+        "overlapping_regions": ([(bat_e + 16, (meta.file_offset).to_bytes(8, "little"))],
+                                (RT, 65536)),
+        "region_past_eof": ([(bat_e + 16, (size + MiB).to_bytes(8, "little"))], (RT, 65536)),
+        "unknown_required_item": ([(meta.file_offset + 32, guid),
+                                   (meta.file_offset + 32 + 24, b"\4")], None),
+        "block_size_not_pow2": ([(item(vhdx.FILE_PARAMETERS), (3 * MiB).to_bytes(4, "little"))],
+                                None),
+        "sector_size_1024": ([(item(vhdx.LOGICAL_SECTOR_SIZE), (1024).to_bytes(4, "little"))],
+                             None),
+        "bat_past_eof": ([(bat.file_offset, ((size + MiB) | 6).to_bytes(8, "little"))], None),
+        "bat_state_4": ([(bat.file_offset + 16, (4).to_bytes(8, "little"))], None),
+        "absurd_virtual_size": ([(item(vhdx.VIRTUAL_DISK_SIZE), (1 << 62).to_bytes(8, "little"))],
+                                None),
+    }[case]
+    p = _patched(base, tmp_path / "x.vhdx", *edits, both_region_tables=edits[1] is not None)
+    # qemu agrees the damaged file is unreadable, except where it checks less than we do
+    if case not in ("unknown_required_item", "region_past_eof", "bat_state_4"):
+        res = subprocess.run([shutil.which("qemu-img") or "qemu-img", "convert", "-f", "vhdx",
+                              "-O", "raw", str(p), str(tmp_path / "q.raw")],
+                             capture_output=True, text=True)
+        assert res.returncode != 0, res
+    with pytest.raises(error) as exc:
+        open_image(p, "vhdx")
+    assert exc.value.structure == structure and str(p) in str(exc.value)
+    assert exc.value.offset is not None or structure.startswith("metadata item")
