@@ -554,10 +554,11 @@ class VhdxImage(DiskImage):
                          "replayed")
             return
         head = entries[-1]
-        if self.file_size < head.flushed_file_offset:
-            raise CorruptImage(self.path, "log entry", h.log_offset + head.offset,
-                               f"file is {self.file_size} bytes but the log says "
-                               f"{head.flushed_file_offset} were flushed")
+        for ent in entries:
+            if self.file_size < ent.flushed_file_offset:
+                raise CorruptImage(self.path, "log entry", h.log_offset + ent.offset,
+                                   f"file is {self.file_size} bytes but the log says "
+                                   f"{ent.flushed_file_offset} were flushed (truncated file?)")
         pages: dict[int, bytes] = {}
         for ent in entries:
             for foff, page, length in ent.writes:
@@ -723,22 +724,37 @@ class VhdxImage(DiskImage):
         return "dynamic"
 
     def _extents(self, start: int, end: int) -> Iterator[Extent]:
-        bs, cr = self.block_size, self.chunk_ratio
+        """Runs of blocks; neighbouring blocks of one kind (and contiguous data) are merged here,
+        so a huge sparse disk costs one cheap step per block, not one Extent per block."""
+        bs, cr, bat, vs = self.block_size, self.chunk_ratio, self._bat, self._virtual_size
+        run: tuple[Kind, int, int | None] | None = None     # (kind, guest start, host start)
         for i in range(start // bs, -(-end // bs)):
             lo = i * bs
-            hi = min(lo + bs, self._virtual_size)
-            e = self._bat[i + i // cr]
+            e = bat[i + i // cr]
             st = e & 7
             if st == FULLY_PRESENT:
-                yield Extent(lo, hi - lo, Kind.DATA, e & OFFSET_MASK)
-            elif st == PARTIALLY_PRESENT:
-                yield from self._partial_block(i, lo, hi, e & OFFSET_MASK)
-            elif st == NOT_PRESENT and self.backing is not None:
-                yield from self._parent_extents(lo, hi)
+                kind, host = Kind.DATA, e & OFFSET_MASK
             elif st in (ZERO, UNMAPPED, UNMAPPED_V095):
-                yield Extent(lo, hi - lo, Kind.ZERO)
-            else:   # NOT_PRESENT without parent, UNDEFINED: zeros (qemu does the same)
-                yield Extent(lo, hi - lo, Kind.UNALLOCATED)
+                kind, host = Kind.ZERO, None
+            elif st == NOT_PRESENT and self.backing is None or st == UNDEFINED:
+                # no parent, or contents undefined: zeros (qemu does the same)
+                kind, host = Kind.UNALLOCATED, None
+            else:
+                kind, host = None, None    # partially present, or taken from the parent
+            if run is not None and kind is run[0] and kind is not None and (
+                    kind is not Kind.DATA or host == run[2] + (lo - run[1])):   # type: ignore
+                continue
+            if run is not None:
+                yield Extent(run[1], lo - run[1], run[0], run[2])
+                run = None
+            if kind is not None:
+                run = (kind, lo, host)
+            elif st == PARTIALLY_PRESENT:
+                yield from self._partial_block(i, lo, min(lo + bs, vs), e & OFFSET_MASK)
+            else:
+                yield from self._parent_extents(lo, min(lo + bs, vs))
+        if run is not None:
+            yield Extent(run[1], min(-(-end // bs) * bs, vs) - run[1], run[0], run[2])
 
     def _partial_block(self, i: int, lo: int, hi: int, host: int) -> Iterator[Extent]:
         cr, lss = self.chunk_ratio, self._logical
