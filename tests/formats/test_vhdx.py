@@ -479,3 +479,50 @@ def test_damage_is_named(base: Path, tmp_path: Path, case: str, error: type, str
         open_image(p, "vhdx")
     assert exc.value.structure == structure and str(p) in str(exc.value)
     assert exc.value.offset is not None or structure.startswith("metadata item")
+
+
+@needs_qemu
+def test_differencing_parent_loop_is_refused(diff_pair) -> None:
+    parent, child, states, bitmap, _ = diff_pair
+    make_differencing(child, parent, states, bitmap, relative="child.vhdx")
+    with pytest.raises(FormatError, match="loop"):
+        open_image(child, "vhdx")
+
+
+@needs_qemu
+def test_identical_headers_with_equal_sequence(base: Path, tmp_path: Path) -> None:
+    """Disk2VHD writes two identical headers (same sequence number): accepted; two different
+    headers with one sequence number are corrupt."""
+    raw = base.read_bytes()
+    h1 = raw[64 << 10:(64 << 10) + 4096]
+    p = _patched(base, tmp_path / "same.vhdx", [(128 << 10, h1)])
+    with open_image(p, "vhdx") as img:
+        assert img.problems == [] and len(set(img.info()["headers"].values())) == 1
+        assert_reads_like_qemu(img, p, "vhdx", tmp_path)
+    # same sequence number, different FileWriteGuid, valid CRC
+    p = _patched(p, tmp_path / "diff.vhdx", [((128 << 10) + 16, uuid.uuid4().bytes_le)],
+                 crc=(128 << 10, 4096))
+    with pytest.raises(CorruptImage, match="sequence number") as exc:
+        open_image(p, "vhdx")
+    assert exc.value.structure == "header"
+
+
+@needs_qemu
+def test_dirty_log_of_a_truncated_file_is_corrupt(tmp_path: Path) -> None:
+    p = _dirty(tmp_path, "32M", 4096, ("write -P 0x5a 0 1M",))
+    with open(p, "r+b") as f:
+        f.truncate(p.stat().st_size - MiB)      # shorter than the log's FlushedFileOffset
+    with pytest.raises(CorruptImage, match="flushed") as exc:
+        open_image(p, "vhdx")
+    assert exc.value.structure == "log entry" and exc.value.offset is not None
+
+
+@given(data=st.binary(min_size=0, max_size=64))
+def test_bitmap_runs_match_a_naive_scan(data: bytes) -> None:
+    nbits = len(data) * 8
+    bits = int.from_bytes(data, "little")
+    runs = list(vhdx._runs_of_bits(bits, nbits))
+    naive = [bool(data[i // 8] >> (i % 8) & 1) for i in range(nbits)]   # LSB-first
+    flat = [v for a, b, v in runs for _ in range(a, b)]
+    assert flat == naive
+    assert all(r1[2] != r2[2] and r1[1] == r2[0] for r1, r2 in zip(runs, runs[1:]))
