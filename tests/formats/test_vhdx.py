@@ -515,3 +515,31 @@ def test_bitmap_runs_match_a_naive_scan(data: bytes) -> None:
     flat = [v for a, b, v in runs for _ in range(a, b)]
     assert flat == naive
     assert all(r1[2] != r2[2] and r1[1] == r2[0] for r1, r2 in zip(runs, runs[1:]))
+
+
+@needs_qemu
+def test_dirty_log_entry_wrapping_the_circular_log(tmp_path: Path) -> None:
+    """Move qemu's log entry so its data sector wraps to the start of the log (tail and CRC
+    rewritten); qemu replays the same circular log with `check -r all`."""
+    p = _dirty(tmp_path, "32M", 4096, ("write -P 0x5a 0 1M", "write -P 0x6b 3M 100k"))
+    with open_image(p, "vhdx") as img:
+        log, length = img.header.log_offset, img.header.log_length
+    buf = bytearray(p.read_bytes())
+    entry = bytearray(buf[log:log + 8192])
+    assert entry[:4] == b"loge" and int.from_bytes(entry[8:12], "little") == 8192
+    last = length - 4096
+    entry[12:16] = last.to_bytes(4, "little")             # tail: the entry itself
+    entry[4:8] = bytes(4)
+    entry[4:8] = crc32c.crc32c(bytes(entry)).to_bytes(4, "little")
+    buf[log:log + length] = bytes(length)
+    buf[log + last:log + length] = entry[:4096]
+    buf[log:log + 4096] = entry[4096:]
+    p.write_bytes(buf)
+    repaired = tmp_path / "repaired.vhdx"
+    shutil.copy(p, repaired)
+    qemu_img("check", "-r", "all", "-f", "vhdx", repaired)
+    with open_image(p, "vhdx") as img:
+        assert img.info()["log"]["entries_replayed"] == 1
+        assert img.info()["bat_states"]["fully_present"] == 1
+        assert_reads_like_qemu(img, repaired, "vhdx", tmp_path)
+    assert p.read_bytes() == buf
