@@ -782,6 +782,11 @@ class VhdxImage(DiskImage):
         if max(lo, pend) < hi:
             yield Extent(max(lo, pend), hi - max(lo, pend), Kind.UNALLOCATED)
 
+    def _sequence(self, offset: int) -> int | None:
+        """A header's sequence number, None when that header is invalid."""
+        hd = self.headers.get(offset)
+        return hd.sequence_number if hd else None
+
     def info(self) -> dict[str, Any]:
         h = self.header
         out: dict[str, Any] = {
@@ -793,15 +798,17 @@ class VhdxImage(DiskImage):
             "leave_blocks_allocated": self.leave_blocks_allocated,
             "has_parent": self.has_parent,
             "page83_id": str(self.page83),
-            "headers": {f"{o:#x}": hd.sequence_number for o, hd in self.headers.items()},
+            "header1_sequence": self._sequence(HEADER_OFFSETS[0]),
+            "header2_sequence": self._sequence(HEADER_OFFSETS[1]),
             "current_header": f"{h.offset:#x}",
             "data_write_guid": str(h.data_write_guid),
-            "log": {"offset": h.log_offset, "length": h.log_length,
-                    "guid": str(h.log_guid),
-                    "state": ("replayed in memory" if self.log_replayed else
-                              "dirty, nothing valid to replay" if h.log_guid != NIL_GUID
-                              else "clean"),
-                    "entries_replayed": self.log_replayed},
+            "log_state": ("replayed in memory" if self.log_replayed else
+                          "dirty, nothing valid to replay" if h.log_guid != NIL_GUID
+                          else "clean"),
+            "log_entries_replayed": self.log_replayed,
+            "log_offset": h.log_offset,
+            "log_length": h.log_length,
+            "log_guid": str(h.log_guid),
             "chunk_ratio": self.chunk_ratio,
             "payload_blocks": self.payload_blocks,
             "bat_states": dict(sorted(self.state_counts.items())),
