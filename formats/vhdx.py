@@ -336,6 +336,7 @@ class VhdxImage(DiskImage):
                                        f"the {what}")
             spans.append((r.file_offset, r.length, f"region {r.guid}"))
             regions[r.guid] = r
+        self._spans = spans
         for g, name in ((BAT_GUID, "BAT"), (METADATA_GUID, "metadata")):
             if g not in regions:
                 raise CorruptImage(self.path, "region table", off, f"no {name} region")
@@ -490,7 +491,8 @@ class VhdxImage(DiskImage):
                                    f"payload block {i} has invalid state {st}")
             counts[STATE_NAMES[st]] = counts.get(STATE_NAMES[st], 0) + 1
             if st in (FULLY_PRESENT, PARTIALLY_PRESENT):
-                self._check_block_offset(idx, e & OFFSET_MASK, bs)
+                self._check_block_offset(idx, e & OFFSET_MASK,
+                                         min(bs, self._virtual_size - i * bs))
             if st == PARTIALLY_PRESENT:
                 sb = (i // cr) * (cr + 1) + cr
                 if bat[sb] & 7 != SB_PRESENT:
@@ -509,10 +511,16 @@ class VhdxImage(DiskImage):
         return counts
 
     def _check_block_offset(self, idx: int, off: int, length: int) -> None:
-        if off < HEADER_SECTION or off + length > self._eof:
-            raise CorruptImage(self.path, f"BAT entry {idx}", self._bat_offset + 8 * idx,
-                               f"block at {off:#x}+{length:#x} outside the file "
-                               f"({self._eof} bytes) or inside the header section")
+        """A payload or sector bitmap block lies inside the file and outside every region."""
+        where = f"BAT entry {idx}"
+        if off + length > self._eof:
+            raise CorruptImage(self.path, where, self._bat_offset + 8 * idx,
+                               f"block at {off:#x}+{length:#x} beyond the end of the file "
+                               f"({self._eof} bytes)")
+        for s, n, what in self._spans:
+            if off < s + n and s < off + length:
+                raise CorruptImage(self.path, where, self._bat_offset + 8 * idx,
+                                   f"block at {off:#x}+{length:#x} overlaps the {what}")
 
     def _open_parent(self) -> None:
         loc = self.parent_locator

@@ -437,6 +437,7 @@ RT = 192 * 1024
     ("sector_size_1024", CorruptImage, "metadata item logical sector size"),
     ("bat_past_eof", CorruptImage, "BAT entry 0"),
     ("bat_state_4", CorruptImage, "BAT entry 2"),
+    ("bat_over_metadata", CorruptImage, "BAT entry 0"),
     ("absurd_virtual_size", CorruptImage, "metadata item virtual disk size"),
 ])
 def test_damage_is_named(base: Path, tmp_path: Path, case: str, error: type, structure: str
@@ -461,6 +462,8 @@ def test_damage_is_named(base: Path, tmp_path: Path, case: str, error: type, str
         "sector_size_1024": ([(item(vhdx.LOGICAL_SECTOR_SIZE), (1024).to_bytes(4, "little"))],
                              None),
         "bat_past_eof": ([(bat.file_offset, ((size + MiB) | 6).to_bytes(8, "little"))], None),
+        "bat_over_metadata": ([(bat.file_offset, (meta.file_offset | 6).to_bytes(8, "little"))],
+                              None),
         "bat_state_4": ([(bat.file_offset + 16, (4).to_bytes(8, "little"))], None),
         "absurd_virtual_size": ([(item(vhdx.VIRTUAL_DISK_SIZE), (1 << 62).to_bytes(8, "little"))],
                                 None),
