@@ -568,14 +568,16 @@ class VhdxImage(DiskImage):
                                    f"file is {self.file_size} bytes but the log says "
                                    f"{ent.flushed_file_offset} were flushed (truncated file?)")
         pages: dict[int, bytes] = {}
+        work = 0     # pages written, counting rewrites: zero descriptors may repeat a range
         for ent in entries:
             for foff, page, length in ent.writes:
+                work += length // PAGE
+                if work > MAX_OVERLAY_PAGES:
+                    raise UnsupportedFeature(self.path, "log", h.log_offset + ent.offset,
+                                             f"log replay writes more than "
+                                             f"{MAX_OVERLAY_PAGES} pages")
                 for p in range(foff, foff + length, PAGE):
                     pages[p] = page if page is not None else ZERO_PAGE
-                if len(pages) > MAX_OVERLAY_PAGES:
-                    raise UnsupportedFeature(self.path, "log", h.log_offset + ent.offset,
-                                             f"log replay touches more than "
-                                             f"{MAX_OVERLAY_PAGES} pages")
         end = max([head.last_file_offset, self.file_size]
                   + [p + PAGE for p in pages])
         self._eof = end
@@ -594,21 +596,7 @@ class VhdxImage(DiskImage):
             ent = self._log_entry(h, slot, budget)
             if ent is not None:
                 valid[slot] = ent
-        best: list[LogEntry] = []
-        for slot, ent in valid.items():
-            chain = [ent]
-            seen = {slot}
-            while True:
-                nxt = (chain[-1].offset + chain[-1].length) % h.log_length
-                cand = valid.get(nxt)
-                if cand is None or nxt in seen or \
-                        cand.sequence_number != chain[-1].sequence_number + 1:
-                    break
-                chain.append(cand)
-                seen.add(nxt)
-            key = (chain[-1].sequence_number, len(chain))
-            if not best or key > (best[-1].sequence_number, len(best)):
-                best = chain
+        best = self._longest_newest_chain(valid, h.log_length)
         if best:
             # replay starts at the tail the head entry names, if it is part of this sequence
             offsets = [e.offset for e in best]
@@ -618,6 +606,38 @@ class VhdxImage(DiskImage):
                 self.problem("warning", "log", h.log_offset + best[-1].offset,
                              f"head entry's tail {best[-1].tail:#x} is not in its sequence")
         return best
+
+    @staticmethod
+    def _longest_newest_chain(valid: dict[int, LogEntry], log_length: int) -> list[LogEntry]:
+        """The run of entries, each directly after the previous one in the circular log with the
+        next sequence number, that ends at the highest sequence number (longest on ties).
+        Sequence numbers strictly increase along a run, so runs cannot loop; O(entries)."""
+        succ: dict[int, int] = {}
+        for slot, ent in valid.items():
+            nxt = (slot + ent.length) % log_length
+            if nxt in valid and valid[nxt].sequence_number == ent.sequence_number + 1:
+                succ[slot] = nxt
+        end: dict[int, tuple[int, int]] = {}      # slot -> (head sequence, run length from it)
+        for slot in valid:
+            path = []
+            s: int | None = slot
+            while s is not None and s not in end:
+                path.append(s)
+                s = succ.get(s)
+            tail_key = end[s] if s is not None else None
+            for p in reversed(path):
+                if tail_key is None:
+                    tail_key = (valid[p].sequence_number, 1)
+                else:
+                    tail_key = (tail_key[0], tail_key[1] + 1)
+                end[p] = tail_key
+        if not end:
+            return []
+        start = max(end, key=lambda k: end[k])
+        chain = [valid[start]]
+        while chain[-1].offset in succ:
+            chain.append(valid[succ[chain[-1].offset]])
+        return chain
 
     def _log_bytes(self, h: VhdxHeader, off: int, length: int) -> bytes:
         """``length`` bytes of the circular log starting at ``off`` (wrapping at its end)."""

@@ -546,3 +546,30 @@ def test_dirty_log_entry_wrapping_the_circular_log(tmp_path: Path) -> None:
         assert img.info()["bat_states"]["fully_present"] == 1
         assert_reads_like_qemu(img, repaired, "vhdx", tmp_path)
     assert p.read_bytes() == buf
+
+
+def _entry(offset: int, seq: int, length: int = 4096) -> vhdx.LogEntry:
+    return vhdx.LogEntry(offset, seq, offset, length, 0, 0, ())
+
+
+def test_active_log_sequence_is_the_newest_run() -> None:
+    L = 16 * 4096
+    # an older run 1,2,3 at slots 0..2; the newest run is 9 (slot 13), 10 (slot 14, 8 KiB
+    # long, so it ends at the log's end and its successor is slot 0)
+    valid = {0: _entry(0, 1), 4096: _entry(4096, 2), 8192: _entry(8192, 3),
+             13 * 4096: _entry(13 * 4096, 9), 14 * 4096: _entry(14 * 4096, 10, 8192)}
+    chain = vhdx.VhdxImage._longest_newest_chain(valid, L)
+    assert [e.sequence_number for e in chain] == [9, 10]
+    # slot 0 held the older 1; once it holds 11 the run continues across the wrap
+    valid[0] = _entry(0, 11)
+    chain = vhdx.VhdxImage._longest_newest_chain(valid, L)
+    assert [e.sequence_number for e in chain] == [9, 10, 11]
+    assert vhdx.VhdxImage._longest_newest_chain({}, L) == []
+
+
+def test_active_log_sequence_is_linear_in_entries() -> None:
+    n = 65536                     # a 256 MiB log of one-page entries, one long run
+    valid = {i * 4096: _entry(i * 4096, i + 1) for i in range(n)}
+    t = time.monotonic()
+    chain = vhdx.VhdxImage._longest_newest_chain(valid, n * 4096)
+    assert len(chain) == n and time.monotonic() - t < 5
