@@ -664,17 +664,28 @@ class VhdxImage(DiskImage):
         if budget[0] < 0:
             raise CorruptImage(self.path, "log", h.log_offset,
                                "log search exceeded its work bound (crafted log?)")
-        data = self._log_bytes(h, slot, e.entry_length)
-        if not crc_ok(data):
+        if not self._log_crc_ok(h, slot, e.entry_length, e.checksum):
             return None
-        writes = self._log_descriptors(e, data, ndesc_sectors)
+        writes = self._log_descriptors(h, slot, e, ndesc_sectors)
         if writes is None:
             return None
         return LogEntry(slot, e.sequence_number, e.tail, e.entry_length, e.flushed_file_offset,
                         e.last_file_offset, writes)
 
-    def _log_descriptors(self, e: Any, data: bytes, ndesc_sectors: int
+    def _log_crc_ok(self, h: VhdxHeader, slot: int, length: int, want: int) -> bool:
+        """CRC-32C of a log entry (checksum field zeroed), read 1 MiB at a time."""
+        first = self._log_bytes(h, slot, min(length, MiB))
+        crc = crc32c.crc32c(first[:4] + b"\0\0\0\0" + first[8:])
+        for off in range(MiB, length, MiB):
+            crc = crc32c.crc32c(self._log_bytes(h, (slot + off) % h.log_length,
+                                                min(MiB, length - off)), crc)
+        return crc == want
+
+    def _log_descriptors(self, h: VhdxHeader, slot: int, e: Any, ndesc_sectors: int
                          ) -> tuple[tuple[int, bytes | None, int], ...] | None:
+        """The entry's writes (file offset, page or None for zeros, length), or None when a
+        descriptor or data sector is invalid."""
+        data = self._log_bytes(h, slot, ndesc_sectors * PAGE)
         writes = []
         sector = ndesc_sectors
         nsectors = e.entry_length // PAGE
@@ -691,7 +702,8 @@ class VhdxImage(DiskImage):
             elif d.signature == b"desc":
                 if sector >= nsectors:
                     return None
-                ds = LogDataSector.parse(data[sector * PAGE:(sector + 1) * PAGE])
+                ds = LogDataSector.parse(self._log_bytes(h, (slot + sector * PAGE) %
+                                                         h.log_length, PAGE))
                 sector += 1
                 if ds.signature != b"data" or \
                         (ds.sequence_high << 32 | ds.sequence_low) != e.sequence_number:
