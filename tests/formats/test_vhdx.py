@@ -191,17 +191,29 @@ STRUCTURES = [("identifier", 0, 1024, 0), ("header1", 64 << 10, 80, 4096),
               ("header2", 128 << 10, 80, 4096), ("regions1", 192 << 10, 80, 65536),
               ("regions2", 256 << 10, 80, 65536), ("log", MiB, 8192, 0),
               ("bat", 2 * MiB, 512, 0), ("metadata", 3 * MiB, 256, 0),
-              ("items", 3 * MiB + (64 << 10), 128, 0)]
+              ("items", 3 * MiB + (64 << 10), 8192, 0),
+              # the last MiB: the sector bitmap block of the differencing image
+              ("last MiB", -MiB, 1024, 0)]
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> dict[str, bytes]:
+def pristine(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
+    """A folder holding parent.vhdx, and valid images to damage: clean, dirty (log to replay),
+    diff (differencing image of parent.vhdx, with a partially present block)."""
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img not installed")
     d = tmp_path_factory.mktemp("vhdx-fuzz")
     clean = make(d / "clean.vhdx", "24M", "block_size=1M", writes=WRITES[:4])
     dirty = _dirty(d, "32M", 4096, ("write -P 0x5a 0 1M", "write -P 0x6b 3M 100k"))
-    return {"clean": clean.read_bytes(), "dirty": dirty.read_bytes()}
+    parent = make(d / "parent.vhdx", "8M", "block_size=1M", writes=("write -P 0xa1 0 8M",))
+    child = make(d / "child.vhdx", "8M", "block_size=1M", "block_state_zero=off",
+                 writes=("write -P 0xc1 1M 1M", "write -P 0xc3 3M 1M"))
+    make_differencing(child, parent, {0: 0, 2: 0, 3: vhdx.PARTIALLY_PRESENT},
+                      {3: [(8, 16), (1000, 1040)]})
+    with open_image(child, "vhdx") as img:
+        assert img.subformat == "differencing"
+    return d, {"clean": clean.read_bytes(), "dirty": dirty.read_bytes(),
+               "diff": child.read_bytes()}
 
 
 def _read_all(p: Path) -> None:
@@ -219,21 +231,23 @@ def _read_all(p: Path) -> None:
 
 
 @settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["clean", "dirty"]), where=st.sampled_from(STRUCTURES),
+@given(which=st.sampled_from(["clean", "dirty", "diff"]), where=st.sampled_from(STRUCTURES),
        edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1,
                       max_size=4),
        fix_crc=st.booleans())
 def test_mutated_images_fail_cleanly(pristine, tmp_path: Path, which: str, where, edits,
                                      fix_crc: bool) -> None:
     _name, start, length, crc_len = where
-    buf = bytearray(pristine[which])
+    folder, images = pristine
+    buf = bytearray(images[which])
+    start %= len(buf)
     for rel, val in edits:
         buf[start + rel % length] = val
     if fix_crc and crc_len:
         buf[start + 4:start + 8] = b"\0" * 4
         buf[start + 4:start + 8] = crc32c.crc32c(bytes(buf[start:start + crc_len])).to_bytes(
             4, "little")
-    p = tmp_path / "m.vhdx"
+    p = folder / "m.vhdx"            # beside parent.vhdx
     p.write_bytes(buf)
     t = time.monotonic()
     _read_all(p)
@@ -242,10 +256,11 @@ def test_mutated_images_fail_cleanly(pristine, tmp_path: Path, which: str, where
 
 
 @settings(max_examples=25, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["clean", "dirty"]), keep=st.integers(0, 12 * MiB))
-def test_truncated_images_fail_cleanly(pristine, tmp_path: Path, which: str, keep: int) -> None:
-    p = tmp_path / "t.vhdx"
-    p.write_bytes(pristine[which][:keep])
+@given(which=st.sampled_from(["clean", "dirty", "diff"]), keep=st.integers(0, 12 * MiB))
+def test_truncated_images_fail_cleanly(pristine, which: str, keep: int) -> None:
+    folder, images = pristine
+    p = folder / "t.vhdx"
+    p.write_bytes(images[which][:keep])
     _read_all(p)
 
 
