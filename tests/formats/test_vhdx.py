@@ -588,3 +588,14 @@ def test_active_log_sequence_is_linear_in_entries() -> None:
     t = time.monotonic()
     chain = vhdx.VhdxImage._longest_newest_chain(valid, n * 4096)
     assert len(chain) == n and time.monotonic() - t < 5
+
+
+@needs_qemu
+@pytest.mark.parametrize("size", [str(40 * MiB + 512), str(MiB - 4096)])
+def test_size_not_a_multiple_of_the_block(tmp_path: Path, size: str) -> None:
+    n = int(size)
+    p = make(tmp_path / "odd.vhdx", size, "block_size=8M",
+             writes=(f"write -P 0x7e 0 {n}", "write -z 4096 4096"))
+    with open_image(p, "vhdx") as img:
+        assert img.virtual_size == n and img.payload_blocks == -(-n // (8 * MiB))
+        assert_reads_like_qemu(img, p, "vhdx", tmp_path)
