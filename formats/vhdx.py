@@ -540,7 +540,11 @@ class VhdxImage(DiskImage):
             raise MissingBackingFile(self.path, "parent locator", None,
                                      "parent not found; tried " + (", ".join(tried) or "nothing"))
         from .probe import open_image
-        parent = open_image(p, None, _chain=self._chain)
+        try:
+            parent = open_image(p, None, _chain=self._chain)
+        except OSError as e:
+            raise MissingBackingFile(self.path, "parent locator", None,
+                                     f"cannot open parent {p}: {e.strerror}") from e
         self.backing = parent
         want = {loc.get("parent_linkage", ""), loc.get("parent_linkage2", "")} - {""}
         got = getattr(parent, "data_write_guid", None)
