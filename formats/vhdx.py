@@ -771,34 +771,32 @@ class VhdxImage(DiskImage):
         """Runs of blocks; neighbouring blocks of one kind (and contiguous data) are merged here,
         so a huge sparse disk costs one cheap step per block, not one Extent per block."""
         bs, cr, bat, vs = self.block_size, self.chunk_ratio, self._bat, self._virtual_size
-        run: tuple[Kind, int, int | None] | None = None     # (kind, guest start, host start)
+        run: tuple[Kind, int, int] | None = None     # (kind, guest start, host - guest offset)
         for i in range(start // bs, -(-end // bs)):
             lo = i * bs
             e = bat[i + i // cr]
             st = e & 7
+            kind: Kind | None = None     # None: partially present, or taken from the parent
+            delta = 0
             if st == FULLY_PRESENT:
-                kind, host = Kind.DATA, e & OFFSET_MASK
+                kind, delta = Kind.DATA, (e & OFFSET_MASK) - lo
             elif st in (ZERO, UNMAPPED, UNMAPPED_V095):
-                kind, host = Kind.ZERO, None
+                kind = Kind.ZERO
             elif st == NOT_PRESENT and self.backing is None or st == UNDEFINED:
-                # no parent, or contents undefined: zeros (qemu does the same)
-                kind, host = Kind.UNALLOCATED, None
-            else:
-                kind, host = None, None    # partially present, or taken from the parent
-            if run is not None and kind is run[0] and kind is not None and (
-                    kind is not Kind.DATA or host == run[2] + (lo - run[1])):   # type: ignore
+                kind = Kind.UNALLOCATED  # no parent, or contents undefined: zeros, like qemu
+            if run is not None and kind is run[0] and delta == run[2]:
                 continue
             if run is not None:
-                yield Extent(run[1], lo - run[1], run[0], run[2])
+                yield _run_extent(run, lo)
                 run = None
             if kind is not None:
-                run = (kind, lo, host)
+                run = (kind, lo, delta)
             elif st == PARTIALLY_PRESENT:
                 yield from self._partial_block(i, lo, min(lo + bs, vs), e & OFFSET_MASK)
             else:
                 yield from self._parent_extents(lo, min(lo + bs, vs))
         if run is not None:
-            yield Extent(run[1], min(-(-end // bs) * bs, vs) - run[1], run[0], run[2])
+            yield _run_extent(run, min(-(-end // bs) * bs, vs))
 
     def _partial_block(self, i: int, lo: int, hi: int, host: int) -> Iterator[Extent]:
         cr, lss = self.chunk_ratio, self._logical
@@ -861,6 +859,11 @@ class VhdxImage(DiskImage):
             out["parent"] = {"locator": dict(self.parent_locator),
                              "path": self.backing.path if self.backing else None}
         return out
+
+
+def _run_extent(run: tuple[Kind, int, int], end: int) -> Extent:
+    kind, lo, delta = run
+    return Extent(lo, end - lo, kind, lo + delta if kind is Kind.DATA else None)
 
 
 def _linkage_matches(text: str, guid: uuid.UUID) -> bool:
