@@ -219,7 +219,11 @@ class VhdxImage(DiskImage):
         self.data_write_guid = self.header.data_write_guid
         self._check_log_location(self.header)
         if self.header.log_guid != NIL_GUID:
-            self._replay_log(self.header)
+            if self.header.log_length:
+                self._replay_log(self.header)
+            else:    # qemu also reads this as "no log"
+                self.problem("warning", "header", self.header.offset,
+                             "LogGuid is set but the log is empty (LogLength 0)")
         self.regions = self._read_region_table()
         self._read_metadata(self.regions[METADATA_GUID])
         self._geometry()
@@ -265,8 +269,8 @@ class VhdxImage(DiskImage):
         if h.log_length and h.log_offset < HEADER_SECTION:
             raise CorruptImage(self.path, "header", h.offset,
                                f"log offset {h.log_offset:#x} inside the header section")
-        if h.log_guid != NIL_GUID:
-            if h.log_length == 0 or h.log_offset + h.log_length > self.file_size:
+        if h.log_guid != NIL_GUID and h.log_length:
+            if h.log_offset + h.log_length > self.file_size:
                 raise TruncatedImage(self.path, "log", h.log_offset,
                                      f"log of {h.log_length} bytes lies beyond the end of the "
                                      f"{self.file_size}-byte file")
