@@ -107,7 +107,7 @@ HeaderV3Tail = cs.Struct(
 )
 ExtensionHeader = cs.Struct("type" / cs.Int32ub, "length" / cs.Int32ub)
 FeatureNameEntry = cs.Struct("type" / cs.Int8ub, "bit" / cs.Int8ub,
-                             "name" / cs.PaddedString(46, "utf8"))
+                             "name" / cs.Bytes(46))
 assert HeaderV2.sizeof() == V2_HEADER_LENGTH
 assert V2_HEADER_LENGTH + HeaderV3Tail.sizeof() == V3_HEADER_LENGTH
 
@@ -258,6 +258,7 @@ class Qcow2Image(DiskImage):
             raise CorruptImage(self.path, "qcow2 header l1_size", 36,
                                f"L1 table has {h.l1_size} entries, the virtual size needs "
                                f"{needed}")
+        self._check_other_tables(h)
         self.backing_file = self._read_backing_name(h)
         self.backing_format = self.ext.backing_format
         if self.backing_file is not None:
@@ -300,11 +301,16 @@ class Qcow2Image(DiskImage):
                                    f"format name of {len(data)} bytes is too long")
             found["backing_format"] = data.decode("ascii", "replace")
         elif typ == EXT_DATA_FILE:
-            found["data_file"] = os.fsdecode(data.split(b"\0", 1)[0])
+            name = data.rstrip(b"\0")
+            if b"\0" in name:
+                raise CorruptImage(self.path, "qcow2 external data file extension", at,
+                                   f"data file name {name!r} contains a NUL byte")
+            found["data_file"] = os.fsdecode(name)
         elif typ == EXT_FEATURE_TABLE:
             for i in range(len(data) // 48):
                 e = FeatureNameEntry.parse(data[i * 48:(i + 1) * 48])
-                names.append((e.type, e.bit, e.name))
+                names.append((e.type, e.bit,
+                              e.name.split(b"\0", 1)[0].decode("utf-8", "replace")))
         elif typ == EXT_BITMAPS:
             found["bitmaps"] = True
         elif typ == EXT_CRYPTO:
@@ -342,10 +348,26 @@ class Qcow2Image(DiskImage):
             raise CorruptImage(self.path, "qcow2 header cluster_bits", 20,
                                "extended L2 entries need clusters of at least 16 KiB")
 
+    def _check_other_tables(self, h: Qcow2Header) -> None:
+        """Refcount and snapshot tables are not needed to read; qemu refuses bad ones: note it."""
+        tables = [("refcount table", 48, h.refcount_table_offset,
+                   h.refcount_table_clusters * self.cluster_size)]
+        if h.nb_snapshots:
+            tables.append(("snapshot table", 64, h.snapshots_offset, h.nb_snapshots * 40))
+        for name, field, off, length in tables:
+            if off % self.cluster_size or off + length > self.file_size or not length:
+                self.problem("error", f"qcow2 {name}", off,
+                             f"{name} ({length} bytes at {off:#x}, header field at {field}) is "
+                             "misaligned, empty or past the end of the file; qemu refuses to "
+                             "open the image, guest data is still mapped by the L1 table")
+
     def _read_backing_name(self, h: Qcow2Header) -> str | None:
         if not h.backing_file_offset or not h.backing_file_size:
             return None
         raw = self._pread(h.backing_file_offset, h.backing_file_size, "qcow2 backing file name")
+        if b"\0" in raw:
+            raise CorruptImage(self.path, "qcow2 backing file name", h.backing_file_offset,
+                               f"backing file name {raw!r} contains a NUL byte")
         return os.fsdecode(raw)
 
     def _sibling(self, name: str) -> str:
@@ -469,7 +491,7 @@ class Qcow2Image(DiskImage):
 
     def _walk_standard(self, t: array, a: int, b: int, base: int,
                        l2_off: int) -> Iterator[Extent]:
-        """Runs of entries ``[a, b)`` of a standard L2 table whose first cluster is guest ``base``."""
+        """Runs of entries ``[a, b)`` of a standard L2 table; its first cluster is guest ``base``."""
         csz = self.cluster_size
         i = a
         while i < b:
