@@ -55,7 +55,7 @@ MIN_CLUSTER_BITS_EXTL2 = 14     # qemu: extended L2 needs clusters of 16 KiB or 
 MAX_L1_BYTES = 32 * 1024 * 1024  # qemu QCOW_MAX_L1_SIZE
 MAX_BACKING_NAME = 1023
 MAX_REFCOUNT_ORDER = 6
-L2_CACHE_BYTES = 32 * 1024 * 1024
+L2_CACHE_BYTES = 8 * 1024 * 1024     # per image; a chain has one cache per layer
 
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00    # L1/L2 entry bits 9-55
 OFLAG_COPIED = 1 << 63
@@ -508,6 +508,9 @@ class Qcow2Image(DiskImage):
             host = e & OFFSET_MASK
             j = i + 1
             if e & OFLAG_ZERO:
+                if self.header.version < 3:     # qemu: corruption, reads fail with EIO
+                    raise CorruptImage(self.path, f"qcow2 L2 table entry {i}", l2_off + 8 * i,
+                                       "zero cluster flag in a version 2 image")
                 self._check_host(host, l2_off, i)
                 while (j < b and t[j] & (OFLAG_ZERO | OFLAG_COMPRESSED) == OFLAG_ZERO
                        and not (t[j] & OFFSET_MASK) % csz):

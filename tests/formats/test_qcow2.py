@@ -168,6 +168,28 @@ def test_extended_l2(tmp_path: Path) -> None:
         assert kinds == {Kind.DATA, Kind.UNALLOCATED}
 
 
+def test_extended_l2_compressed(tmp_path: Path) -> None:
+    src = write_pattern(tmp_path / "s.raw", 2 * MiB, [(0, MiB)])
+    with open(src, "r+b") as f:
+        f.seek(MiB)
+        f.write(b"subclusters " * 50000)
+    p = tmp_path / "xc.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "extended_l2=on,cluster_size=64k",
+             src, p)
+    qemu_io(p, "qcow2", "write -P 0x09 1M 2k")      # a subcluster write over a compressed cluster
+    with check_against_qemu(p, tmp_path) as img:
+        assert img.info()["compressed_clusters"] > 0
+
+
+def test_internal_snapshots_read_the_active_state(tmp_path: Path) -> None:
+    p = make_qcow2(tmp_path, "s.qcow2", 2 * MiB, [(0, MiB)])
+    qemu_img("snapshot", "-c", "before", p)
+    qemu_io(p, "qcow2", "write -P 0x5a 64k 128k", "discard 512k 64k", "write -z 1M 64k")
+    with check_against_qemu(p, tmp_path) as img:
+        assert img.info()["snapshots"] == 1
+        assert not img.problems
+
+
 def test_extended_l2_over_backing(tmp_path: Path) -> None:
     base = write_pattern(tmp_path / "base.raw", 2 * MiB, [(0, 2 * MiB)], seed=7)
     p = tmp_path / "ov.qcow2"
@@ -318,6 +340,20 @@ def test_l2_pointer_past_eof_names_table_and_offset(tmp_path: Path) -> None:
         assert exc.value.offset == l1_off
 
 
+def test_zero_flag_in_v2_image_is_corrupt_like_qemu(tmp_path: Path) -> None:
+    p = make_qcow2(tmp_path, "v2.qcow2", MiB, [(0, 64 * KiB)], "compat=0.10")
+    data = p.read_bytes()
+    l1 = struct.unpack(">Q", data[40:48])[0]
+    l2 = struct.unpack(">Q", data[l1:l1 + 8])[0] & 0x00FF_FFFF_FFFF_FE00
+    set_header_field(p, l2, ">Q", struct.unpack(">Q", data[l2:l2 + 8])[0] | 1)
+    with pytest.raises(AssertionError, match="pre-v3"):
+        qemu_img("convert", "-f", "qcow2", "-O", "raw", p, tmp_path / "out.raw")
+    with open_image(p) as img:
+        with pytest.raises(CorruptImage, match="version 2") as exc:
+            img.read(0, 512)
+        assert exc.value.offset == l2
+
+
 def test_sparse_1tib_map_is_fast_and_complete(tmp_path: Path) -> None:
     import time
 
@@ -443,7 +479,7 @@ def test_mutated_anywhere_and_truncated(fuzz_bases: dict[str, bytes], kind: str,
     _fuzz_one(base, writes, cut)
 
 
-@pytest.mark.parametrize("kind", ["v3-512", "extl2", "zlib"])
+@pytest.mark.parametrize("kind", ["v3-512", "v2-4k", "extl2", "zlib", "zstd"])
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
