@@ -258,6 +258,10 @@ class Qcow2Image(DiskImage):
             raise CorruptImage(self.path, "qcow2 header l1_size", 36,
                                f"L1 table has {h.l1_size} entries, the virtual size needs "
                                f"{needed}")
+        if h.size % 512:
+            self.problem("warning", "qcow2 header size", 24,
+                         f"virtual size {h.size} is not a multiple of 512; like qemu, the last "
+                         f"{h.size % 512} bytes are not part of the disk")
         self._check_other_tables(h)
         self.backing_file = self._read_backing_name(h)
         self.backing_format = self.ext.backing_format
@@ -280,12 +284,12 @@ class Qcow2Image(DiskImage):
         pos = 0
         while pos + 8 <= len(area):       # each step advances >= 8 bytes: bounded by the area
             ext = ExtensionHeader.parse(area[pos:pos + 8])
-            if ext.type == EXT_END:
-                break
             data_at = pos + 8
-            if data_at + ext.length > len(area):
+            if data_at + ext.length > len(area):    # qemu checks this even for the end marker
                 raise CorruptImage(self.path, f"qcow2 header extension {ext.type:#010x}",
                                    start + pos, f"length {ext.length} runs past the header area")
+            if ext.type == EXT_END:
+                break
             data = area[data_at:data_at + ext.length]
             self._one_extension(ext.type, data, start + pos, found, names, unknown)
             pos = data_at + (ext.length + 7) // 8 * 8
@@ -344,6 +348,11 @@ class Qcow2Image(DiskImage):
         if (ctype != 0) != h.incompat(INCOMPAT_COMPRESSION):
             raise CorruptImage(self.path, "qcow2 header compression_type", 104,
                                f"compression type {ctype} disagrees with incompatible bit 3")
+        if (h.autoclear_features >> AUTOCLEAR_DATA_FILE_RAW & 1
+                and not h.incompat(INCOMPAT_DATA_FILE)):
+            raise CorruptImage(self.path, "qcow2 header autoclear_features", 88,
+                               "raw external data bit set without an external data file "
+                               "(qemu refuses this)")
         if self.extended_l2 and h.cluster_bits < MIN_CLUSTER_BITS_EXTL2:
             raise CorruptImage(self.path, "qcow2 header cluster_bits", 20,
                                "extended L2 entries need clusters of at least 16 KiB")
@@ -397,7 +406,7 @@ class Qcow2Image(DiskImage):
                                      "data file name is stored")
         target = self._sibling(name)
         try:
-            return ExternalDataFile(target, self.header.size)
+            return ExternalDataFile(target, self.virtual_size)
         except OSError as e:
             raise MissingBackingFile(self.path, "qcow2 external data file extension", None,
                                      f"external data file {name!r} cannot be opened "
@@ -406,7 +415,7 @@ class Qcow2Image(DiskImage):
     # -- the interface ---------------------------------------------------------------------------
     @property
     def virtual_size(self) -> int:
-        return self.header.size
+        return self.header.size & ~511      # qemu counts whole sectors (total_sectors)
 
     @property
     def subformat(self) -> str:
@@ -666,7 +675,7 @@ class Qcow2Image(DiskImage):
             "version": h.version,
             "compat": "1.1" if h.version == 3 else "0.10",
             "cluster_size": self.cluster_size,
-            "virtual_size": h.size,
+            "virtual_size": self.virtual_size,
             "incompatible_features": self._bit_names(h.incompatible_features, 0, KNOWN_INCOMPAT),
             "compatible_features": self._bit_names(h.compatible_features, 1, KNOWN_COMPAT),
             "autoclear_features": self._bit_names(h.autoclear_features, 2, KNOWN_AUTOCLEAR),

@@ -330,6 +330,32 @@ def test_bad_header_fields_are_corrupt(tmp_path: Path) -> None:
             open_image(p)
 
 
+def test_size_not_a_sector_multiple_reads_like_qemu(tmp_path: Path) -> None:
+    p = make_qcow2(tmp_path, "s.qcow2", 2 * MiB, [(2 * MiB - 4096, 4096)], "cluster_size=4k")
+    set_header_field(p, 24, ">Q", 2 * MiB - 212)      # qemu counts whole sectors only
+    with check_against_qemu(p, tmp_path) as img:
+        assert img.virtual_size == 2 * MiB - 512
+        assert any("multiple of 512" in p.message for p in img.problems)
+
+
+def test_header_extension_checks_match_qemu(tmp_path: Path) -> None:
+    p = make_qcow2(tmp_path, "h.qcow2", MiB, [(0, 4096)], "compat=0.10")
+    # v2: extensions start at byte 72; an end marker with an absurd length is refused by qemu
+    set_header_field(p, 76, ">I", 1 << 20)
+    with pytest.raises(AssertionError, match="Header extension too large"):
+        qemu_img("info", "-f", "qcow2", p)
+    with pytest.raises(CorruptImage, match="header extension") as exc:
+        open_image(p)
+    assert exc.value.offset == 72
+    # the raw-external-data autoclear bit without a data file
+    v3 = make_qcow2(tmp_path, "r.qcow2", MiB, [(0, 4096)])
+    set_header_field(v3, 88, ">Q", 2)
+    with pytest.raises(AssertionError, match="data-file-raw requires a data file"):
+        qemu_img("convert", "-f", "qcow2", "-O", "raw", v3, tmp_path / "r.raw")
+    with pytest.raises(CorruptImage, match="raw external data"):
+        open_image(v3)
+
+
 def test_l2_pointer_past_eof_names_table_and_offset(tmp_path: Path) -> None:
     p = make_qcow2(tmp_path, "t.qcow2", MiB, [(0, 4096)])
     l1_off = struct.unpack(">Q", p.read_bytes()[40:48])[0]
