@@ -246,6 +246,17 @@ class Qcow2Image(DiskImage):
         self.l2_span = self.cluster_size * self.l2_entries
         self.ext = self._read_extensions(h)
         self._check_features(h)
+        self._check_encryption(h)
+        self._check_l1_size(h)
+        self._check_other_tables(h)
+        self.backing_file = self._read_backing_name(h)
+        self.backing_format = self.ext.backing_format
+        if self.backing_file is not None:
+            self.backing = self._open_backing(self.backing_file)
+        if h.incompat(INCOMPAT_DATA_FILE):
+            self.data_file = self._open_data_file()
+
+    def _check_encryption(self, h: Qcow2Header) -> None:
         if h.crypt_method:
             method = CRYPT_METHODS.get(h.crypt_method, f"unknown method {h.crypt_method}")
             raise EncryptedImage(self.path, "qcow2 header crypt_method", 32,
@@ -253,6 +264,8 @@ class Qcow2Image(DiskImage):
         if self.ext.has_crypto_header:
             raise EncryptedImage(self.path, "qcow2 crypto header extension", None,
                                  "image carries a full-disk-encryption header")
+
+    def _check_l1_size(self, h: Qcow2Header) -> None:
         needed = -(-h.size // self.l2_span)
         if h.l1_size < needed:
             raise CorruptImage(self.path, "qcow2 header l1_size", 36,
@@ -262,13 +275,6 @@ class Qcow2Image(DiskImage):
             self.problem("warning", "qcow2 header size", 24,
                          f"virtual size {h.size} is not a multiple of 512; like qemu, the last "
                          f"{h.size % 512} bytes are not part of the disk")
-        self._check_other_tables(h)
-        self.backing_file = self._read_backing_name(h)
-        self.backing_format = self.ext.backing_format
-        if self.backing_file is not None:
-            self.backing = self._open_backing(self.backing_file)
-        if h.incompat(INCOMPAT_DATA_FILE):
-            self.data_file = self._open_data_file()
 
     def _read_extensions(self, h: Qcow2Header) -> HeaderExtensions:
         """Walk the header extensions between the header and the backing name or cluster end."""
@@ -500,7 +506,7 @@ class Qcow2Image(DiskImage):
 
     def _walk_standard(self, t: array, a: int, b: int, base: int,
                        l2_off: int) -> Iterator[Extent]:
-        """Runs of entries ``[a, b)`` of a standard L2 table; its first cluster is guest ``base``."""
+        """Runs of entries ``[a, b)`` of a standard L2 table; its cluster 0 is guest ``base``."""
         csz = self.cluster_size
         i = a
         while i < b:
@@ -681,6 +687,7 @@ class Qcow2Image(DiskImage):
             "autoclear_features": self._bit_names(h.autoclear_features, 2, KNOWN_AUTOCLEAR),
             "compression_type": COMPRESSION_TYPES[h.compression_type],
             "extended_l2": self.extended_l2,
+            "refcount_order": h.refcount_order,
             "refcount_bits": 1 << h.refcount_order,
             "l1_entries": h.l1_size,
             "snapshots": h.nb_snapshots,
