@@ -517,8 +517,10 @@ class Qcow2Image(DiskImage):
                 i = j
                 continue
             if e & OFLAG_COMPRESSED:
-                yield self._compressed(e, base + i * csz, l2_off, i)
-                i += 1
+                j = self._compressed_run(t, i, b, 1, l2_off)
+                yield Extent(base + i * csz, (j - i) * csz, Kind.DATA, base + i * csz,
+                             compressed=True)
+                i = j
                 continue
             host = e & OFFSET_MASK
             j = i + 1
@@ -556,8 +558,9 @@ class Qcow2Image(DiskImage):
                 i = j
                 continue
             if e & OFLAG_COMPRESSED:
-                yield self._compressed(e, gbase, l2_off, i)
-                i += 1
+                j = self._compressed_run(t, i, b, 2, l2_off)
+                yield Extent(gbase, (j - i) * csz, Kind.DATA, gbase, compressed=True)
+                i = j
                 continue
             host = e & OFFSET_MASK
             alloc, zero = bm & 0xFFFFFFFF, bm >> 32
@@ -601,22 +604,31 @@ class Qcow2Image(DiskImage):
                                f"{self.file_size}-byte file")
         return Extent(guest, length, Kind.DATA, host + inner)
 
-    def _compressed(self, e: int, guest: int, l2_off: int, i: int) -> Extent:
+    def _compressed_run(self, t: array, i: int, b: int, stride: int, l2_off: int) -> int:
+        """End of the run of compressed entries starting at entry ``i``; each one is checked.
+
+        A compressed run is one extent whose ``host_offset`` is the guest offset where the run
+        starts (a format-private descriptor, see :class:`Extent`): ``_read_data`` finds each
+        cluster's stream in the (cached) L2 table again, so runs merge like plain data does.
+        """
+        where = f"qcow2 L2 table entry {i}"
         if self.data_file is not None:
-            raise CorruptImage(self.path, f"qcow2 L2 table entry {i}",
-                               l2_off + 8 * self._entry_words * i,
+            raise CorruptImage(self.path, where, l2_off + 8 * stride * i,
                                "compressed cluster in an image with an external data file")
-        desc = e & ~(OFLAG_COPIED | OFLAG_COMPRESSED)
-        off, _ = self._compressed_span(desc)
-        if off >= self.file_size:
-            raise CorruptImage(self.path, f"qcow2 L2 table entry {i}",
-                               l2_off + 8 * self._entry_words * i,
-                               f"compressed data offset {off:#x} lies past the end of the file")
-        return Extent(guest, self.cluster_size, Kind.DATA, desc, compressed=True)
+        j = i
+        while j < b and t[stride * j] & OFLAG_COMPRESSED:
+            off, _ = self._compressed_span(t[stride * j])
+            if off >= self.file_size:
+                raise CorruptImage(self.path, f"qcow2 L2 table entry {j}", l2_off + 8 * stride * j,
+                                   f"compressed data offset {off:#x} lies past the end of the "
+                                   "file")
+            j += 1
+        return j
 
     # -- reading ---------------------------------------------------------------------------------
-    def _compressed_span(self, desc: int) -> tuple[int, int]:
+    def _compressed_span(self, entry: int) -> tuple[int, int]:
         """(host offset, byte count) of a compressed cluster's stream (qemu's formula)."""
+        desc = entry & ~(OFLAG_COPIED | OFLAG_COMPRESSED)
         x = 62 - (self.header.cluster_bits - 8)
         off = desc & ((1 << x) - 1)
         nsect = ((desc >> x) & ((1 << (self.header.cluster_bits - 8)) - 1)) + 1
@@ -624,20 +636,37 @@ class Qcow2Image(DiskImage):
 
     def _read_data(self, ext: Extent, out: memoryview) -> None:
         assert ext.host_offset is not None
-        if ext.compressed:
-            plain = self._decompressed(ext.host_offset)
-            out[:] = plain[ext.inner:ext.inner + len(out)]
-        else:
+        if not ext.compressed:
             _pread_zero_fill(self, ext.host_offset, out)
+            return
+        csz = self.cluster_size
+        start = ext.host_offset + ext.inner           # guest offset (see _compressed_run)
+        pos, end = start, start + len(out)
+        while pos < end:
+            cluster_start = pos - pos % csz
+            n = min(cluster_start + csz, end) - pos
+            plain = self._decompressed(self._compressed_entry(cluster_start))
+            out[pos - start:pos - start + n] = plain[pos - cluster_start:pos - cluster_start + n]
+            pos += n
 
-    def _decompressed(self, desc: int) -> bytes:
-        if self._zcache is not None and self._zcache[0] == desc:
+    def _compressed_entry(self, guest: int) -> int:
+        """The L2 entry of the compressed cluster at guest offset ``guest``."""
+        l1_index, l2_index = divmod(guest // self.cluster_size, self.l2_entries)
+        table = self._l2_table(l1_index, self._l1_table()[l1_index])
+        entry = table[self._entry_words * l2_index]
+        if not entry & OFLAG_COMPRESSED:
+            raise CorruptImage(self.path, "qcow2 L2 table", None,
+                               f"guest offset {guest:#x} is no longer a compressed cluster")
+        return entry
+
+    def _decompressed(self, entry: int) -> bytes:
+        if self._zcache is not None and self._zcache[0] == entry:
             return self._zcache[1]
-        off, size = self._compressed_span(desc)
+        off, size = self._compressed_span(entry)
         size = min(size, self.file_size - off)
         data = self._pread(off, size, "qcow2 compressed cluster")
         plain = self._decompress(data, off)
-        self._zcache = (desc, plain)
+        self._zcache = (entry, plain)
         return plain
 
     def _decompress(self, data: bytes, off: int) -> bytes:
@@ -665,7 +694,7 @@ class Qcow2Image(DiskImage):
                 if ext.kind is Kind.ZERO:
                     counts["zero"] += n
                 elif ext.compressed:
-                    counts["compressed"] += 1
+                    counts["compressed"] += n
                 elif ext.kind is Kind.DATA:
                     counts["allocated"] += n
             self._counts = counts
@@ -681,7 +710,6 @@ class Qcow2Image(DiskImage):
             "version": h.version,
             "compat": "1.1" if h.version == 3 else "0.10",
             "cluster_size": self.cluster_size,
-            "virtual_size": self.virtual_size,
             "incompatible_features": self._bit_names(h.incompatible_features, 0, KNOWN_INCOMPAT),
             "compatible_features": self._bit_names(h.compatible_features, 1, KNOWN_COMPAT),
             "autoclear_features": self._bit_names(h.autoclear_features, 2, KNOWN_AUTOCLEAR),

@@ -136,10 +136,13 @@ def test_odd_virtual_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cluster", [4 * KiB, 64 * KiB, 2 * MiB])
 def test_compressed_images(tmp_path: Path, ctype: str, cluster: int) -> None:
     # half random (incompressible: stored raw-ish), half repetitive text (really compressed)
-    p0 = write_pattern(tmp_path / "src.raw", 6 * MiB, [(0, MiB + 5)])
+    size = 6 * MiB + 1536       # the last, partial cluster is compressed too
+    p0 = write_pattern(tmp_path / "src.raw", size, [(0, MiB + 5)])
     with open(p0, "r+b") as f:
         f.seek(3 * MiB)
         f.write(b"vhdtool qcow2 compressed clusters " * 40000)
+        f.seek(size - 3000)
+        f.write(b"tail " * 600)
     p = tmp_path / "c.qcow2"
     qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
              f"compression_type={ctype},cluster_size={cluster}", p0, p)
