@@ -11,9 +11,19 @@ The allocation map is computed by walking L2 tables with plain integer loops ove
 contiguous host clusters without creating per-cluster objects.  Unallocated L1 entries skip a whole
 L2 range at once, so a sparse 1 TiB image maps in milliseconds.
 
+Runs of compressed clusters are single extents too: their ``host_offset`` is the guest offset of
+the run (a format-private descriptor) and ``_read_data`` looks each cluster's stream up in the
+cached L2 table, so a converter reads them in large blocks.
+
 Policy (matching qemu 7.2 when it opens an image read-only): the dirty bit and the corrupt bit are
 recorded as problems and the image is still read; unknown incompatible feature bits, encryption,
-``cluster_bits`` > 21 are refused; a named backing or data file that cannot be opened is an error.
+``cluster_bits`` > 21, a zero flag in a v2 image, misaligned cluster offsets and invalid subcluster
+bitmaps are refused; a named backing or data file that cannot be opened is an error; a virtual size
+that is not a multiple of 512 is floored to whole sectors.  Deliberate differences: an L2 table or
+data cluster pointer past the end of the file is ``CorruptImage`` (qemu reads zeros); bad refcount
+or snapshot tables (which qemu refuses at open) are recorded as problems, since reading needs
+neither; a relative backing *and* data file name is resolved against the image's folder (qemu 7.2
+resolves a relative data file name against its current directory).
 
 References:
     qemu ``docs/interop/qcow2.txt`` (now ``qcow2.rst``): header, feature bits, header extensions,

@@ -254,16 +254,17 @@ def test_backing_loop_is_refused(tmp_path: Path) -> None:
         open_image(b)
 
 
-@pytest.mark.parametrize("raw_data", ["on", "off"])
-def test_external_data_file(tmp_path: Path, raw_data: str) -> None:
+@pytest.mark.parametrize("raw_data,extra", [("on", ""), ("off", ""),
+                                             ("off", ",extended_l2=on,cluster_size=64k")])
+def test_external_data_file(tmp_path: Path, raw_data: str, extra: str) -> None:
     src = write_pattern(tmp_path / "src.raw", 4 * MiB, [(MiB, MiB), (3 * MiB + 5, 100)])
     p = tmp_path / "d.qcow2"
     # qemu 7.2 resolves a relative data file name against its cwd, we against the image's
     # folder: run qemu in the image's folder so both mean the same file
     qemu_img_in(tmp_path, "convert", "-f", "raw", "-O", "qcow2", "-o",
-                f"data_file=d.data,data_file_raw={raw_data}", src, p)
+                f"data_file=d.data,data_file_raw={raw_data}{extra}", src, p)
     qemu_run_in(tmp_path, "qemu-io", "-f", "qcow2", "-c", "write -z 1M 64k",
-                "-c", "write -P 0x77 200k 8k", p)
+                "-c", "write -P 0x77 200k 8k", "-c", "discard 2M 64k", "-c", "write -z 3M 4k", p)
     qemu_img_in(tmp_path, "convert", "-f", "qcow2", "-O", "raw", p, "ref.raw")
     q = json.loads(qemu_img_in(tmp_path, "info", "--output=json", "-f", "qcow2", p))
     with open_image(p) as img:
@@ -324,7 +325,18 @@ def test_unknown_incompatible_bit_is_refused(tmp_path: Path) -> None:
     set_header_field(p, 72, ">Q", 1 << 9)
     with pytest.raises(UnsupportedFeature, match="bit 9"):
         open_image(p)
-    with pytest.raises(AssertionError):     # qemu refuses it as well
+    with pytest.raises(AssertionError, match="Unsupported qcow2 feature"):   # qemu refuses too
+        qemu_img("info", "-f", "qcow2", p)
+    # a name for bit 9 in the feature name table is reported by both
+    table = p.read_bytes()[:4096].index(struct.pack(">I", 0x6803F857)) + 8
+    with open(p, "r+b") as f:
+        f.seek(table + 2)
+        f.write(b"future feature".ljust(46, b"\0"))
+        f.seek(table + 1)
+        f.write(bytes([9]))
+    with pytest.raises(UnsupportedFeature, match=r"bit 9 \(future feature\)"):
+        open_image(p)
+    with pytest.raises(AssertionError, match="future feature"):
         qemu_img("info", "-f", "qcow2", p)
 
 
