@@ -51,8 +51,8 @@ from typing import Any
 import construct as cs
 import zstandard
 
-from .errors import (CorruptImage, EncryptedImage, FormatError, MissingBackingFile,
-                     TruncatedImage, UnsupportedFeature)
+from .errors import (CorruptImage, EncryptedImage, MissingBackingFile, TruncatedImage,
+                     UnsupportedFeature)
 from .image import DiskImage, Extent, Kind
 from .raw import RawImage
 
@@ -804,5 +804,5 @@ def _zstd_decompress(data: bytes, limit: int) -> bytes:
         raise ValueError(str(e)) from e
 
 
-__all__ = ["Qcow2Header", "Qcow2Image", "HeaderExtensions", "ExternalDataFile", "parse_header",
-           "FormatError"]
+__all__ = ["ExternalDataFile", "HeaderExtensions", "Qcow2Header", "Qcow2Image", "parse_header",
+           "validate_header"]
