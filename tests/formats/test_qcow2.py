@@ -87,11 +87,16 @@ def qemu_img_in(cwd: Path, *args: str | Path) -> str:
 
 
 def check_against_qemu(path: Path, tmp: Path, compare_map: bool = True) -> Qcow2Image:
+    """Bytes, allocation map and cluster counts as qemu-img convert / map / check see them."""
     img = open_image(path, "qcow2")
     assert isinstance(img, Qcow2Image)
     assert_reads_like_qemu(img, path, "qcow2", tmp)
     if compare_map:
         assert our_map(img) == qemu_map(path)
+        check = json.loads(qemu_img("check", "--output=json", "-f", "qcow2", path))
+        counts = img.cluster_counts()
+        assert counts["allocated"] == check.get("allocated-clusters", 0)
+        assert counts["compressed"] == check.get("compressed-clusters", 0)
     return img
 
 
