@@ -241,6 +241,21 @@ def test_backing_chain_qcow2_over_qcow2(tmp_path: Path) -> None:
         assert img.info()["backing_format"] is None
 
 
+def test_compressed_backing_under_a_different_cluster_size(tmp_path: Path) -> None:
+    src = tmp_path / "s.raw"
+    src.write_bytes(b"compressible backing data " * 100000)       # ~2.5 MiB
+    base = tmp_path / "base.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4k", src, base)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=64k", "-b", "base.qcow2", "-F", "qcow2",
+             top, str(4 * MiB))
+    qemu_io(top, "qcow2", "write -P 0x31 65536 4096", "write -z 1M 64k")
+    with check_against_qemu(top, tmp_path, compare_map=False) as img:
+        ref = src.read_bytes()
+        assert img.read(70000, 100000) == ref[70000:170000]
+        assert any(e.compressed and e.source is img.backing for e in img.extents())
+
+
 def test_missing_backing_file(tmp_path: Path) -> None:
     base = write_pattern(tmp_path / "base.raw", MiB, [(0, 4096)])
     p = tmp_path / "ov.qcow2"
