@@ -607,10 +607,12 @@ class Qcow2Image(DiskImage):
         self._check_host(host, l2_off, i)
         if self.data_file is not None:
             return Extent(guest, length, Kind.DATA, host + inner, self.data_file)
-        if host >= self.file_size:
+        last_cluster = (host + inner + length - 1) // self.cluster_size * self.cluster_size
+        if last_cluster >= self.file_size:      # a cut-short last cluster reads zeros, as qemu
             raise CorruptImage(self.path, f"qcow2 L2 table entry {i}",
                                l2_off + 8 * self._entry_words * i,
-                               f"cluster offset {host:#x} lies past the end of the "
+                               f"cluster offset {last_cluster:#x} (in the run of contiguous "
+                               f"clusters from this entry) lies past the end of the "
                                f"{self.file_size}-byte file")
         return Extent(guest, length, Kind.DATA, host + inner)
 
