@@ -189,10 +189,13 @@ def check_table_geometry(h: GptHeader, disk_size: int, sector_size: int, path: s
 
 
 def read_entry_array(read: Callable[[int, int], bytes], h: GptHeader, disk_size: int,
-                     sector_size: int, path: str = "",
-                     structure: str = "GPT entries") -> tuple[bytes, bool]:
-    """The raw entry array and whether its CRC32 matches the header's."""
-    check_table_geometry(h, disk_size, sector_size, path, structure)
+                     sector_size: int, path: str = "", structure: str = "GPT entries",
+                     header_structure: str = "GPT header") -> tuple[bytes, bool]:
+    """The raw entry array and whether its CRC32 matches the header's.
+
+    Impossible array geometry raises CorruptImage naming the header field (``header_structure``).
+    """
+    check_table_geometry(h, disk_size, sector_size, path, header_structure)
     data = read(h.entries_lba * sector_size, h.table_bytes)
     if len(data) != h.table_bytes:
         raise TruncatedImage(path, structure, h.entries_lba * sector_size,

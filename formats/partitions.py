@@ -155,6 +155,7 @@ def read_partition_table(read: Read, disk_size: int, sector_size: int = 512,
     elif scheme == "mbr":
         assert mbr is not None
         parts = [_mbr_partition(mbr, e, sector_size) for e in mbr.entries]
+        _check_logical_inside_extended(mbr, problems)
     else:
         parts = []
     _check_partitions(parts, disk_size, problems)
@@ -196,11 +197,13 @@ def _read_header(read: Read, lba: int, disk_size: int, sector_size: int, path: s
 
 
 def _read_entries(read: Read, h: GptHeader | None, disk_size: int, sector_size: int, path: str,
-                  structure: str, problems: list[Problem]) -> tuple[bytes | None, bool]:
+                  copy: str, problems: list[Problem]) -> tuple[bytes | None, bool]:
     if h is None:
         return None, False
+    structure = f"GPT {copy} entries"
     try:
-        data, ok = read_entry_array(read, h, disk_size, sector_size, path, structure)
+        data, ok = read_entry_array(read, h, disk_size, sector_size, path, structure,
+                                    f"GPT {copy} header")
     except CorruptImage as e:
         problems.append(Problem("error", e.structure, e.offset, e.message))
         return None, False
@@ -214,8 +217,8 @@ def _read_gpt(read: Read, disk_size: int, sector_size: int, path: str,
               problems: list[Problem]) -> Gpt | None:
     last_lba = disk_size // sector_size - 1
     primary = _read_header(read, 1, disk_size, sector_size, path, "GPT primary header", problems)
-    p_data, p_ok = _read_entries(read, primary, disk_size, sector_size, path,
-                                 "GPT primary entries", problems)
+    p_data, p_ok = _read_entries(read, primary, disk_size, sector_size, path, "primary",
+                                 problems)
     backup = None
     if primary is not None and primary.alternate_lba != last_lba:
         backup = _read_header(read, primary.alternate_lba, disk_size, sector_size, path,
@@ -233,8 +236,8 @@ def _read_gpt(read: Read, disk_size: int, sector_size: int, path: str,
     if backup is None:
         backup = _read_header(read, last_lba, disk_size, sector_size, path, "GPT backup header",
                               problems)
-    b_data, b_ok = _read_entries(read, backup, disk_size, sector_size, path,
-                                 "GPT backup entries", problems)
+    b_data, b_ok = _read_entries(read, backup, disk_size, sector_size, path, "backup",
+                                 problems)
     if primary is None and backup is None:
         return None
     if primary is None:
@@ -300,8 +303,9 @@ def _scheme(mbr: Mbr | None, gpt: Gpt | None, problems: list[Problem]) -> str:
 
 
 def _gpt_partition(e: GptEntry, ss: int) -> Partition:
-    start, end = e.first_lba * ss, (e.last_lba + 1) * ss
-    return Partition(e.index, start, max(end - start, 0), end, e.type_guid, e.type_name, e.name,
+    start = e.first_lba * ss
+    end = max((e.last_lba + 1) * ss, start)          # an inverted entry is reported as empty
+    return Partition(e.index, start, end - start, end, e.type_guid, e.type_name, e.name,
                      e.unique_guid, bool(e.attributes & ATTR_LEGACY_BIOS_BOOTABLE), "gpt",
                      e.type_short, e.first_lba, e.last_lba, e.attributes)
 
@@ -346,6 +350,7 @@ def _check_mbr_beside_gpt(mbr: Mbr, gpt: Gpt, parts: list[Partition], disk_size:
     assert h is not None
     for e in mbr.primary:
         if e.type == PROTECTIVE_TYPE:
+            _check_protective_entry(e, mbr, disk_size // ss, problems)
             continue
         if e.lba_start < h.first_usable_lba or e.lba_end - 1 > h.last_usable_lba:
             problems.append(Problem("error", f"MBR entry {e.index}", e.offset,
@@ -354,6 +359,28 @@ def _check_mbr_beside_gpt(mbr: Mbr, gpt: Gpt, parts: list[Partition], disk_size:
         elif not any(p.first_lba == e.lba_start and p.last_lba == e.lba_end - 1 for p in parts):
             problems.append(Problem("warning", f"MBR entry {e.index}", e.offset,
                                     "hybrid MBR entry matches no GPT partition"))
+
+
+def _check_protective_entry(e: MbrEntry, mbr: Mbr, total_sectors: int,
+                            problems: list[Problem]) -> None:
+    """A protective 0xEE entry covers LBA 1 to the end of the disk (or 2^32 - 1 sectors).
+
+    Hybrid MBRs are exempt: their 0xEE entry only needs to cover the GPT structures.
+    """
+    want = min(total_sectors - 1, 0xFFFFFFFF)
+    if mbr.protective and (e.lba_start != 1 or e.num_sectors != want):
+        problems.append(Problem("warning", f"MBR entry {e.index}", e.offset,
+                                f"protective entry covers LBAs {e.lba_start}..{e.lba_end - 1}, "
+                                f"expected 1..{want} (GPT PMBR size mismatch)"))
+
+
+def _check_logical_inside_extended(mbr: Mbr, problems: list[Problem]) -> None:
+    ext = next((e for e in mbr.primary if e.extended), None)
+    for e in mbr.logical:
+        if ext is not None and not (ext.lba_start < e.lba_start and e.lba_end <= ext.lba_end):
+            problems.append(Problem("error", f"MBR partition {e.index}", e.offset,
+                                    f"logical partition LBAs {e.lba_start}..{e.lba_end - 1} "
+                                    "leave the extended partition"))
 
 
 def _check_partitions(parts: list[Partition], disk_size: int, problems: list[Problem]) -> None:

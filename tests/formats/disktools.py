@@ -84,3 +84,11 @@ def fdisk_list(path: Path, columns: str, sector_size: int = 4096) -> list[dict[s
     head = next(i for i, ln in enumerate(lines) if ln.startswith("Device"))
     names = columns.split(",")
     return [dict(zip(names, ln.split(None, len(names) - 1))) for ln in lines[head + 1:] if ln]
+
+
+def fdisk_warnings(path: Path, sector_size: int = 512) -> str:
+    """What ``fdisk -l`` says about the table besides the listing (PMBR/backup complaints)."""
+    r = subprocess.run(["fdisk", "-b", str(sector_size), "-l", str(path)], capture_output=True,
+                       text=True, check=False)
+    return r.stderr + "\n".join(ln for ln in r.stdout.splitlines()
+                                if "mismatch" in ln or "backup" in ln.lower())

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from formats.errors import FormatError
 from formats.partitions import PartitionTable, read_partition_table, relocate_gpt_backup
-from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, needs_gdisk, patch, reader,
+from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, fdisk_warnings, needs_gdisk,
+                                    patch, reader,
                                     sfdisk, sfdisk_json, sgdisk, sgdisk_verify, sparse)
 
 pytestmark = needs_gdisk
@@ -111,8 +112,11 @@ def test_grown_disk_relocation_matches_sgdisk_e(tmp_path: Path) -> None:
     p = _gpt_disk(tmp_path, 16 * MiB)
     os.truncate(p, 21 * MiB)
     assert "secondary header's self-pointer" in sgdisk_verify(p)
+    assert "PMBR size mismatch" in fdisk_warnings(p)
     t = _table(p)
     assert any(x.severity == "warning" and "not at the last LBA" in x.message
+               for x in t.problems)
+    assert any(x.structure == "MBR entry 1" and "PMBR size mismatch" in x.message
                for x in t.problems)
     ref = tmp_path / "ref.img"
     shutil.copyfile(p, ref)
@@ -150,8 +154,12 @@ def test_relocation_of_4096_byte_sector_gpt(tmp_path: Path) -> None:
     p = sparse(tmp_path / "g.img", 32 * MiB)
     fdisk_commands(p, "g\nn\n1\n256\n+4M\nn\n2\n\n\nw\n")
     os.truncate(p, 40 * MiB)
-    assert any("not at the last LBA" in x.message for x in _table(p, 4096).problems)
+    before = fdisk_warnings(p, 4096)
+    assert "backup GPT table is not on the end" in before and "PMBR size mismatch" in before
+    msgs = " | ".join(x.message for x in _table(p, 4096).problems)
+    assert "not at the last LBA" in msgs and "PMBR size mismatch" in msgs
     _apply(p, relocate_gpt_backup(reader(p), 32 * MiB, 40 * MiB, 4096))
+    assert fdisk_warnings(p, 4096) == ""
     t = _table(p, 4096)
     assert _serious(t) == []
     assert t.gpt is not None and t.gpt.backup.my_lba == 40 * MiB // 4096 - 1
@@ -210,6 +218,32 @@ def test_partition_outside_usable_area_and_disk(tmp_path: Path) -> None:
     probs = [x for x in _table(p).problems if x.structure == "GPT partition 3"]
     assert any("outside the usable" in x.message for x in probs)
     assert any("beyond the" in x.message for x in probs)
+
+
+def test_absurd_entry_array_is_a_problem_naming_the_header_field(tmp_path: Path) -> None:
+    p = _gpt_disk(tmp_path, 16 * MiB)
+    for field, value, word in ((80, 10**9, "exceed"), (84, 100, "128 * 2^n")):
+        q = tmp_path / f"h{field}.img"
+        subprocess.run(["cp", "--sparse=always", str(p), str(q)], check=True)
+        patch(q, 512 + field, struct.pack("<I", value))
+        if field == 84:
+            _fix_gpt_crcs(q, 1)     # a consistent header: only the entry size is absurd
+        t = _table(q)
+        hits = [x for x in t.problems if x.structure == "GPT primary header"
+                and x.offset == 512 + field and word in x.message]
+        assert hits, t.problems
+        # the intact backup still serves the partitions (sgdisk does the same)
+        assert len(t.partitions) == 3
+
+
+def test_logical_partition_leaving_the_extended_one(tmp_path: Path) -> None:
+    p = sparse(tmp_path / "m.img", 16 * MiB)
+    sfdisk(p, "label: dos\nstart=2048, size=4M, type=83\ntype=5\nsize=2M, type=83\n")
+    t = _table(p)
+    assert _serious(t) == [] and t.mbr is not None and len(t.mbr.logical) == 1
+    ebr = t.mbr.primary[1].lba_start * 512
+    patch(p, ebr + 446 + 12, struct.pack("<I", 30000))        # past the extended end
+    assert any("leave the extended partition" in x.message for x in _table(p).problems)
 
 
 # -- hostile tables -----------------------------------------------------------------------------
