@@ -248,11 +248,18 @@ def _read_gpt(read: Read, disk_size: int, sector_size: int, path: str,
                                 "backup GPT header missing or unreadable"))
     else:
         _compare_copies(primary, backup, p_data, b_data, problems)
-    header, data = ((primary, p_data) if primary is not None and primary.header_crc_ok and p_ok
-                    else (backup, b_data) if backup is not None and backup.header_crc_ok and b_ok
-                    else (primary, p_data) if p_data is not None else (backup, b_data))
-    entries = parse_entries(data, header.entry_size) if header is not None and data else ()
+    entries = _pick_entries([(primary, p_data, p_ok), (backup, b_data, b_ok)])
     return Gpt(primary, backup, p_ok, b_ok, entries)
+
+
+def _pick_entries(copies: list[tuple[GptHeader | None, bytes | None, bool]]
+                  ) -> tuple[GptEntry, ...]:
+    """Entries of the first fully valid copy, else of the first copy whose array was read."""
+    valid = [(h, d) for h, d, ok in copies if h is not None and d and h.header_crc_ok and ok]
+    readable = [(h, d) for h, d, _ in copies if h is not None and d]
+    for h, data in valid[:1] or readable[:1]:
+        return parse_entries(data, h.entry_size)
+    return ()
 
 
 def _compare_copies(p: GptHeader, b: GptHeader, p_data: bytes | None, b_data: bytes | None,

@@ -50,6 +50,23 @@ def test_boot_code_present_and_missing_signature(tmp_path: Path) -> None:
     assert exc.value.offset == 510 and exc.value.structure == "MBR"
 
 
+GRUB_BOOT_IMG = Path("/usr/lib/grub/i386-pc/boot.img")
+
+
+@pytest.mark.skipif(not GRUB_BOOT_IMG.exists(), reason="grub-pc-bin not installed")
+def test_grub_boot_code_is_seen_and_the_table_survives(tmp_path: Path) -> None:
+    """GRUB's boot.img code area (what grub-bios-setup writes to bytes 0..439) is boot code."""
+    p = sparse(tmp_path / "d.img", 16 * MiB)
+    sfdisk(p, "label: dos\nstart=2048, type=83, bootable\n")
+    before = sfdisk_json(p)
+    assert not _mbr(p).boot_code_present
+    patch(p, 0, GRUB_BOOT_IMG.read_bytes()[:440])
+    m = _mbr(p)
+    assert m.boot_code_present and m.disk_signature == int(before["id"], 16)
+    assert sfdisk_json(p) == before
+    assert [(e.lba_start, e.bootable) for e in m.entries] == [(2048, True)]
+
+
 def test_ebr_loop_is_detected(tmp_path: Path) -> None:
     p = sparse(tmp_path / "d.img", 32 * MiB)
     sfdisk(p, "label: dos\nstart=2048, size=4M, type=83\ntype=5\nsize=4M, type=83\n"
