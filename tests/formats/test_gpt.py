@@ -42,6 +42,11 @@ def test_header_and_entries_match_sfdisk_and_sgdisk(tmp_path: Path) -> None:
     want = [(t["start"], t["size"], t["type"], t["uuid"], t.get("name", ""))
             for t in truth["partitions"]]
     assert got == want
+    # sgdisk -p: number, start, end (inclusive) and name of every partition
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+ \S+\s+[0-9A-F]{4}[ ]*(.*)$",
+                      sgdisk(p, "-p"), re.M)
+    assert [(e.index, e.first_lba, e.last_lba, e.name) for e in entries] == \
+        [(int(n), int(a), int(b), name.strip()) for n, a, b, name in rows]
     # sgdisk -i shows the attribute bits and the name
     info = sgdisk(p, "-i4")
     flags = re.search(r"Attribute flags: ([0-9A-F]{16})", info)

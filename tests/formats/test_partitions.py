@@ -182,6 +182,9 @@ def test_hybrid_mbr(tmp_path: Path) -> None:
     sgdisk(p, "-h", "2:EE")
     t = _table(p)
     assert t.scheme == "hybrid" and t.mbr is not None and t.mbr.hybrid
+    nested = sfdisk_json(p, "--label-nested", "dos")          # the MBR inside the hybrid
+    assert [(e.lba_start, e.num_sectors, e.type) for e in t.mbr.entries] == \
+        [(q["start"], q["size"], int(q["type"], 16)) for q in nested["partitions"]]
     assert [x.scheme for x in t.partitions] == ["gpt"] * 3
     assert _serious(t) == []
     # an MBR entry reaching into the primary GPT array
