@@ -108,16 +108,20 @@ def test_corrupt_crcs_are_reported_and_backup_still_serves(tmp_path: Path, where
         assert [x.as_dict() for x in t.partitions] == good       # read from the backup copy
 
 
-def test_grown_disk_relocation_matches_sgdisk_e(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_grown_disk_relocation_matches_sgdisk_e(tmp_path: Path, hybrid: bool) -> None:
     p = _gpt_disk(tmp_path, 16 * MiB)
+    if hybrid:          # 0xEE first-free-space layout: sgdisk -e leaves such an MBR alone too
+        sgdisk(p, "-h", "2:EE")
     os.truncate(p, 21 * MiB)
     assert "secondary header's self-pointer" in sgdisk_verify(p)
-    assert "PMBR size mismatch" in fdisk_warnings(p)
     t = _table(p)
     assert any(x.severity == "warning" and "not at the last LBA" in x.message
                for x in t.problems)
-    assert any(x.structure == "MBR entry 1" and "PMBR size mismatch" in x.message
-               for x in t.problems)
+    if not hybrid:
+        assert "PMBR size mismatch" in fdisk_warnings(p)
+        assert any(x.structure == "MBR entry 1" and "PMBR size mismatch" in x.message
+                   for x in t.problems)
     ref = tmp_path / "ref.img"
     shutil.copyfile(p, ref)
     sgdisk(ref, "-e")
@@ -305,3 +309,24 @@ def test_hostile_header_fields_are_bounded(small_disks: dict[str, bytes], field:
     data = bytes(buf)
     t = read_partition_table(lambda o, n: data[o:o + n], len(data), 512, "hostile")
     assert t.scheme in ("gpt", "hybrid", "mbr", "none")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from([(40, "<Q"), (48, "<Q"), (72, "<Q"), (80, "<I"), (84, "<I"),
+                              (12, "<I")]),
+       value=st.integers(0, 2**64 - 1), grow=st.integers(-MiB, 4 * MiB))
+def test_relocation_of_hostile_headers_is_refused_or_stays_on_the_disk(
+        small_disks: dict[str, bytes], field: tuple[int, str], value: int, grow: int) -> None:
+    off, fmt = field
+    buf = bytearray(small_disks["gpt"])
+    struct.pack_into(fmt, buf, 512 + off, value % (1 << (8 * struct.calcsize(fmt))))
+    size = min(max(struct.unpack_from("<I", buf, 512 + 12)[0], 92), 512)
+    struct.pack_into("<I", buf, 512 + 16, 0)
+    struct.pack_into("<I", buf, 512 + 16, zlib.crc32(bytes(buf[512:512 + size])))
+    data = bytes(buf)
+    new_size = len(data) + grow // 512 * 512
+    try:
+        writes = relocate_gpt_backup(lambda o, n: data[o:o + n], len(data), new_size)
+    except FormatError:
+        return
+    assert all(0 <= o and o + len(b) <= new_size for o, b in writes)
