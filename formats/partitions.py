@@ -295,17 +295,15 @@ def _scheme(mbr: Mbr | None, gpt: Gpt | None, problems: list[Problem]) -> str:
             return "none"
         return "mbr" if mbr is not None and mbr.entries else "none"
     if mbr is None:
-        problems.append(Problem("warning", "MBR", 510,
-                                "GPT without a protective MBR (no 0x55AA signature)"))
-        return "gpt"
+        problems.append(Problem("error", "MBR", 510,
+                                "GPT found but no protective MBR (no 0x55AA signature): Linux "
+                                "and UEFI firmware ignore this GPT"))
+        return "none"
     if not mbr.has_gpt_entry:
-        if mbr.entries:
-            problems.append(Problem("warning", "MBR", 446,
-                                    "MBR without an 0xEE entry beside a GPT: firmware and Linux "
-                                    "use the MBR, the GPT is stale"))
-            return "mbr"
-        problems.append(Problem("warning", "MBR", 446, "GPT with an empty MBR (no 0xEE entry)"))
-        return "gpt"
+        problems.append(Problem("warning", "MBR", 446,
+                                "MBR without an 0xEE entry beside a GPT: firmware and Linux use "
+                                "the MBR, the GPT is stale"))
+        return "mbr"
     return "hybrid" if mbr.hybrid else "gpt"
 
 

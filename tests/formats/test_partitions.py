@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 import struct
@@ -179,6 +180,29 @@ def test_4096_byte_gpt_read_as_512_is_flagged(tmp_path: Path) -> None:
     t = _table(p, 512)
     assert t.partitions == [] or t.scheme != "gpt"
     assert any("4096-byte sectors" in x.message for x in t.problems)
+
+
+@pytest.mark.parametrize("sector0,scheme", [("dos", "mbr"), ("empty-table", "mbr"),
+                                            ("zeros", "none")])
+def test_gpt_behind_a_non_protective_sector_0_is_ignored_like_sfdisk(
+        tmp_path: Path, sector0: str, scheme: str) -> None:
+    p = _gpt_disk(tmp_path, 16 * MiB)
+    if sector0 == "dos":
+        q = sparse(tmp_path / "m.img", 16 * MiB)
+        sfdisk(q, "label: dos\nstart=2048, size=4M, type=83\n")
+        patch(p, 0, q.read_bytes()[:512])
+    elif sector0 == "empty-table":
+        patch(p, 446, bytes(16))
+    else:
+        patch(p, 0, bytes(512))
+    r = subprocess.run(["sfdisk", "--json", str(p)], capture_output=True, text=True, check=False)
+    label = json.loads(r.stdout)["partitiontable"]["label"] if r.stdout else None
+    t = _table(p)
+    assert (label, t.scheme) == ({"mbr": "dos", "none": None}[scheme], scheme)
+    assert [x.start for x in t.partitions] == ([2048 * 512] if sector0 == "dos" else [])
+    assert t.gpt is not None and t.gpt.primary_valid       # still described, flagged as ignored
+    assert any(x.structure == "MBR" and "GPT" in x.message and x.severity != "info"
+               for x in t.problems)
 
 
 def test_hybrid_mbr(tmp_path: Path) -> None:
