@@ -354,3 +354,14 @@ def test_relocation_of_hostile_headers_is_refused_or_stays_on_the_disk(
     except FormatError:
         return
     assert all(0 <= o and o + len(b) <= new_size for o, b in writes)
+
+
+def test_overlapping_mbr_partitions_match_sfdisk_verify(tmp_path: Path) -> None:
+    p = sparse(tmp_path / "m.img", 16 * MiB)
+    sfdisk(p, "label: dos\nstart=2048, size=4M, type=83\nstart=10240, size=4M, type=83\n")
+    assert _serious(_table(p)) == []
+    patch(p, 446 + 16 + 8, struct.pack("<I", 6144))        # partition 2 now starts in 1
+    r = subprocess.run(["sfdisk", "-V", str(p)], capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "overlap" in r.stdout
+    assert [x.message for x in _table(p).problems if x.severity == "error"] == \
+        ["overlaps partition 1"]
