@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 from formats.errors import CorruptImage
-from formats.mbr import read_mbr
+from formats.mbr import MAX_LOGICAL, read_mbr
 from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, needs_gdisk, patch, reader,
                                     sfdisk, sfdisk_json, sparse)
 
@@ -89,3 +90,26 @@ def test_4096_byte_sectors(tmp_path: Path) -> None:
     assert len(truth) == 4 and len(m.logical) == 2
     assert [(f"{p}{e.index}", e.lba_start, e.num_sectors, f"{e.type:x}") for e in m.entries] == \
         [(t["Device"], int(t["Start"]), int(t["Sectors"]), t["Id"]) for t in truth]
+
+
+def test_endless_ebr_chain_is_cut(tmp_path: Path) -> None:
+    """300 chained EBRs (each one sector with a one-sector logical partition after it)."""
+    p = sparse(tmp_path / "d.img", 8 * MiB)
+    sfdisk(p, "label: dos\nstart=2048, type=5\n")
+    ext = _mbr(p).primary[0]
+    with open(p, "r+b") as f:
+        for i in range(300):
+            ebr = bytearray(512)
+            ebr[446:462] = struct.pack("<B3sB3sII", 0, b"", 0x83, b"", 1, 1)
+            ebr[462:478] = struct.pack("<B3sB3sII", 0, b"", 0x05, b"", 2 * (i + 1), 2)
+            ebr[510:] = b"\x55\xaa"
+            f.seek((ext.lba_start + 2 * i) * 512)
+            f.write(ebr)
+    m = _mbr(p)
+    assert len(m.logical) == MAX_LOGICAL          # Linux's limit; libfdisk stops at #60
+    truth = sfdisk_json(p)["partitions"][1:]
+    assert len(truth) == 56
+    assert [(e.lba_start, e.num_sectors) for e in m.logical[:56]] == \
+        [(t["start"], t["size"]) for t in truth]
+    assert [e.index for e in m.logical[:2]] == [5, 6]
+    assert any("chain cut" in pr.message for pr in m.problems)
