@@ -365,3 +365,11 @@ def test_overlapping_mbr_partitions_match_sfdisk_verify(tmp_path: Path) -> None:
     assert "Partition 1: overlaps partition 2" in r.stderr      # sfdisk -V exits 0 anyway
     assert [x.message for x in _table(p).problems if x.severity == "error"] == \
         ["overlaps partition 1"]
+
+
+@pytest.mark.parametrize("size", [0, 100, 511, 512, 1000, 4096 + 8])
+@pytest.mark.parametrize("sector", [512, 4096])
+def test_tiny_disks_have_no_table(size: int, sector: int) -> None:
+    data = bytes(size)
+    t = read_partition_table(lambda o, n: data[o:o + n], size, sector)
+    assert (t.scheme, t.partitions, t.problems) == ("none", [], [])
