@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
 import hashlib
 import heapq
@@ -37,7 +38,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,74 +157,161 @@ def digest_report(hashes: Sequence[Any], file_size: int) -> dict[str, Any]:
     return out
 
 
-class Hasher:
-    """Hashes a stream of buffers and zero runs in a worker thread, in order.
+class _Stage:
+    """A worker thread applying ``work`` to queued items in order; its first error is kept for
+    the main thread and later items are only passed on (so buffers always go back to the pool)."""
 
-    Buffers come from a small pool: :meth:`buffer` hands one out (waiting while all are in use)
-    and the worker returns it once hashed, which bounds memory to ``NBUF * BLOCK``.
-    """
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.hashes = [hashlib.new(n) for n in names]
-        self._pool: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(NBUF if self.hashes else 1):
-            self._pool.put(bytearray(BLOCK))
-        self._work: queue.Queue[tuple[bytearray | None, int] | None] = queue.Queue()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="vhdtool-hash", daemon=True)
-        if self.hashes:
-            self._thread.start()
-
-    def buffer(self) -> bytearray:
-        return self._pool.get()
-
-    def data(self, buf: bytearray, n: int) -> None:
-        """Hash ``buf[:n]`` next; ``buf`` goes back to the pool afterwards."""
-        if self.hashes:
-            self._work.put((buf, n))
-        else:
-            self._pool.put(buf)
-
-    def zeros(self, n: int) -> None:
-        if self.hashes and n > 0:
-            self._work.put((None, n))
+    def __init__(self, name: str, work: Callable[[Item], None], done: Callable[[Item], None]):
+        self.work, self.done = work, done
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.q: queue.Queue[Item | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
-        zmv = memoryview(_ZEROS)
-        while (item := self._work.get()) is not None:
-            buf, n = item
+        while (item := self.q.get()) is not None:
             try:
-                if self._stop.is_set() or self._error is not None:
-                    continue
-                if buf is not None:
-                    view = memoryview(buf)[:n]
-                    for h in self.hashes:
-                        h.update(view)
-                    continue
-                while n > 0 and not self._stop.is_set():
-                    k = min(n, BLOCK)
-                    for h in self.hashes:
-                        h.update(zmv[:k])
-                    n -= k
-            except BaseException as e:  # noqa: BLE001 — handed to the main thread in finish()
-                self._error = e
+                if self.error is None and not self.stop.is_set():
+                    self.work(item)
+            except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                self.error = e
             finally:
-                if buf is not None:
-                    self._pool.put(buf)
+                self.done(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+
+#: (buffer or None for a run of zeros, length, output offset, non-zero runs to write)
+Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
+
+
+class Pipeline:
+    """Ordered output of one pass: a writer thread ``pwrite``s the non-zero runs of each block
+    while the main thread reads the next, and a hash thread digests every byte (zeros included)
+    in order.  Buffers come from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
+
+    def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
+        self.out_fd = out_fd
+        #: start writeback of each block once written, so the final fsync has little left to do
+        self.writeback = writeback and WRITEBACK_EARLY
+        self.hashes = [hashlib.new(n) for n in names]
+        self.written = 0
+        self._pool: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(NBUF):
+            self._pool.put(bytearray(BLOCK))
+        self._hash = _Stage("vhdtool-hash", self._digest, self._release) if self.hashes else None
+        self._write_stage = (_Stage("vhdtool-write", self._write_item, self._after_write)
+                             if out_fd is not None else None)
+        self._stages = [s for s in (self._write_stage, self._hash) if s is not None]
+
+    # -- main thread --
+    def buffer(self) -> bytearray:
+        self.check()
+        return self._pool.get()
+
+    def put(self, buf: bytearray | None, n: int, off: int,
+            runs: Sequence[tuple[int, int]] = ()) -> None:
+        """Queue ``buf[:n]`` (or ``n`` zeros when ``buf`` is None) at output offset ``off``;
+        ``runs`` are the ranges of ``buf`` to write (the rest is left as a hole)."""
+        self.check()
+        item: Item = (buf, n, off, runs)
+        if self._write_stage is not None:
+            self._write_stage.q.put(item)
+        else:
+            self._after_write(item)
+
+    def give_back(self, buf: bytearray) -> None:
+        self._pool.put(buf)
+
+    def check(self) -> None:
+        for stage in self._stages:
+            if stage.error is not None:
+                raise stage.error
 
     def finish(self) -> list[Any]:
-        if self.hashes:
-            self._work.put(None)
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
+        for stage in self._stages:
+            stage.close()
+        self.check()
         return self.hashes
 
     def abort(self) -> None:
-        self._stop.set()
-        if self.hashes:
-            self._work.put(None)
+        """Stop both threads and wait for them: none may touch ``out_fd`` once this returns."""
+        for stage in self._stages:
+            stage.stop.set()
+        for stage in self._stages:
+            stage.close()
+
+    # -- writer thread --
+    def _write_item(self, item: Item) -> None:
+        buf, _, off, runs = item
+        if buf is None:
+            return
+        for a, b in runs:
+            self._write(memoryview(buf)[a:b], off + a)
+
+    def _write(self, data: bytes | memoryview, off: int) -> None:
+        assert self.out_fd is not None
+        pwrite_all(self.out_fd, data, off)
+        self.written += len(data)
+        if self.writeback:
+            _start_writeback(self.out_fd, off, len(data))
+
+    def _after_write(self, item: Item) -> None:
+        if self._hash is not None:
+            self._hash.q.put(item)
+        else:
+            self._release(item)
+
+    # -- hash thread --
+    def _digest(self, item: Item) -> None:
+        buf, n, _, _ = item
+        if buf is not None:
+            view = memoryview(buf)[:n]
+            for h in self.hashes:
+                h.update(view)
+            return
+        zmv = memoryview(_ZEROS)
+        while n > 0 and not self._hash.stop.is_set():  # type: ignore[union-attr]
+            k = min(n, BLOCK)
+            for h in self.hashes:
+                h.update(zmv[:k])
+            n -= k
+
+    def _release(self, item: Item) -> None:
+        if item[0] is not None:
+            self._pool.put(item[0])
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], off + done)
+
+
+def _libc_sync_file_range() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, off: int, n: int) -> None:
+    """Start (not wait for) writeback of what was just written, so the final fsync is short."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, off, n, SYNC_FILE_RANGE_WRITE)
+
+
+WRITEBACK_EARLY = os.environ.get("VHDTOOL_WRITEBACK", "1") != "0"
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -254,17 +342,16 @@ def _kernel_copy_ok(img: DiskImage) -> bool:
 # -- the pass over the virtual disk -----------------------------------------------------------------
 @dataclass
 class Copier:
-    """One ordered pass over ``[0, size)`` of ``img``: holes skipped, data written to ``out_fd``
-    (None: hash only), every byte fed to ``hasher``, GPT ``patches`` applied on the way."""
+    """One ordered pass over ``[0, size)`` of ``img`` into ``pipe``: holes skipped, data blocks
+    read here and written/hashed by the pipeline's threads, GPT ``patches`` applied on the way."""
 
     img: DiskImage
     size: int
-    out_fd: int | None
-    hasher: Hasher
+    pipe: Pipeline
     progress: Progress
     patches: Sequence[Patch] = ()
     kernel_copy: bool = False
-    stats: dict[str, int] = field(default_factory=lambda: {"written": 0, "zero_skipped": 0})
+    zero_skipped: int = 0
 
     def run(self) -> None:
         pos = 0
@@ -282,29 +369,32 @@ class Copier:
         self._hole(pos, self.size)
         if self.kernel_copy:
             for off, data in self.patches:
-                self._write(data, off)
+                self.pipe._write(data, off)
 
     def _hole(self, a: int, b: int) -> None:
         if b > a:
-            self.hasher.zeros(b - a)
+            self.pipe.put(None, b - a, a)
             self.progress.advance(b - a)
 
     def _kernel(self, a: int, b: int) -> None:
-        assert self.out_fd is not None
+        out = self.pipe.out_fd
+        assert out is not None
         src = self.img.fileno()
         end = min(b, self.img.virtual_size)
         pos = a
         while pos < end:
-            n = os.copy_file_range(src, self.out_fd, min(end - pos, 1 << 30), pos, pos)
+            n = os.copy_file_range(src, out, min(end - pos, 64 * MiB), pos, pos)
             if n <= 0:
                 raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
+            if self.pipe.writeback:
+                _start_writeback(out, pos, n)
             pos += n
             self.progress.advance(n)
-        self.stats["written"] += max(0, end - a)
+        self.pipe.written += max(0, end - a)
         self.progress.advance(b - max(end, a))
 
     def _block(self, off: int, n: int) -> None:
-        buf = self.hasher.buffer()
+        buf = self.pipe.buffer()
         try:
             view = memoryview(buf)[:n]
             view[:] = _ZEROS[:n]
@@ -315,36 +405,29 @@ class Copier:
                 lo, hi = max(off, p_off), min(off + n, p_off + len(p_data))
                 if lo < hi:
                     view[lo - off:hi - off] = p_data[lo - p_off:hi - p_off]
-            if self.out_fd is not None:
-                self._write_nonzero(buf, n, off)
+            runs = self._nonzero_runs(buf, n) if self.pipe.out_fd is not None else ()
         except BaseException:
-            self.hasher.data(buf, 0)
+            self.pipe.give_back(buf)
             raise
-        self.hasher.data(buf, n)
+        self.pipe.put(buf, n, off, runs)
         self.progress.advance(n)
 
-    def _write_nonzero(self, buf: bytearray, n: int, off: int) -> None:
-        """pwrite the runs of non-zero CHUNKs of ``buf[:n]`` (``off`` is CHUNK-aligned)."""
-        run_start = -1
+    def _nonzero_runs(self, buf: bytearray, n: int) -> list[tuple[int, int]]:
+        """Ranges of ``buf[:n]`` made of non-zero CHUNKs (block offsets are CHUNK-aligned)."""
+        runs: list[tuple[int, int]] = []
+        start = -1
         for i in range(0, n, CHUNK):
-            zero = buf.startswith(_ZERO_CHUNK[:min(CHUNK, n - i)], i)
-            if not zero and run_start < 0:
-                run_start = i
-            elif zero and run_start >= 0:
-                self._write(memoryview(buf)[run_start:i], off + run_start)
-                run_start = -1
-            if zero:
-                self.stats["zero_skipped"] += min(CHUNK, n - i)
-        if run_start >= 0:
-            self._write(memoryview(buf)[run_start:n], off + run_start)
-
-    def _write(self, data: bytes | memoryview, off: int) -> None:
-        assert self.out_fd is not None
-        mv = memoryview(data)
-        done = 0
-        while done < len(mv):
-            done += os.pwrite(self.out_fd, mv[done:], off + done)
-        self.stats["written"] += len(mv)
+            k = min(CHUNK, n - i)
+            if buf.startswith(_ZERO_CHUNK[:k], i):
+                self.zero_skipped += k
+                if start >= 0:
+                    runs.append((start, i))
+                    start = -1
+            elif start < 0:
+                start = i
+        if start >= 0:
+            runs.append((start, n))
+        return runs
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -369,12 +452,13 @@ def _source_facts(img: DiskImage) -> dict[str, Any]:
             "virtual_size": img.virtual_size}
 
 
-def _output_facts(path: str, size: int, source_size: int, stats: dict[str, int]) -> dict[str, Any]:
+def _output_facts(path: str, size: int, source_size: int, written: int,
+                  zero_skipped: int) -> dict[str, Any]:
     st = os.stat(path)
     return {"path": path, "format": "vpc", "subformat": "fixed", "virtual_size": size,
             "file_size": st.st_size, "rounded_by": size - source_size,
-            "allocated": st.st_blocks * 512, "data_written": stats.get("written", 0),
-            "zero_bytes_skipped_in_data": stats.get("zero_skipped", 0)}
+            "allocated": st.st_blocks * 512, "data_written": written,
+            "zero_bytes_skipped_in_data": zero_skipped}
 
 
 # -- convert ----------------------------------------------------------------------------------------
@@ -389,8 +473,11 @@ def _refuse(src: str, dst: str, force: bool) -> None:
 
 
 def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
-            force: bool = False, progress: bool | None = None) -> ConvertResult:
-    """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc."""
+            force: bool = False, progress: bool | None = None, sync: bool = True) -> ConvertResult:
+    """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
+
+    ``sync``: make the data durable (fsync the file, then its folder after the rename) before
+    returning; without it a crash soon after may leave DST with missing data."""
     t0 = time.perf_counter()
     names = digest_names(digests)
     _refuse(src, dst, force)
@@ -402,31 +489,31 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         folder = os.path.dirname(os.path.abspath(dst))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
                                    suffix=".part")
-        hasher = Hasher(names)
+        pipe = Pipeline(fd, names, writeback=sync)
         try:
             os.fchmod(fd, 0o644 & ~_umask())
             os.ftruncate(fd, size + FOOTER_SIZE)
             bar = Progress(size, "convert: ", enabled=progress)
-            copier = Copier(img, size, fd, hasher, bar, patches,
+            copier = Copier(img, size, pipe, bar, patches,
                             kernel_copy=not names and _kernel_copy_ok(img))
             copier.run()
-            footer = make_footer(size)
-            os.pwrite(fd, footer, size)
+            buf = pipe.buffer()
+            buf[:FOOTER_SIZE] = make_footer(size)
+            pipe.put(buf, FOOTER_SIZE, size, [(0, FOOTER_SIZE)])
             t_copy = time.perf_counter()
-            buf = hasher.buffer()
-            buf[:FOOTER_SIZE] = footer
-            hasher.data(buf, FOOTER_SIZE)
-            hashes = hasher.finish()
+            hashes = pipe.finish()
             t_hash = time.perf_counter()
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
             verify_footer(fd, tmp, size)
             bar.finish()
             os.close(fd)
             fd = -1
             os.replace(tmp, dst)
-            _fsync_dir(folder)
+            if sync:
+                _fsync_dir(folder)
         except BaseException as e:
-            hasher.abort()
+            pipe.abort()
             if fd >= 0:
                 os.close(fd)
             _unlink(tmp)
@@ -438,7 +525,8 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         source = _source_facts(img)
     t_end = time.perf_counter()
     return ConvertResult(
-        source=source, output=_output_facts(dst, size, source["virtual_size"], copier.stats),
+        source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
+                                            copier.zero_skipped),
         digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
         gpt_relocated=bool(patches),
         timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
@@ -504,7 +592,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     hashes = hash_file(src, names, progress) if names else []
     t_end = time.perf_counter()
     return ConvertResult(
-        source=source, output=_output_facts(src, size, old_size, {}),
+        source=source, output=_output_facts(src, size, old_size, 0, 0),
         digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
         gpt_relocated=bool(patches), in_place=True,
         timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
@@ -518,13 +606,13 @@ def _old_unique_id(img: DiskImage) -> bytes | None:
 
 def hash_file(path: str, names: Sequence[str], progress: bool | None = None) -> list[Any]:
     """Digests of every byte of the file at ``path``, holes hashed as zeros."""
-    hasher = Hasher(names)
+    pipe = Pipeline(None, names)
     try:
         with open_image(path, "raw") as whole:
             bar = Progress(whole.virtual_size, "hash: ", enabled=progress)
-            Copier(whole, whole.virtual_size, None, hasher, bar).run()
+            Copier(whole, whole.virtual_size, pipe, bar).run()
             bar.finish()
-        return hasher.finish()
+        return pipe.finish()
     except BaseException:
-        hasher.abort()
+        pipe.abort()
         raise

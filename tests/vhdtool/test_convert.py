@@ -196,7 +196,7 @@ def test_gpt_backup_moves_to_new_end(tmp_path: Path) -> None:
 
 # -- failures leave nothing -------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
-    real = conv.Copier._write
+    real = conv.Pipeline._write
     count = {"n": 0}
 
     def failing(self, data, off):
@@ -205,7 +205,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int 
             raise exc
         return real(self, data, off)
 
-    monkeypatch.setattr(conv.Copier, "_write", failing)
+    monkeypatch.setattr(conv.Pipeline, "_write", failing)
 
 
 @pytest.mark.parametrize("digests", [["sha256"], ["none"]])
