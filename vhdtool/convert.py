@@ -103,7 +103,13 @@ def gpt_patches(img: DiskImage, size: int) -> list[Patch]:
     """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (else none)."""
     if size <= img.virtual_size:
         return []
-    from formats.partitions import relocate_gpt_backup
+    try:
+        from formats.partitions import relocate_gpt_backup
+    except ImportError:          # the partition core is not merged yet: refuse rather than break
+        if img.read(img.logical_sector_size, 8) == b"EFI PART":
+            raise ConvertError(f"{img.path}: has a GPT and must grow to a whole MiB, but GPT "
+                               "relocation (formats.partitions) is not available") from None
+        return []
 
     return list(relocate_gpt_backup(img.read, img.virtual_size, size, img.logical_sector_size))
 
@@ -123,7 +129,8 @@ def verify_footer(fd: int, path: str, size: int) -> Any:
 
     data = os.pread(fd, FOOTER_SIZE, size)
     footer = parse_footer(data, path, size, verify=True)
-    if footer.current_size != size or os.fstat(fd).st_size != size + FOOTER_SIZE:
+    if (footer.current_size != size or footer.disk_type_name != "fixed"
+            or os.fstat(fd).st_size != size + FOOTER_SIZE):
         raise ConvertError(f"{path}: the footer written reads back as {footer.current_size} "
                            f"bytes, not {size}")
     return footer
