@@ -322,22 +322,32 @@ WRITEBACK_EARLY = os.environ.get("VHDTOOL_WRITEBACK", "1") != "0"
 
 
 # -- planning ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A range of the output to materialise; ``solid``: made only of DATA, read fills it all."""
+
+    start: int
+    end: int
+    solid: bool
+
+
 def windows(img: DiskImage, size: int, patches: Sequence[Patch], align: int = CHUNK,
-            gap: int = GAP) -> Iterator[tuple[int, int]]:
+            gap: int = GAP) -> Iterator[Window]:
     """Ranges of ``[0, size)`` to materialise (data runs and GPT patches), ``align``-aligned,
     merged when closer than ``gap``, ascending; everything between them is a hole.  Streams the
     map, so memory does not grow with the number of extents."""
-    data = ((e.offset, e.end) for e in img.extents() if e.kind is Kind.DATA)
-    spans = heapq.merge(data, sorted((o, o + len(b)) for o, b in patches))
-    cur: tuple[int, int] | None = None
-    for a, b in spans:
-        a, b = a // align * align, min(size, -(-b // align) * align)
-        if cur is not None and a <= cur[1] + GAP:
-            cur = (cur[0], max(cur[1], b))
+    data = ((e.offset, e.end, True) for e in img.extents() if e.kind is Kind.DATA)
+    spans = heapq.merge(data, sorted((o, o + len(b), False) for o, b in patches))
+    cur: Window | None = None
+    for a0, b0, is_data in spans:
+        a, b = a0 // align * align, min(size, -(-b0 // align) * align)
+        solid = is_data and (a, b) == (a0, b0)
+        if cur is not None and a <= cur.end + gap:
+            cur = Window(cur.start, max(cur.end, b), cur.solid and solid and a == cur.end)
             continue
         if cur is not None:
             yield cur
-        cur = (a, b)
+        cur = Window(a, b, solid)
     if cur is not None:
         yield cur
 
@@ -364,15 +374,14 @@ class Copier:
         pos = 0
         # a kernel copy cannot skip zeros: copy the data runs exactly, so holes stay holes
         shape = {"align": 1, "gap": 0} if self.kernel_copy else {}
-        for a, b in windows(self.img, self.size, [] if self.kernel_copy else self.patches,
-                            **shape):
-            self._hole(pos, a)
+        for w in windows(self.img, self.size, [] if self.kernel_copy else self.patches, **shape):
+            self._hole(pos, w.start)
             if self.kernel_copy:
-                self._kernel(a, b)
+                self._kernel(w.start, w.end)
             else:
-                for off in range(a, b, BLOCK):
-                    self._block(off, min(BLOCK, b - off))
-            pos = b
+                for off in range(w.start, w.end, BLOCK):
+                    self._block(off, min(BLOCK, w.end - off), w.solid)
+            pos = w.end
         self._hole(pos, self.size)
         if self.kernel_copy:
             for off, data in self.patches:
@@ -400,12 +409,13 @@ class Copier:
         self.pipe.written += max(0, end - a)
         self.progress.advance(b - max(end, a))
 
-    def _block(self, off: int, n: int) -> None:
+    def _block(self, off: int, n: int, solid: bool) -> None:
         buf = self.pipe.buffer()
         try:
             view = memoryview(buf)[:n]
-            view[:] = _ZEROS[:n]
             vs = self.img.virtual_size
+            if not solid or off + n > vs:       # readinto fills only the DATA parts
+                view[:] = _ZEROS[:n]
             if off < vs:
                 self.img.readinto(off, view[:min(n, vs - off)])
             for p_off, p_data in self.patches:
