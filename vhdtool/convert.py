@@ -504,8 +504,11 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         patches = gpt_patches(img, size)
         t_plan = time.perf_counter()
         folder = os.path.dirname(os.path.abspath(dst))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
-                                   suffix=".part")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
+                                       suffix=".part")
+        except OSError as e:
+            raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
         pipe = Pipeline(fd, names, writeback=sync)
         try:
             os.fchmod(fd, 0o644 & ~_umask())
@@ -538,6 +541,9 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                 raise ConvertError(f"{dst}: no space left on the device for the "
                                    f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
                                    f"that name") from e
+            if isinstance(e, OSError) and not e.filename:   # pwrite/fsync on the output
+                raise ConvertError(f"{dst}: writing failed ({e.strerror or e}); nothing was "
+                                   f"written under that name") from e
             raise
         source = _source_facts(img)
     t_end = time.perf_counter()
