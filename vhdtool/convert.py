@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats import DiskImage, Kind, open_image
+from formats import DiskImage, FormatError, Kind, open_image
+from formats.partitions import read_partition_table, relocate_gpt_backup
 
 from .progress import Progress
 
@@ -99,19 +100,20 @@ def check_size(size: int, dst: str) -> None:
 
 
 # -- the footer and the GPT (from the format core) --------------------------------------------------
-def gpt_patches(img: DiskImage, size: int) -> list[Patch]:
-    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (else none)."""
+def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
+    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (as
+    ``sgdisk -e``), and warnings: a damaged primary GPT is copied as it is, not relocated."""
     if size <= img.virtual_size:
-        return []
+        return [], []
+    ss = img.logical_sector_size
+    table = read_partition_table(img.read, img.virtual_size, ss, img.path)
+    if table.gpt is None or table.gpt.primary is None:
+        return [], []
     try:
-        from formats.partitions import relocate_gpt_backup
-    except ImportError:          # the partition core is not merged yet: refuse rather than break
-        if img.read(img.logical_sector_size, 8) == b"EFI PART":
-            raise ConvertError(f"{img.path}: has a GPT and must grow to a whole MiB, but GPT "
-                               "relocation (formats.partitions) is not available") from None
-        return []
-
-    return list(relocate_gpt_backup(img.read, img.virtual_size, size, img.logical_sector_size))
+        return list(relocate_gpt_backup(img.read, img.virtual_size, size, ss)), []
+    except FormatError as e:
+        return [], [f"GPT backup not moved to the new last LBA ({e.structure}: {e.message}); "
+                    f"repair the table with sgdisk -e"]
 
 
 def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
@@ -501,7 +503,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
     with open_image(src, fmt) as img:
         size = rounded_size(img.virtual_size)
         check_size(size, dst)
-        patches = gpt_patches(img, size)
+        patches, warnings = gpt_patches(img, size)
         t_plan = time.perf_counter()
         folder = os.path.dirname(os.path.abspath(dst))
         try:
@@ -550,7 +552,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
     return ConvertResult(
         source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
                                             copier.zero_skipped),
-        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size) + warnings,
         gpt_relocated=bool(patches),
         timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
                  "total": t_end - t0})
@@ -591,7 +593,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
         old_size = img.virtual_size
         size = rounded_size(old_size)
         check_size(size, src)
-        patches = gpt_patches(img, size)
+        patches, warnings = gpt_patches(img, size)
         unique_id = _old_unique_id(img)
         source = _source_facts(img)
     footer = make_footer(size, unique_id)
@@ -616,7 +618,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     t_end = time.perf_counter()
     return ConvertResult(
         source=source, output=_output_facts(src, size, old_size, 0, 0),
-        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size) + warnings,
         gpt_relocated=bool(patches), in_place=True,
         timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
 

@@ -231,7 +231,6 @@ def assert_gpt_clean(vhd_path: Path, orig_raw: Path, tmp: Path) -> None:
 @pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
 @pytest.mark.parametrize("digests", [["sha256"], ["none"]])
 def test_gpt_backup_moves_to_new_end(tmp_path: Path, digests) -> None:
-    pytest.importorskip("formats.partitions", reason="formats.partitions (branch parts) not merged")
     raw = make_gpt_raw(tmp_path / "gpt.raw")
     keep = tmp_path / "orig.raw"
     shutil.copyfile(raw, keep)
@@ -243,11 +242,29 @@ def test_gpt_backup_moves_to_new_end(tmp_path: Path, digests) -> None:
         assert res["digests"]["sha256"] == file_digests(dst)["sha256"]
     assert_gpt_clean(dst, keep, tmp_path)
     assert file_digests(raw) == file_digests(keep)        # the source is untouched
+    # control: merely padding the disk leaves a GPT that sgdisk complains about
+    naive = tmp_path / "naive.raw"
+    shutil.copyfile(raw, naive)
+    os.truncate(naive, 22 * MiB)
+    verify = subprocess.run(["sgdisk", "-v", str(naive)], capture_output=True, text=True)
+    assert "No problems found" not in verify.stdout
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+def test_damaged_gpt_is_copied_with_a_warning(tmp_path: Path) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    with open(raw, "r+b") as f:            # break the primary header's CRC
+        f.seek(512 + 16)
+        f.write(b"\xde\xad\xbe\xef")
+    dst = tmp_path / "gpt.vhd"
+    res = conv.convert(str(raw), str(dst), digests=["none"]).as_dict()
+    assert res["gpt_backup_relocated"] is False
+    assert any("GPT backup not moved" in w for w in res["warnings"])
+    assert_same_disk(raw, "raw", dst)
 
 
 @pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
 def test_gpt_in_place(tmp_path: Path) -> None:
-    pytest.importorskip("formats.partitions", reason="formats.partitions (branch parts) not merged")
     raw = make_gpt_raw(tmp_path / "gpt.raw")
     keep = tmp_path / "orig.raw"
     shutil.copyfile(raw, keep)
