@@ -17,7 +17,6 @@ from formats import FormatError, open_image
 from . import __version__
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit
-from .info import describe, render_info
 
 log = logging.getLogger("vhdtool")
 
@@ -61,6 +60,8 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def info(image: str, fmt: str | None, as_json: bool) -> None:
     """Describe IMAGE: format, sizes as each reader sees them, allocation, partitions, problems."""
+    from .info import describe, render_info   # imported here: convert need not pay for it
+
     with open_image(image, fmt) as img:
         facts = describe(img)
     if as_json:

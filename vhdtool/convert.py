@@ -29,8 +29,8 @@ References:
 from __future__ import annotations
 
 import base64
-import ctypes
 import errno
+import functools
 import hashlib
 import heapq
 import os
@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from formats import DiskImage, FormatError, Kind, open_image
-from formats.partitions import read_partition_table, relocate_gpt_backup
 
 from .progress import Progress
 
@@ -105,6 +104,8 @@ def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
     ``sgdisk -e``), and warnings: a damaged primary GPT is copied as it is, not relocated."""
     if size <= img.virtual_size:
         return [], []
+    from formats.partitions import read_partition_table, relocate_gpt_backup  # only when growing
+
     ss = img.logical_sector_size
     table = read_partition_table(img.read, img.virtual_size, ss, img.path)
     if table.gpt is None or table.gpt.primary is None:
@@ -205,7 +206,7 @@ class Pipeline:
     def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
         self.out_fd = out_fd
         #: start writeback of each block once written, so the final fsync has little left to do
-        self.writeback = writeback and WRITEBACK_EARLY
+        self.writeback = writeback
         self.hashes = [hashlib.new(n) for n in names]
         self.written = 0
         self._pool: queue.Queue[bytearray] = queue.Queue()
@@ -301,7 +302,10 @@ def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
         done += os.pwrite(fd, mv[done:], off + done)
 
 
+@functools.cache
 def _libc_sync_file_range() -> Callable[..., int] | None:
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -310,17 +314,14 @@ def _libc_sync_file_range() -> Callable[..., int] | None:
     return fn
 
 
-_SYNC_FILE_RANGE = _libc_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
 
 
 def _start_writeback(fd: int, off: int, n: int) -> None:
     """Start (not wait for) writeback of what was just written, so the final fsync is short."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, off, n, SYNC_FILE_RANGE_WRITE)
-
-
-WRITEBACK_EARLY = os.environ.get("VHDTOOL_WRITEBACK", "1") != "0"
+    fn = _libc_sync_file_range()
+    if fn is not None:
+        fn(fd, off, n, SYNC_FILE_RANGE_WRITE)
 
 
 # -- planning ---------------------------------------------------------------------------------------
