@@ -111,7 +111,7 @@ def no_leftovers(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-# -- every source format ----------------------------------------------------------------------------
+# -- every source format ---------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
     src, fmt, raw = make_source(tmp_path, recipe)
@@ -203,7 +203,7 @@ def test_samples(tmp_path: Path, sample, name: str) -> None:
     assert_valid_vhd(dst, want)
 
 
-# -- GPT --------------------------------------------------------------------------------------------
+# -- GPT -------------------------------------------------------------------------------------------
 GPT_SIZE = 21 * MiB + 17 * 512
 
 
@@ -274,7 +274,7 @@ def test_gpt_in_place(tmp_path: Path) -> None:
     assert_gpt_clean(raw, keep, tmp_path)
 
 
-# -- failures leave nothing -------------------------------------------------------------------------
+# -- failures leave nothing ------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
     real = conv.Pipeline._write
     count = {"n": 0}
@@ -392,7 +392,7 @@ def test_above_2040_gib_is_supported(tmp_path: Path) -> None:
     assert allocated(dst) <= MiB
 
 
-# -- in place ---------------------------------------------------------------------------------------
+# -- in place --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
 def test_in_place(tmp_path: Path, recipe: str) -> None:
     src, fmt, raw = make_source(tmp_path, recipe)
@@ -405,6 +405,28 @@ def test_in_place(tmp_path: Path, recipe: str) -> None:
     assert_valid_vhd(src, want)
     assert_same_disk(keep, "raw", src)
     assert res["digests"]["sha256"] == file_digests(src)["sha256"]
+
+
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_in_place_failure_restores_the_file(tmp_path: Path, monkeypatch, recipe: str) -> None:
+    src, fmt, _ = make_source(tmp_path, recipe)
+    before = file_digests(src)
+    size_before = src.stat().st_size
+    real = conv.pwrite_all
+    failed = []
+
+    def full(fd, data, off):          # the new footer's write finds the disk full, once
+        if len(data) == 512 and off > SIZE and not failed:
+            failed.append(off)
+            raise OSError(28, "No space left on device")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(conv, "pwrite_all", full)
+    with pytest.raises(conv.ConvertError, match="restored"):
+        conv.convert_in_place(str(src), fmt=fmt)
+    assert failed
+    assert src.stat().st_size == size_before
+    assert file_digests(src) == before
 
 
 def test_in_place_whole_mib_raw(tmp_path: Path) -> None:
@@ -424,7 +446,7 @@ def test_in_place_refuses_other_formats(tmp_path: Path) -> None:
     assert file_digests(src) == before
 
 
-# -- the command line -------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------
 def test_cli_json(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
