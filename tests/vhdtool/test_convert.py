@@ -153,6 +153,29 @@ def test_cli_in_place_and_usage(tmp_path: Path) -> None:
     assert qemu_virtual_size(src, "vpc") == facts["output"]["virtual_size"] == 10 * MiB
 
 
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_kernel_copy_path(tmp_path: Path, recipe: str) -> None:
+    """No digest to compute: raw and fixed-VHD data runs are copied by copy_file_range."""
+    src, fmt, raw = make_source(tmp_path, recipe)
+    dst = tmp_path / "out.vhd"
+    calls = []
+    real = os.copy_file_range
+
+    def spy(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(conv.os, "copy_file_range", spy):
+        res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    assert calls and sum(calls) <= allocated(src)     # only the data runs were copied
+    want = -(-SIZE // MiB) * MiB
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, want)
+    assert res["output"]["allocated"] <= allocated(raw) + MiB
+
+
 def test_convert_raw_not_sector_multiple(tmp_path: Path) -> None:
     size = 3 * MiB + 1001
     raw = write_pattern(tmp_path / "odd.raw", size, [(size - 3000, 3000), (5, 70_000)])
