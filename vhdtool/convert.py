@@ -55,6 +55,9 @@ BLOCK = 8 * MiB
 NBUF = 4
 #: granularity of zero detection inside data runs (and of output allocation)
 CHUNK = 64 * 1024
+#: kernel copies (copy_file_range) run in this many threads, in pieces of KERNEL_STEP
+KERNEL_THREADS = 2
+KERNEL_STEP = 32 * MiB
 #: data runs closer than this are read as one window
 GAP = 1 * MiB
 #: Azure direct upload: UploadSizeBytes between 20 MiB + 512 and 32 TiB + 512 (UPL, MKT)
@@ -383,43 +386,75 @@ class Copier:
     zero_skipped: int = 0
 
     def run(self) -> None:
+        if self.kernel_copy:
+            self._run_kernel()
+            return
         pos = 0
-        # a kernel copy cannot skip zeros: copy the data runs exactly, so holes stay holes
-        shape = {"align": 1, "gap": 0} if self.kernel_copy else {}
-        for w in windows(self.img, self.size, [] if self.kernel_copy else self.patches, **shape):
+        for w in windows(self.img, self.size, self.patches):
             self._hole(pos, w.start)
-            if self.kernel_copy:
-                self._kernel(w.start, w.end)
-            else:
-                for off in range(w.start, w.end, BLOCK):
-                    self._block(off, min(BLOCK, w.end - off), w.solid)
+            for off in range(w.start, w.end, BLOCK):
+                self._block(off, min(BLOCK, w.end - off), w.solid)
             pos = w.end
         self._hole(pos, self.size)
-        if self.kernel_copy:
-            for off, data in self.patches:
-                self.pipe._write(data, off)
 
     def _hole(self, a: int, b: int) -> None:
         if b > a:
             self.pipe.put(None, b - a, a)
             self.progress.advance(b - a)
 
+    def _run_kernel(self) -> None:
+        """copy_file_range the data runs exactly (a kernel copy cannot skip zeros, so holes stay
+        holes), in KERNEL_STEP pieces shared by KERNEL_THREADS threads; then the GPT patches."""
+        work: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4 * KERNEL_THREADS)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            while (item := work.get()) is not None:
+                if errors:
+                    continue
+                try:
+                    self._kernel(*item)
+                except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                    errors.append(e)
+
+        threads = [threading.Thread(target=worker, name="vhdtool-copy", daemon=True)
+                   for _ in range(KERNEL_THREADS)]
+        for t in threads:
+            t.start()
+        try:
+            for w in windows(self.img, self.size, [], align=1, gap=0):
+                end = min(w.end, self.img.virtual_size)
+                for off in range(w.start, end, KERNEL_STEP):
+                    if errors:
+                        raise errors[0]
+                    work.put((off, min(end, off + KERNEL_STEP)))
+                    self.progress.advance(min(end, off + KERNEL_STEP) - off)
+                self.pipe.written += max(0, end - w.start)
+        except BaseException:
+            errors.append(ConvertError("stopped"))    # the workers skip what is left
+            raise
+        finally:
+            for _ in threads:
+                work.put(None)
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        self.progress.advance(self.size - self.progress.done)
+        for off, data in self.patches:
+            self.pipe._write(data, off)
+
     def _kernel(self, a: int, b: int) -> None:
         out = self.pipe.out_fd
         assert out is not None
-        src = self.img.fileno()
-        end = min(b, self.img.virtual_size)
         pos = a
-        while pos < end:
-            n = os.copy_file_range(src, out, min(end - pos, 64 * MiB), pos, pos)
+        while pos < b:
+            n = os.copy_file_range(self.img.fileno(), out, b - pos, pos, pos)
             if n <= 0:
                 raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
-            if self.pipe.writeback:
-                _start_writeback(out, pos, n)
             pos += n
-            self.progress.advance(n)
-        self.pipe.written += max(0, end - a)
-        self.progress.advance(b - max(end, a))
+        if self.pipe.writeback:
+            _start_writeback(out, a, b - a)
 
     def _block(self, off: int, n: int, solid: bool) -> None:
         buf = self.pipe.buffer()
