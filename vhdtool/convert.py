@@ -557,8 +557,9 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                                        suffix=".part")
         except OSError as e:
             raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
-        pipe = Pipeline(fd, names, writeback=sync)
+        pipe: Pipeline | None = None
         try:
+            pipe = Pipeline(fd, names, writeback=sync)
             os.fchmod(fd, 0o644 & ~_umask())
             os.ftruncate(fd, size + FOOTER_SIZE)
             bar = Progress(size, "convert: ", enabled=progress)
@@ -577,11 +578,12 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
             bar.finish()
             os.close(fd)
             fd = -1
-            os.replace(tmp, dst)
+            _publish(tmp, dst, force)
             if sync:
                 _fsync_dir(folder)
         except BaseException as e:
-            pipe.abort()
+            if pipe is not None:
+                pipe.abort()
             if fd >= 0:
                 os.close(fd)
             _unlink(tmp)
@@ -595,6 +597,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
             raise
         source = _source_facts(img)
     t_end = time.perf_counter()
+    assert pipe is not None
     return ConvertResult(
         source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
                                             copier.zero_skipped),
@@ -603,6 +606,25 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         gpt_relocated=bool(patches),
         timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
                  "total": t_end - t0})
+
+
+def _publish(tmp: str, dst: str, force: bool) -> None:
+    """Give the finished file its name: atomically replacing DST with ``force``, else only if
+    DST still does not exist (a hard link fails rather than overwrite what appeared meanwhile)."""
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise ConvertError(f"{dst}: appeared during the conversion; use --force to replace "
+                           "it") from None
+    except OSError:                 # no hard links on this file system: rename, re-checked
+        if os.path.lexists(dst):
+            raise ConvertError(f"{dst}: appeared during the conversion") from None
+        os.replace(tmp, dst)
+        return
+    os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -378,6 +378,22 @@ def test_refuses_existing_destination_without_force(tmp_path: Path) -> None:
     assert_same_disk(src, "raw", dst)
 
 
+def test_destination_appearing_meanwhile_is_not_overwritten(tmp_path: Path, monkeypatch) -> None:
+    src, _, _ = make_source(tmp_path, "raw")
+    dst = tmp_path / "out.vhd"
+    real = conv.make_footer
+
+    def racing(size, unique_id=None):      # someone creates DST while we copy
+        dst.write_bytes(b"theirs")
+        return real(size, unique_id)
+
+    monkeypatch.setattr(conv, "make_footer", racing)
+    with pytest.raises(conv.ConvertError, match="appeared"):
+        conv.convert(str(src), str(dst))
+    assert dst.read_bytes() == b"theirs"
+    no_leftovers(tmp_path)
+
+
 def test_refuses_source_as_destination(tmp_path: Path) -> None:
     src, _, _ = make_source(tmp_path, "raw")
     before = file_digests(src)
