@@ -180,13 +180,14 @@ def digest_report(hashes: Sequence[Any], file_size: int) -> dict[str, Any]:
 
 
 class _Stage:
-    """A worker thread applying ``work`` to queued items in order; its first error is kept for
-    the main thread and later items are only passed on (so buffers always go back to the pool)."""
+    """A worker thread applying ``work`` to queued items in order, then handing each to ``done``
+    (the next stage); its first error is kept for the main thread and later items are only
+    passed on, so buffers always go back to the pool."""
 
-    def __init__(self, name: str, work: Callable[[Item], None], done: Callable[[Item], None]):
-        self.work, self.done = work, done
+    def __init__(self, name: str, work: Callable[[Item], None], done: Callable[[Item], None],
+                 stop: threading.Event):
+        self.work, self.done, self.stop = work, done, stop
         self.error: BaseException | None = None
-        self.stop = threading.Event()
         self.q: queue.Queue[Item | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -212,8 +213,9 @@ Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
 
 class Pipeline:
     """Ordered output of one pass: a writer thread ``pwrite``s the non-zero runs of each block
-    while the main thread reads the next, and a hash thread digests every byte (zeros included)
-    in order.  Buffers come from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
+    while the main thread reads the next, then one thread per digest hashes every byte (zeros
+    included) in order — a chain of stages working on different blocks at once.  Buffers come
+    from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
 
     def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
         self.out_fd = out_fd
@@ -224,10 +226,17 @@ class Pipeline:
         self._pool: queue.Queue[bytearray] = queue.Queue()
         for _ in range(NBUF):
             self._pool.put(bytearray(BLOCK))
-        self._hash = _Stage("vhdtool-hash", self._digest, self._release) if self.hashes else None
-        self._write_stage = (_Stage("vhdtool-write", self._write_item, self._after_write)
-                             if out_fd is not None else None)
-        self._stages = [s for s in (self._write_stage, self._hash) if s is not None]
+        self._stop = threading.Event()
+        self._stages: list[_Stage] = []
+        forward: Callable[[Item], None] = self._release
+        for h in reversed(self.hashes):
+            self._stages.insert(0, _Stage(f"vhdtool-{h.name}", functools.partial(self._digest, h),
+                                          forward, self._stop))
+            forward = self._stages[0].q.put
+        if out_fd is not None:
+            self._stages.insert(0, _Stage("vhdtool-write", self._write_item, forward, self._stop))
+            forward = self._stages[0].q.put
+        self._entry = forward
 
     # -- main thread --
     def buffer(self) -> bytearray:
@@ -239,11 +248,7 @@ class Pipeline:
         """Queue ``buf[:n]`` (or ``n`` zeros when ``buf`` is None) at output offset ``off``;
         ``runs`` are the ranges of ``buf`` to write (the rest is left as a hole)."""
         self.check()
-        item: Item = (buf, n, off, runs)
-        if self._write_stage is not None:
-            self._write_stage.q.put(item)
-        else:
-            self._after_write(item)
+        self._entry((buf, n, off, runs))
 
     def give_back(self, buf: bytearray) -> None:
         self._pool.put(buf)
@@ -260,9 +265,8 @@ class Pipeline:
         return self.hashes
 
     def abort(self) -> None:
-        """Stop both threads and wait for them: none may touch ``out_fd`` once this returns."""
-        for stage in self._stages:
-            stage.stop.set()
+        """Stop the threads and wait for them: none may touch ``out_fd`` once this returns."""
+        self._stop.set()
         for stage in self._stages:
             stage.close()
 
@@ -281,25 +285,16 @@ class Pipeline:
         if self.writeback:
             _start_writeback(self.out_fd, off, len(data))
 
-    def _after_write(self, item: Item) -> None:
-        if self._hash is not None:
-            self._hash.q.put(item)
-        else:
-            self._release(item)
-
-    # -- hash thread --
-    def _digest(self, item: Item) -> None:
+    # -- hash threads --
+    def _digest(self, h: Any, item: Item) -> None:
         buf, n, _, _ = item
         if buf is not None:
-            view = memoryview(buf)[:n]
-            for h in self.hashes:
-                h.update(view)
+            h.update(memoryview(buf)[:n])
             return
         zmv = memoryview(_ZEROS)
-        while n > 0 and not self._hash.stop.is_set():  # type: ignore[union-attr]
+        while n > 0 and not self._stop.is_set():
             k = min(n, BLOCK)
-            for h in self.hashes:
-                h.update(zmv[:k])
+            h.update(zmv[:k])
             n -= k
 
     def _release(self, item: Item) -> None:
