@@ -3,14 +3,17 @@
 The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
 zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
 that is all zeros is skipped too.  For raw and fixed-VHD sources with no digest to compute, data
-runs are copied by the kernel (``copy_file_range``).  Digests cover every byte of the output file
-— the virtual disk with its holes and padding, then the 512-byte footer — and are computed in the
-same pass by a worker thread (hashlib releases the GIL on large buffers), so hashing overlaps I/O.
+runs are copied by the kernel (``copy_file_range``, two threads).  Otherwise the main thread reads
+while a writer thread writes the previous block and one thread per digest hashes the one before
+(hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not
+grow with the image.  Digests cover every byte of the output file — the virtual disk with its
+holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
-verified, then renamed over the destination: an error, a full disk or Ctrl-C leaves no half-written
-VHD under the final name and the source is never modified (except with ``in_place``, which only
-grows a raw or fixed-VHD file to a whole MiB and (re)writes its footer, without copying data).
+verified, fsynced (unless ``sync=False``), then renamed to the destination: an error, a full disk
+or Ctrl-C leaves no half-written VHD under the final name and the source is never modified —
+except with ``in_place``, which only grows a raw or fixed-VHD file to a whole MiB and (re)writes
+its footer without copying data, and puts the file back as it was if that fails.
 
 When the disk grows to reach a whole MiB and carries a GPT, the backup header and entries move to
 the new last LBA (what ``sgdisk -e`` does), patched into the same single pass so digests match.
