@@ -1,0 +1,150 @@
+"""Disk-level checks on real images: made by qemu-img (the oracle for 'what users upload'), by the
+format core's fixed-VHD writer, and by sgdisk/mkfs for partition layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from checks.catalog import V1, V2, Profile, Verdict
+from tests.oracle import qemu_img
+from tests.vhdtool.images import (MiB, chs_geometry, gpt_hybrid, patch_footer, raw_disk,
+                                  sparse_fixed, wrap_fixed)
+from vhdtool.pipeline import run
+
+GiB = 1 << 30
+
+
+def verdicts(path: Path, profile: Profile = Profile(), **kw) -> dict[str, Verdict]:
+    return {r.check.id: r.verdict for r in run(str(path), profile, **kw).results}
+
+
+@pytest.fixture(scope="module")
+def raw100(tmp_path_factory) -> Path:
+    return raw_disk(tmp_path_factory.mktemp("img") / "d.raw", 100 * MiB)
+
+
+def test_qemu_fixed_without_force_size_fails_mib(raw100: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nf.vhd"
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw100, out)
+    size = int(json.loads(qemu_img("info", "-f", "vpc", "--output=json", out))["virtual-size"])
+    assert size % MiB                         # qemu rounded to a CHS geometry
+    v = verdicts(out)
+    assert v["disk.size.mib"] is Verdict.FAIL
+    assert v["disk.vhd.cookie"] is v["disk.vhd.fixed"] is v["disk.vhd.checksum"] is Verdict.PASS
+    assert v["disk.convert.needed"] is Verdict.PASS
+
+
+def test_qemu_force_size_and_core_writer_pass_container_checks(raw100: Path,
+                                                               tmp_path: Path) -> None:
+    forced = tmp_path / "fs.vhd"
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size", raw100,
+             forced)
+    ours = wrap_fixed(raw100, tmp_path / "ours.vhd")
+    container = ("disk.vhd.cookie", "disk.vhd.checksum", "disk.vhd.version",
+                 "disk.vhd.data-offset", "disk.vhd.fixed", "disk.size.current-vs-file",
+                 "disk.size.mib", "disk.size.limit", "disk.vhd.stale-footer", "disk.vhd.chs-size",
+                 "disk.convert.needed", "disk.sector-size")
+    for img in (forced, ours):
+        v = verdicts(img)
+        assert {c: v[c] for c in container} == {c: Verdict.PASS for c in container}, img
+
+
+def test_qcow2_vhdx_dynamic_need_conversion(raw100: Path, tmp_path: Path) -> None:
+    for fmt, opts in (("qcow2", []), ("vhdx", []), ("vpc", ["-o", "subformat=dynamic"])):
+        out = tmp_path / f"x.{fmt}"
+        qemu_img("convert", "-f", "raw", "-O", fmt, *opts, raw100, out)
+        res = {r.check.id: r for r in run(str(out), Profile()).results}
+        assert res["disk.convert.needed"].verdict is Verdict.FAIL, fmt
+        assert "vhdtool convert" in res["disk.convert.needed"].findings[0].fix
+    assert verdicts(tmp_path / "x.vpc")["disk.vhd.fixed"] is Verdict.FAIL
+    assert verdicts(tmp_path / "x.qcow2")["disk.vhd.cookie"] is Verdict.FAIL
+
+
+def test_raw_fails_cookie(raw100: Path) -> None:
+    v = verdicts(raw100)
+    assert v["disk.vhd.cookie"] is Verdict.FAIL and v["disk.convert.needed"] is Verdict.FAIL
+
+
+def test_footer_field_failures(raw100: Path, tmp_path: Path) -> None:
+    bad_sum = wrap_fixed(raw100, tmp_path / "sum.vhd")
+    patch_footer(bad_sum, 40, b"\x00\x00\x00\x00\x06\x40\x00\x01", fix_checksum=False)
+    assert qemu_img_refuses(bad_sum)          # the oracle agrees the checksum is wrong
+    assert verdicts(bad_sum)["disk.vhd.checksum"] is Verdict.FAIL
+    version = wrap_fixed(raw100, tmp_path / "ver.vhd")
+    patch_footer(version, 12, b"\x00\x02\x00\x00", fix_checksum=True)
+    assert verdicts(version)["disk.vhd.version"] is Verdict.FAIL
+    offset = wrap_fixed(raw100, tmp_path / "off.vhd")
+    patch_footer(offset, 16, (512).to_bytes(8, "big"), fix_checksum=True)
+    assert verdicts(offset)["disk.vhd.data-offset"] is Verdict.FAIL
+
+
+def qemu_img_refuses(path: Path) -> bool:
+    import subprocess
+    return subprocess.run(["qemu-img", "info", "-f", "vpc", str(path)],
+                          capture_output=True).returncode != 0
+
+
+def test_size_checks(tmp_path: Path) -> None:
+    small = wrap_fixed(raw_disk(tmp_path / "s.raw", 10 * MiB), tmp_path / "s.vhd")
+    assert verdicts(small)["disk.size.limit"] is Verdict.FAIL
+    big = sparse_fixed(tmp_path / "b.vhd", 3 * (1 << 40))
+    assert big.stat().st_blocks * 512 < 64 * MiB
+    assert verdicts(big, Profile(generations=frozenset({V1})))["disk.size.limit"] is Verdict.FAIL
+    assert verdicts(big, Profile(generations=frozenset({V2})))["disk.size.limit"] is Verdict.PASS
+    assert verdicts(big, Profile(role="data"))["disk.size.limit"] is Verdict.PASS
+    trailing = wrap_fixed(raw_disk(tmp_path / "t.raw", 32 * MiB), tmp_path / "t.vhd")
+    patch_footer(trailing, 48, (31 * MiB).to_bytes(8, "big"), fix_checksum=True)
+    assert verdicts(trailing)["disk.size.current-vs-file"] is Verdict.FAIL
+
+
+def test_chs_disagreement_and_stale_footer(raw100: Path, tmp_path: Path) -> None:
+    size = 100 * MiB
+    exact = chs_geometry(size)                 # CHS that does not cover 100 MiB exactly
+    chs = wrap_fixed(raw100, tmp_path / "chs.vhd", geometry=exact)
+    qsize = int(json.loads(qemu_img("info", "-f", "vpc", "--output=json", chs))["virtual-size"])
+    assert qsize != size                       # qemu 7.2 really reads another size
+    assert verdicts(chs)["disk.vhd.chs-size"] is Verdict.FAIL
+    inner = wrap_fixed(raw100, tmp_path / "inner.vhd")
+    twice = wrap_fixed(inner, tmp_path / "twice.vhd")   # a fixed VHD wrapped again as raw
+    assert verdicts(twice)["disk.vhd.stale-footer"] is Verdict.FAIL
+
+
+# -- partition layouts (need formats.partitions) --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory) -> Path:
+    pytest.importorskip("formats.partitions")
+    d = tmp_path_factory.mktemp("hy")
+    return wrap_fixed(gpt_hybrid(d / "h.raw"), d / "h.vhd")
+
+
+def test_hybrid_layout_passes_and_boots_both(hybrid: Path) -> None:
+    r = run(str(hybrid), Profile())
+    assert r.supported == {V1, V2}
+    bad = {x.check.id: x.findings for x in r.results if x.verdict is not Verdict.PASS}
+    assert not bad, bad
+    esp = [p for p in r.facts.partitions if p.index == 2][0]
+    assert esp.start == 2 * MiB and esp.fs == "fat"
+
+
+def test_layout_failures_from_sgdisk(tmp_path: Path) -> None:
+    pytest.importorskip("formats.partitions")
+    from tests.vhdtool.images import run as sh
+    raw = raw_disk(tmp_path / "m.raw", 64 * MiB)
+    sh("sgdisk", "-a1", "-n1:34:+1M", "-t1:8200", "-n2:0:0", "-t2:8300", raw)
+    v = verdicts(wrap_fixed(raw, tmp_path / "m.vhd"))
+    assert v["disk.part.first-mib"] is Verdict.FAIL
+    assert v["disk.part.swap"] is Verdict.FAIL
+    assert v["disk.part.alignment"] is Verdict.FAIL
+    assert v["boot.generation"] is Verdict.FAIL          # no boot code, no ESP
+    grown = tmp_path / "g.raw"
+    gpt_hybrid(grown, 32 * MiB)
+    with open(grown, "r+b") as f:
+        f.truncate(33 * MiB)                              # grown after partitioning
+    v = verdicts(wrap_fixed(grown, tmp_path / "g.vhd"))
+    assert v["disk.gpt.backup"] is Verdict.FAIL
+    assert verdicts(wrap_fixed(raw_disk(tmp_path / "n.raw", 32 * MiB),
+                               tmp_path / "n.vhd"))["disk.part.scheme"] is Verdict.FAIL
