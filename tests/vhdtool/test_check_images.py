@@ -148,3 +148,12 @@ def test_layout_failures_from_sgdisk(tmp_path: Path) -> None:
     assert v["disk.gpt.backup"] is Verdict.FAIL
     assert verdicts(wrap_fixed(raw_disk(tmp_path / "n.raw", 32 * MiB),
                                tmp_path / "n.vhd"))["disk.part.scheme"] is Verdict.FAIL
+
+
+def test_reads_only_what_it_needs(tmp_path: Path) -> None:
+    """A 30 GiB sparse fixed VHD: the facts need a few sectors, not the disk."""
+    from vhdtool.facts import build_disk_facts
+    disk = sparse_fixed(tmp_path / "big.vhd", 30 * GiB)
+    facts, nbytes = build_disk_facts(str(disk))
+    assert facts.virtual_size == 30 * GiB and facts.is_fixed_vhd()
+    assert nbytes < 1 * MiB
