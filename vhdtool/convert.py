@@ -1,0 +1,635 @@
+"""``vhdtool convert``: any supported image to a fixed, whole-MiB VHD that Azure accepts.
+
+The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
+zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
+that is all zeros is skipped too.  For raw and fixed-VHD sources with no digest to compute, data
+runs are copied by the kernel (``copy_file_range``).  Digests cover every byte of the output file
+— the virtual disk with its holes and padding, then the 512-byte footer — and are computed in the
+same pass by a worker thread (hashlib releases the GIL on large buffers), so hashing overlaps I/O.
+
+The output is written to a temporary file in the destination's folder, its footer re-read and
+verified, then renamed over the destination: an error, a full disk or Ctrl-C leaves no half-written
+VHD under the final name and the source is never modified (except with ``in_place``, which only
+grows a raw or fixed-VHD file to a whole MiB and (re)writes its footer, without copying data).
+
+When the disk grows to reach a whole MiB and carries a GPT, the backup header and entries move to
+the new last LBA (what ``sgdisk -e`` does), patched into the same single pass so digests match.
+
+References:
+- Microsoft Virtual Hard Disk Image Format Specification (fixed disk footer: the last 512 bytes).
+- qemu block/vpc.c (``force_size``, the 2040 GiB limit) and qemu-img.c (``convert``: zero
+  detection, sparse output) — for the behaviour this command improves on.
+- Azure: learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic (virtual size
+  aligned to 1 MiB, fixed VHD only); .../disks-upload-vhd-to-managed-disk-cli (upload size between
+  20 MiB + 512 and 32 TiB + 512 bytes) — /work/shared/reference/azure-requirements.md
+  ``disk.size.*``.
+- UEFI 2.10 §5.3 (GPT backup header at the last LBA), sgdisk(8) ``-e``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import hashlib
+import heapq
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from formats import DiskImage, Kind, open_image
+
+from .progress import Progress
+
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+FOOTER_SIZE = 512
+#: largest read/hash unit; NBUF of them are in flight at once (memory: NBUF * BLOCK)
+BLOCK = 8 * MiB
+NBUF = 4
+#: granularity of zero detection inside data runs (and of output allocation)
+CHUNK = 64 * 1024
+#: data runs closer than this are read as one window
+GAP = 1 * MiB
+#: Azure direct upload: UploadSizeBytes between 20 MiB + 512 and 32 TiB + 512 (UPL, MKT)
+AZURE_MIN_SIZE = 20 * MiB
+AZURE_MAX_SIZE = 32 * TiB
+DIGESTS = ("sha256", "md5")
+
+_ZEROS = bytes(BLOCK)
+_ZERO_CHUNK = bytes(CHUNK)
+
+Patch = tuple[int, bytes]
+
+
+class ConvertError(Exception):
+    """The conversion was refused or failed; the message names the file concerned."""
+
+
+# -- sizes ------------------------------------------------------------------------------------------
+def rounded_size(virtual_size: int) -> int:
+    """``virtual_size`` rounded up to a whole MiB (never down, never 0)."""
+    return max(MiB, -(-virtual_size // MiB) * MiB)
+
+
+def size_warnings(size: int) -> list[str]:
+    """Azure limits a size of ``size`` bytes meets (the hard 32 TiB limit is an error instead)."""
+    out = []
+    if size < AZURE_MIN_SIZE:
+        out.append(f"{size} bytes is below Azure's 20 MiB minimum upload size")
+    if size > 4 * TiB:
+        out.append("larger than 4 TiB: usable as a data disk only, not as an OS disk")
+    elif size > 2 * TiB:
+        out.append("larger than 2 TiB: as an OS disk it needs a Generation 2 VM")
+    if size > 2040 * GiB:
+        out.append("larger than 2040 GiB: qemu-img and Hyper-V's VHD tools refuse VHDs this big")
+    return out
+
+
+def check_size(size: int, dst: str) -> None:
+    if size > AZURE_MAX_SIZE:
+        raise ConvertError(f"{dst}: a {size}-byte disk exceeds Azure's upload limit of "
+                           f"{AZURE_MAX_SIZE} bytes (32 TiB) for a VHD")
+
+
+# -- the footer and the GPT (from the format core) --------------------------------------------------
+def gpt_patches(img: DiskImage, size: int) -> list[Patch]:
+    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (else none)."""
+    if size <= img.virtual_size:
+        return []
+    try:
+        from formats.partitions import relocate_gpt_backup
+    except ImportError:          # the partition core is not merged yet: refuse rather than break
+        if img.read(img.logical_sector_size, 8) == b"EFI PART":
+            raise ConvertError(f"{img.path}: has a GPT and must grow to a whole MiB, but GPT "
+                               "relocation (formats.partitions) is not available") from None
+        return []
+
+    return list(relocate_gpt_backup(img.read, img.virtual_size, size, img.logical_sector_size))
+
+
+def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
+    from formats.vhd import build_fixed_footer
+
+    footer = build_fixed_footer(size, unique_id=unique_id)
+    if len(footer) != FOOTER_SIZE:
+        raise AssertionError("build_fixed_footer must give 512 bytes")
+    return footer
+
+
+def verify_footer(fd: int, path: str, size: int) -> Any:
+    """Re-read the footer just written at ``size`` and check that it reads back as ``size``."""
+    from formats.vhd import parse_footer
+
+    data = os.pread(fd, FOOTER_SIZE, size)
+    footer = parse_footer(data, path, size, verify=True)
+    if (footer.current_size != size or footer.disk_type_name != "fixed"
+            or os.fstat(fd).st_size != size + FOOTER_SIZE):
+        raise ConvertError(f"{path}: the footer written reads back as {footer.current_size} "
+                           f"bytes, not {size}")
+    return footer
+
+
+# -- digests --------------------------------------------------------------------------------------
+def digest_names(names: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for n in names:
+        if n == "none":
+            return ()
+        if n not in DIGESTS:
+            raise ConvertError(f"unknown digest {n!r}; known: sha256, md5, none")
+        if n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+def digest_report(hashes: Sequence[Any], file_size: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not hashes:
+        return out
+    out["covers"] = (f"every byte of the output file: {file_size} bytes = the virtual disk "
+                     f"(holes and padding as zeros) followed by the 512-byte VHD footer; the "
+                     f"same bytes Azure's page-blob Content-MD5 covers")
+    for h in hashes:
+        d = h.digest()
+        out[h.name] = d.hex()
+        if h.name == "md5":
+            out["md5_base64"] = base64.b64encode(d).decode("ascii")
+    return out
+
+
+class _Stage:
+    """A worker thread applying ``work`` to queued items in order; its first error is kept for
+    the main thread and later items are only passed on (so buffers always go back to the pool)."""
+
+    def __init__(self, name: str, work: Callable[[Item], None], done: Callable[[Item], None]):
+        self.work, self.done = work, done
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.q: queue.Queue[Item | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            try:
+                if self.error is None and not self.stop.is_set():
+                    self.work(item)
+            except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                self.error = e
+            finally:
+                self.done(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+
+#: (buffer or None for a run of zeros, length, output offset, non-zero runs to write)
+Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
+
+
+class Pipeline:
+    """Ordered output of one pass: a writer thread ``pwrite``s the non-zero runs of each block
+    while the main thread reads the next, and a hash thread digests every byte (zeros included)
+    in order.  Buffers come from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
+
+    def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
+        self.out_fd = out_fd
+        #: start writeback of each block once written, so the final fsync has little left to do
+        self.writeback = writeback and WRITEBACK_EARLY
+        self.hashes = [hashlib.new(n) for n in names]
+        self.written = 0
+        self._pool: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(NBUF):
+            self._pool.put(bytearray(BLOCK))
+        self._hash = _Stage("vhdtool-hash", self._digest, self._release) if self.hashes else None
+        self._write_stage = (_Stage("vhdtool-write", self._write_item, self._after_write)
+                             if out_fd is not None else None)
+        self._stages = [s for s in (self._write_stage, self._hash) if s is not None]
+
+    # -- main thread --
+    def buffer(self) -> bytearray:
+        self.check()
+        return self._pool.get()
+
+    def put(self, buf: bytearray | None, n: int, off: int,
+            runs: Sequence[tuple[int, int]] = ()) -> None:
+        """Queue ``buf[:n]`` (or ``n`` zeros when ``buf`` is None) at output offset ``off``;
+        ``runs`` are the ranges of ``buf`` to write (the rest is left as a hole)."""
+        self.check()
+        item: Item = (buf, n, off, runs)
+        if self._write_stage is not None:
+            self._write_stage.q.put(item)
+        else:
+            self._after_write(item)
+
+    def give_back(self, buf: bytearray) -> None:
+        self._pool.put(buf)
+
+    def check(self) -> None:
+        for stage in self._stages:
+            if stage.error is not None:
+                raise stage.error
+
+    def finish(self) -> list[Any]:
+        for stage in self._stages:
+            stage.close()
+        self.check()
+        return self.hashes
+
+    def abort(self) -> None:
+        """Stop both threads and wait for them: none may touch ``out_fd`` once this returns."""
+        for stage in self._stages:
+            stage.stop.set()
+        for stage in self._stages:
+            stage.close()
+
+    # -- writer thread --
+    def _write_item(self, item: Item) -> None:
+        buf, _, off, runs = item
+        if buf is None:
+            return
+        for a, b in runs:
+            self._write(memoryview(buf)[a:b], off + a)
+
+    def _write(self, data: bytes | memoryview, off: int) -> None:
+        assert self.out_fd is not None
+        pwrite_all(self.out_fd, data, off)
+        self.written += len(data)
+        if self.writeback:
+            _start_writeback(self.out_fd, off, len(data))
+
+    def _after_write(self, item: Item) -> None:
+        if self._hash is not None:
+            self._hash.q.put(item)
+        else:
+            self._release(item)
+
+    # -- hash thread --
+    def _digest(self, item: Item) -> None:
+        buf, n, _, _ = item
+        if buf is not None:
+            view = memoryview(buf)[:n]
+            for h in self.hashes:
+                h.update(view)
+            return
+        zmv = memoryview(_ZEROS)
+        while n > 0 and not self._hash.stop.is_set():  # type: ignore[union-attr]
+            k = min(n, BLOCK)
+            for h in self.hashes:
+                h.update(zmv[:k])
+            n -= k
+
+    def _release(self, item: Item) -> None:
+        if item[0] is not None:
+            self._pool.put(item[0])
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], off + done)
+
+
+def _libc_sync_file_range() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, off: int, n: int) -> None:
+    """Start (not wait for) writeback of what was just written, so the final fsync is short."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, off, n, SYNC_FILE_RANGE_WRITE)
+
+
+WRITEBACK_EARLY = os.environ.get("VHDTOOL_WRITEBACK", "1") != "0"
+
+
+# -- planning ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A range of the output to materialise; ``solid``: made only of DATA, read fills it all."""
+
+    start: int
+    end: int
+    solid: bool
+
+
+def windows(img: DiskImage, size: int, patches: Sequence[Patch], align: int = CHUNK,
+            gap: int = GAP) -> Iterator[Window]:
+    """Ranges of ``[0, size)`` to materialise (data runs and GPT patches), ``align``-aligned,
+    merged when closer than ``gap``, ascending; everything between them is a hole.  Streams the
+    map, so memory does not grow with the number of extents."""
+    data = ((e.offset, e.end, True) for e in img.extents() if e.kind is Kind.DATA)
+    spans = heapq.merge(data, sorted((o, o + len(b), False) for o, b in patches))
+    cur: Window | None = None
+    for a0, b0, is_data in spans:
+        a, b = a0 // align * align, min(size, -(-b0 // align) * align)
+        solid = is_data and (a, b) == (a0, b0)
+        if cur is not None and a <= cur.end + gap:
+            cur = Window(cur.start, max(cur.end, b), cur.solid and solid and a == cur.end)
+            continue
+        if cur is not None:
+            yield cur
+        cur = Window(a, b, solid)
+    if cur is not None:
+        yield cur
+
+
+def _kernel_copy_ok(img: DiskImage) -> bool:
+    return img.format_name == "raw" or (img.format_name == "vpc" and img.subformat == "fixed")
+
+
+# -- the pass over the virtual disk -----------------------------------------------------------------
+@dataclass
+class Copier:
+    """One ordered pass over ``[0, size)`` of ``img`` into ``pipe``: holes skipped, data blocks
+    read here and written/hashed by the pipeline's threads, GPT ``patches`` applied on the way."""
+
+    img: DiskImage
+    size: int
+    pipe: Pipeline
+    progress: Progress
+    patches: Sequence[Patch] = ()
+    kernel_copy: bool = False
+    zero_skipped: int = 0
+
+    def run(self) -> None:
+        pos = 0
+        # a kernel copy cannot skip zeros: copy the data runs exactly, so holes stay holes
+        shape = {"align": 1, "gap": 0} if self.kernel_copy else {}
+        for w in windows(self.img, self.size, [] if self.kernel_copy else self.patches, **shape):
+            self._hole(pos, w.start)
+            if self.kernel_copy:
+                self._kernel(w.start, w.end)
+            else:
+                for off in range(w.start, w.end, BLOCK):
+                    self._block(off, min(BLOCK, w.end - off), w.solid)
+            pos = w.end
+        self._hole(pos, self.size)
+        if self.kernel_copy:
+            for off, data in self.patches:
+                self.pipe._write(data, off)
+
+    def _hole(self, a: int, b: int) -> None:
+        if b > a:
+            self.pipe.put(None, b - a, a)
+            self.progress.advance(b - a)
+
+    def _kernel(self, a: int, b: int) -> None:
+        out = self.pipe.out_fd
+        assert out is not None
+        src = self.img.fileno()
+        end = min(b, self.img.virtual_size)
+        pos = a
+        while pos < end:
+            n = os.copy_file_range(src, out, min(end - pos, 64 * MiB), pos, pos)
+            if n <= 0:
+                raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
+            if self.pipe.writeback:
+                _start_writeback(out, pos, n)
+            pos += n
+            self.progress.advance(n)
+        self.pipe.written += max(0, end - a)
+        self.progress.advance(b - max(end, a))
+
+    def _block(self, off: int, n: int, solid: bool) -> None:
+        buf = self.pipe.buffer()
+        try:
+            view = memoryview(buf)[:n]
+            vs = self.img.virtual_size
+            if not solid or off + n > vs:       # readinto fills only the DATA parts
+                view[:] = _ZEROS[:n]
+            if off < vs:
+                self.img.readinto(off, view[:min(n, vs - off)])
+            for p_off, p_data in self.patches:
+                lo, hi = max(off, p_off), min(off + n, p_off + len(p_data))
+                if lo < hi:
+                    view[lo - off:hi - off] = p_data[lo - p_off:hi - p_off]
+            runs = self._nonzero_runs(buf, n) if self.pipe.out_fd is not None else ()
+        except BaseException:
+            self.pipe.give_back(buf)
+            raise
+        self.pipe.put(buf, n, off, runs)
+        self.progress.advance(n)
+
+    def _nonzero_runs(self, buf: bytearray, n: int) -> list[tuple[int, int]]:
+        """Ranges of ``buf[:n]`` made of non-zero CHUNKs (block offsets are CHUNK-aligned)."""
+        runs: list[tuple[int, int]] = []
+        start = -1
+        for i in range(0, n, CHUNK):
+            k = min(CHUNK, n - i)
+            if buf.startswith(_ZERO_CHUNK[:k], i):
+                self.zero_skipped += k
+                if start >= 0:
+                    runs.append((start, i))
+                    start = -1
+            elif start < 0:
+                start = i
+        if start >= 0:
+            runs.append((start, n))
+        return runs
+
+
+# -- results ----------------------------------------------------------------------------------------
+@dataclass
+class ConvertResult:
+    source: dict[str, Any]
+    output: dict[str, Any]
+    digests: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str]
+    gpt_relocated: bool
+    in_place: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "output": self.output, "digests": self.digests,
+                "gpt_backup_relocated": self.gpt_relocated, "in_place": self.in_place,
+                "warnings": self.warnings, "timings": self.timings}
+
+
+def _source_facts(img: DiskImage) -> dict[str, Any]:
+    return {"path": img.path, "format": img.format_name, "subformat": img.subformat,
+            "virtual_size": img.virtual_size}
+
+
+def _output_facts(path: str, size: int, source_size: int, written: int,
+                  zero_skipped: int) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"path": path, "format": "vpc", "subformat": "fixed", "virtual_size": size,
+            "file_size": st.st_size, "rounded_by": size - source_size,
+            "allocated": st.st_blocks * 512, "data_written": written,
+            "zero_bytes_skipped_in_data": zero_skipped}
+
+
+# -- convert ----------------------------------------------------------------------------------------
+def _refuse(src: str, dst: str, force: bool) -> None:
+    if os.path.lexists(dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
+            raise ConvertError(f"{dst}: is the source itself; use --in-place to convert in place")
+        if not force:
+            raise ConvertError(f"{dst}: exists; use --force to replace it")
+        if os.path.isdir(dst):
+            raise ConvertError(f"{dst}: is a directory")
+
+
+def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
+            force: bool = False, progress: bool | None = None, sync: bool = True) -> ConvertResult:
+    """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
+
+    ``sync``: make the data durable (fsync the file, then its folder after the rename) before
+    returning; without it a crash soon after may leave DST with missing data."""
+    t0 = time.perf_counter()
+    names = digest_names(digests)
+    _refuse(src, dst, force)
+    with open_image(src, fmt) as img:
+        size = rounded_size(img.virtual_size)
+        check_size(size, dst)
+        patches = gpt_patches(img, size)
+        t_plan = time.perf_counter()
+        folder = os.path.dirname(os.path.abspath(dst))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
+                                   suffix=".part")
+        pipe = Pipeline(fd, names, writeback=sync)
+        try:
+            os.fchmod(fd, 0o644 & ~_umask())
+            os.ftruncate(fd, size + FOOTER_SIZE)
+            bar = Progress(size, "convert: ", enabled=progress)
+            copier = Copier(img, size, pipe, bar, patches,
+                            kernel_copy=not names and _kernel_copy_ok(img))
+            copier.run()
+            buf = pipe.buffer()
+            buf[:FOOTER_SIZE] = make_footer(size)
+            pipe.put(buf, FOOTER_SIZE, size, [(0, FOOTER_SIZE)])
+            t_copy = time.perf_counter()
+            hashes = pipe.finish()
+            t_hash = time.perf_counter()
+            if sync:
+                os.fsync(fd)
+            verify_footer(fd, tmp, size)
+            bar.finish()
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, dst)
+            if sync:
+                _fsync_dir(folder)
+        except BaseException as e:
+            pipe.abort()
+            if fd >= 0:
+                os.close(fd)
+            _unlink(tmp)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ConvertError(f"{dst}: no space left on the device for the "
+                                   f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
+                                   f"that name") from e
+            raise
+        source = _source_facts(img)
+    t_end = time.perf_counter()
+    return ConvertResult(
+        source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
+                                            copier.zero_skipped),
+        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        gpt_relocated=bool(patches),
+        timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
+                 "total": t_end - t0})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(folder: str) -> None:
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# -- in place ---------------------------------------------------------------------------------------
+def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
+                     progress: bool | None = None) -> ConvertResult:
+    """Make a raw or fixed-VHD file an Azure fixed VHD without copying its data: grow it to a whole
+    MiB (holes), move a GPT backup, (re)write the footer.  Digests, if asked, re-read the result."""
+    t0 = time.perf_counter()
+    names = digest_names(digests)
+    with open_image(src, fmt) as img:
+        if not _kernel_copy_ok(img):
+            raise ConvertError(f"{src}: --in-place needs a raw or fixed VHD source, not "
+                               f"{img.format_name} {img.subformat}".rstrip())
+        old_size = img.virtual_size
+        size = rounded_size(old_size)
+        check_size(size, src)
+        patches = gpt_patches(img, size)
+        unique_id = _old_unique_id(img)
+        source = _source_facts(img)
+    footer = make_footer(size, unique_id)
+    fd = os.open(src, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if source["format"] == "vpc" and size != old_size:
+            os.ftruncate(fd, old_size)          # the old footer must not become guest data
+        os.ftruncate(fd, size)
+        for off, data in patches:
+            os.pwrite(fd, data, off)
+        os.pwrite(fd, footer, size)
+        os.fsync(fd)
+        verify_footer(fd, src, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConvertError(f"{src}: no space left on the device to grow it in place") from e
+        raise
+    finally:
+        os.close(fd)
+    t_write = time.perf_counter()
+    hashes = hash_file(src, names, progress) if names else []
+    t_end = time.perf_counter()
+    return ConvertResult(
+        source=source, output=_output_facts(src, size, old_size, 0, 0),
+        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        gpt_relocated=bool(patches), in_place=True,
+        timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
+
+
+def _old_unique_id(img: DiskImage) -> bytes | None:
+    """A fixed VHD converted in place keeps its identity."""
+    footer = getattr(img, "footer", None)
+    return getattr(footer, "unique_id", None)
+
+
+def hash_file(path: str, names: Sequence[str], progress: bool | None = None) -> list[Any]:
+    """Digests of every byte of the file at ``path``, holes hashed as zeros."""
+    pipe = Pipeline(None, names)
+    try:
+        with open_image(path, "raw") as whole:
+            bar = Progress(whole.virtual_size, "hash: ", enabled=progress)
+            Copier(whole, whole.virtual_size, pipe, bar).run()
+            bar.finish()
+        return pipe.finish()
+    except BaseException:
+        pipe.abort()
+        raise
