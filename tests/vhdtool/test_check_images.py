@@ -157,3 +157,27 @@ def test_reads_only_what_it_needs(tmp_path: Path) -> None:
     facts, nbytes = build_disk_facts(str(disk))
     assert facts.virtual_size == 30 * GiB and facts.is_fixed_vhd()
     assert nbytes < 1 * MiB
+
+
+CONTAINER = ("disk.vhd.cookie", "disk.vhd.checksum", "disk.vhd.version", "disk.vhd.data-offset",
+             "disk.vhd.fixed", "disk.size.current-vs-file", "disk.size.mib", "disk.size.limit",
+             "disk.vhd.stale-footer", "disk.vhd.chs-size", "disk.convert.needed",
+             "disk.sector-size")
+
+
+@pytest.mark.parametrize("src_fmt", ["vpc-no-force-size", "qcow2", "vhdx"])
+def test_vhdtool_convert_output_passes(tmp_path: Path, src_fmt: str) -> None:
+    """What fails before `vhdtool convert` (the fix the checks name) passes after it."""
+    from vhdtool.convert import convert
+    raw = raw_disk(tmp_path / "d.raw", 100 * MiB)
+    src = tmp_path / "src"
+    if src_fmt == "vpc-no-force-size":
+        qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw, src)
+    else:
+        qemu_img("convert", "-f", "raw", "-O", src_fmt, raw, src)
+    before = verdicts(src)
+    assert Verdict.FAIL in (before["disk.size.mib"], before["disk.convert.needed"])
+    out = tmp_path / "out.vhd"
+    convert(str(src), str(out), digests=(), progress=False, sync=False)
+    after = verdicts(out)
+    assert {c: after[c] for c in CONTAINER} == {c: Verdict.PASS for c in CONTAINER}
