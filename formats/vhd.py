@@ -68,8 +68,10 @@ QEMU10_CHS_CREATORS = (b"vpc ", b"qemu")
 
 #: sanity limits applied before anything is allocated
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
-MAX_BAT_BYTES = 256 * 1024 * 1024
+MAX_BAT_BYTES = 16 * 1024 * 1024         # 4M entries: 2 TiB even with 512 KiB blocks
 MAX_LOCATOR_BYTES = 64 * 1024
+#: decoded bitmap runs kept in memory (a few MiB even for pathological bitmaps)
+RUNS_CACHE_LIMIT = 64 * 1024
 
 GEOMETRY = cs.Struct(
     "cylinders" / cs.Int16ub,
@@ -379,7 +381,7 @@ class VhdImage(DiskImage):
         if head is not None and not end.checksum_ok and head.checksum_ok:
             self.problem("error", "VHD footer", end.offset,
                          "footer checksum mismatch; using the valid copy at offset 0 (spec)")
-            return head
+            return self._checked(head)
         if head is not None and head.raw[:len(end.raw)] != end.raw:
             self.problem("warning", "VHD footer copy", 0,
                          "the footer copy at offset 0 differs from the footer at the end")
@@ -393,6 +395,18 @@ class VhdImage(DiskImage):
         if f.disk_type not in (FIXED, DYNAMIC, DIFFERENCING):
             raise UnsupportedFeature(self.path, "VHD footer", f.offset,
                                      f"disk type {f.disk_type_name} is not supported")
+        if f.version != 0x00010000:
+            self.problem("warning", "VHD footer", f.offset + 12,
+                         f"file format version {f.version:#010x}, expected 0x00010000")
+        if not f.features & 2:
+            self.problem("warning", "VHD footer", f.offset + 8,
+                         f"features {f.features:#x}: the reserved bit 0x2 must always be set")
+        if f.saved_state:
+            self.problem("warning", "VHD footer", f.offset + 84,
+                         "saved_state is set: the disk belongs to a saved (suspended) VM")
+        if f.current_size % SECTOR:
+            self.problem("warning", "VHD footer", f.offset + 48,
+                         f"current_size {f.current_size} is not a whole number of sectors")
         return f
 
     # -- layout ---------------------------------------------------------------------------------
@@ -410,14 +424,18 @@ class VhdImage(DiskImage):
                          "VHD footer", f.offset,
                          f"current_size {f.current_size} differs from the {self._data_len} "
                          "bytes of data before the footer")
-        stale = f.current_size - FOOTER_SIZE
-        if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
-            inner = parse_footer(self._pread(stale, FOOTER_SIZE, "data"), self.path, stale,
-                                 verify=False)
-            if inner.cookie_ok and inner.checksum_ok:
-                self.problem("warning", "VHD footer", stale,
-                             "the last data sector is itself a VHD footer (a fixed VHD wrapped "
-                             f"again?); its current_size is {inner.current_size}")
+        for stale in sorted({f.current_size - FOOTER_SIZE, self._data_len - FOOTER_SIZE}):
+            if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
+                self._note_stale_footer(stale)
+
+    def _note_stale_footer(self, offset: int) -> None:
+        """A valid footer as the last data sector: a fixed VHD wrapped again as if it were raw."""
+        inner = parse_footer(self._pread(offset, FOOTER_SIZE, "data"), self.path, offset,
+                             verify=False)
+        if inner.cookie_ok and inner.checksum_ok:
+            self.problem("warning", "VHD footer", offset,
+                         "the last data sector is itself a VHD footer (a fixed VHD wrapped "
+                         f"again?); its current_size is {inner.current_size}")
 
     def _note_sizes(self) -> None:
         f = self.footer
@@ -490,6 +508,7 @@ class VhdImage(DiskImage):
                                f"data_offset {hoff:#x} points past the end of the "
                                f"{self.file_size}-byte file")
         raw = self._pread(hoff, HEADER_SIZE, "VHD dynamic header")
+        self._header_raw = raw
         h = DYNAMIC_HEADER.parse(raw)
         if h.cookie != HEADER_COOKIE:
             raise CorruptImage(self.path, "VHD dynamic header", hoff,
@@ -507,6 +526,7 @@ class VhdImage(DiskImage):
         self._read_bat(h, hoff)
         self._check_blocks()
         self._runs_cache: dict[int, list[tuple[int, int, bool]]] = {}
+        self._runs_cached = 0
         if f.disk_type == DIFFERENCING:
             self.backing = self._open_parent(h, hoff)
 
@@ -548,11 +568,15 @@ class VhdImage(DiskImage):
         self._bat = bat
         self._table_offset = h.table_offset
         #: indices of allocated blocks, ascending: runs of unallocated blocks are skipped at once
-        self._alloc = [i for i, e in enumerate(bat) if e != UNALLOCATED]
+        self._alloc = array("I", (i for i, e in enumerate(bat) if e != UNALLOCATED))
 
     def _check_blocks(self) -> None:
-        """Every allocated block inside the file; overlaps reported."""
+        """Every allocated block inside the file; overlapping blocks reported."""
         span = self._bitmap_size + self._block_size
+        if len(self._alloc) > 1 and (len(self._alloc) - 1) * span > self.file_size:
+            raise CorruptImage(self.path, "VHD BAT", self._table_offset,
+                               f"{len(self._alloc)} allocated blocks of {span} bytes cannot fit "
+                               f"in the {self.file_size}-byte file")
         last = len(self._bat) - 1
         tail = self.footer.current_size - last * self._block_size
         for i in self._alloc:
@@ -562,11 +586,13 @@ class VhdImage(DiskImage):
                 raise TruncatedImage(self.path, "VHD BAT", self._table_offset + 4 * i,
                                      f"block {i} at {start:#x} ({need} bytes) runs past the "
                                      f"end of the {self.file_size}-byte file")
-        starts = sorted((self._bat[i], i) for i in self._alloc)
-        for (a, i), (b, j) in zip(starts, starts[1:]):
+        starts = sorted(self._bat[i] for i in self._alloc)
+        for a, b in zip(starts, starts[1:]):
             if (b - a) * SECTOR < span:
+                i = self._bat.index(a)
+                j = self._bat.index(b, i + 1 if a == b else 0)
                 self.problem("error", "VHD BAT", self._table_offset + 4 * j,
-                             f"blocks {i} and {j} overlap in the file ({a * SECTOR:#x}, "
+                             f"blocks {i} and {j} overlap in the file (at {a * SECTOR:#x} and "
                              f"{b * SECTOR:#x})")
                 break
 
@@ -604,9 +630,11 @@ class VhdImage(DiskImage):
         if runs is None:
             bm = self._pread(self._bat[i] * SECTOR, self._bitmap_bytes, "VHD block bitmap")
             runs = bitmap_runs(bm, self._spb)
-            if len(self._runs_cache) >= 1024:
+            if self._runs_cached + len(runs) > RUNS_CACHE_LIMIT:
                 self._runs_cache.clear()
+                self._runs_cached = 0
             self._runs_cache[i] = runs
+            self._runs_cached += len(runs)
         return runs
 
     def _absent(self, start: int, end: int) -> Iterator[Extent]:
@@ -704,8 +732,7 @@ class VhdImage(DiskImage):
             "block_size": self._block_size,
             "bat_entries": h.max_table_entries,
             "allocated_blocks": len(self._alloc),
-            "header_checksum_ok": h.checksum == header_checksum(
-                self._pread(self._header_offset, HEADER_SIZE, "VHD dynamic header")),
+            "header_checksum_ok": h.checksum == header_checksum(self._header_raw),
         }
         if self.backing is not None:
             out["parent"] = self.backing.path

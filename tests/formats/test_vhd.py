@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage, open_image,
-                     probe)
+from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage,
+                     open_image, probe)
 from formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
                          parse_footer, sizes_by_reader, vhd_checksum)
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
@@ -49,7 +50,7 @@ def test_chs_geometry_matches_qemu_create(tmp_path: Path, size: int) -> None:
 
 
 @needs_qemu
-@pytest.mark.parametrize("size", [MiB, 30 * GiB + MiB, 21474754560])
+@pytest.mark.parametrize("size", [MiB, 30 * GiB + MiB, 21474754560, 2040 * GiB])
 def test_built_fixed_footer_is_read_by_qemu_as_exactly_size(tmp_path: Path, size: int) -> None:
     p = tmp_path / "f.vhd"
     with open(p, "wb") as f:
@@ -63,9 +64,9 @@ def test_built_fixed_footer_is_read_by_qemu_as_exactly_size(tmp_path: Path, size
 
 
 @needs_qemu
-def test_qemu_refuses_vhds_over_2040_gib_whatever_the_footer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [2040 * GiB + MiB, 2048 * GiB, 4096 * GiB])
+def test_qemu_refuses_vhds_over_2040_gib_whatever_the_footer(tmp_path: Path, size: int) -> None:
     """qemu 7.2 refuses any VHD above 0xff000000 sectors: our footer cannot change that."""
-    size = 2 * 1024 * GiB
     p = tmp_path / "big.vhd"
     with open(p, "wb") as f:
         f.truncate(size)
@@ -348,7 +349,8 @@ def test_differencing_reads_parent_under_child(diff_pair, tmp_path: Path) -> Non
         assert kinds == {str(child), str(parent)}
         info = img.info()
         assert info["parent_unique_id"] == str(uuid.UUID(bytes=img.backing.footer.unique_id))
-        assert info["parent_locators"] == {"W2ru": [".\\parent.vhd"], "W2ku": [], "name": "parent.vhd"}
+        assert info["parent_locators"] == {"W2ru": [".\\parent.vhd"], "W2ku": [],
+                                           "name": "parent.vhd"}
 
 
 @needs_qemu
@@ -496,7 +498,6 @@ def _check_consistent(img) -> None:
        cut=st.one_of(st.none(), st.integers(0, 7 * MiB)))
 def test_mutated_images_fail_cleanly_or_read_consistently(fuzz_bases, tmp_path: Path, base: str,
                                                           flips, cut) -> None:
-    import shutil
     b = bytearray(fuzz_bases[base])
     size = len(b)
     h = struct.unpack_from(">Q", b, size - 512 + 16)[0] if base != "fixed" else 0
@@ -535,3 +536,80 @@ def test_fixed_vhd_holding_a_dynamic_vhd_is_read_as_fixed(tmp_path: Path) -> Non
     with VhdImage(p) as img:
         assert img.subformat == "fixed" and img.virtual_size == size
         assert img.problems == [] and img.read(0, len(data)) == data
+
+
+@needs_qemu
+def test_overlapping_blocks_are_reported(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 8 * MiB, [(0, MiB), (2 * MiB, MiB)])
+    with open(p, "rb") as f:
+        f.seek(_header_offset(p) + 16)
+        bat = struct.unpack(">Q", f.read(8))[0]
+        f.seek(bat)
+        first = f.read(4)
+    _patch(p, bat + 4, first)                   # block 1 now shares block 0's place
+    with open_image(p) as img:
+        assert any("blocks 0 and 1 overlap" in pr.message and pr.structure == "VHD BAT"
+                   for pr in img.problems)
+        assert img.read(2 * MiB, MiB) == img.read(0, MiB)
+
+
+@needs_qemu
+def test_differencing_chain_of_three(diff_pair, tmp_path: Path) -> None:
+    parent, mid = diff_pair
+    make_differencing(mid, parent, [(b"W2ru", ".\\parent.vhd")])
+    top = tmp_path / "top.vhd"
+    qemu_img("create", "-q", "-f", "vpc", top, str(SIZE))
+    qemu_io(top, "vpc", "write -P 0x77 15M 4k")
+    clear_bitmap_bits(top, 7, range(0, 2048))             # qemu allocated all of 14M..16M:
+    clear_bitmap_bits(top, 7, range(2056, 4096))          # keep only the 4 KiB written at 15M
+    make_differencing(top, mid, [(b"W2ru", ".\\child.vhd")], name="child.vhd")
+    ptext = qemu_to_raw(parent, "vpc", tmp_path / "p.raw").read_bytes()
+    with open_image(top) as img:
+        got = img.read(0, SIZE)
+        assert got[15 * MiB:15 * MiB + 4096] == b"\x77" * 4096                 # top
+        assert got[15 * MiB + 4096:16 * MiB] == b"\x44" * (MiB - 4096)         # mid
+        assert got[14 * MiB:15 * MiB] == bytes(MiB)                            # mid's zeros
+        assert got[3 * MiB:4 * MiB] == b"\x22" * MiB                           # mid
+        assert got[5 * MiB:8 * MiB] == ptext[5 * MiB:8 * MiB]                  # parent
+        sources = {Path(e.source.path).name if e.source else "top.vhd"
+                   for e in img.extents() if e.kind is Kind.DATA}
+        assert sources == {"top.vhd", "child.vhd", "parent.vhd"}
+        assert img.backing.backing is not None
+
+
+@needs_qemu
+@pytest.mark.parametrize("app", [b"win ", b"qem2", b"d2v ", b"d2v\0", b"CTXS", b"tap\0", b"vpc ",
+                                 b"qemu", b"wa\0\0", b"vbox", b"vhdt"])
+@pytest.mark.parametrize("geometry", [(40, 16, 63), CHS_MAX])
+def test_sizes_by_reader_predicts_qemu(tmp_path: Path, app: bytes,
+                                       geometry: tuple[int, int, int]) -> None:
+    size = 24 * MiB                             # CHS 40/16/63 = 20,643,840 bytes: not the size
+    p = tmp_path / "s.vhd"
+    with open(p, "wb") as f:
+        f.truncate(size)
+        f.seek(size)
+        f.write(build_fixed_footer(size, creator_app=app, geometry=geometry))
+    with VhdImage(p) as img:
+        assert sizes_by_reader(img.footer)["qemu"] == qemu_virtual_size(p, "vpc")
+        assert img.virtual_size == size
+
+
+@needs_qemu
+def test_dynamic_bitmap_zero_bits_read_as_zeros(tmp_path: Path) -> None:
+    """Spec: in a dynamic disk a sector whose bitmap bit is 0 is not in use and reads as zeros.
+
+    qemu ignores dynamic-disk bitmaps (it reads the data area), so the expected content is qemu's
+    reading with those sectors zeroed; everything else must match qemu byte for byte.
+    """
+    p = _dynamic(tmp_path, 6 * MiB, [(0, 6 * MiB)])
+    want = bytearray(qemu_to_raw(p, "vpc", tmp_path / "q.raw").read_bytes())
+    cleared = range(5, 4000, 7)
+    clear_bitmap_bits(p, 1, cleared)
+    for s in cleared:
+        a = 2 * MiB + s * 512
+        want[a:a + 512] = bytes(512)
+    with open_image(p) as img:
+        assert img.read(0, len(want)) == bytes(want)
+        holes = [(e.offset, e.length) for e in img.extents(0, 6 * MiB)
+                 if e.kind is Kind.UNALLOCATED]
+        assert holes == [(2 * MiB + s * 512, 512) for s in cleared]
