@@ -7,14 +7,13 @@ benchmark can show how little is read.
 
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer at EOF; copy at offset 0 for
-  dynamic disks); UEFI 2.10 §5.2-5.3 (protective MBR, GPT header "EFI PART", AlternateLBA at
-  header offset 32); ``formats.vhd`` and ``formats.partitions`` (the parsers used here).
+  dynamic disks); UEFI 2.10 §5.2-5.3 (protective MBR, GPT header, AlternateLBA, backup
+  header at the last LBA); ``formats.vhd``, ``formats.mbr``, ``formats.gpt`` (the parsers used).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +21,11 @@ from typing import Any
 from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
                          PartitionFacts, normalize_type_id)
 from formats import DiskImage, FormatError, open_image, probe
+from formats import gpt as gptfmt
+from formats import mbr as mbrfmt
 from formats import vhd as vhdfmt
 
 from .fssniff import SNIFF_BYTES, sniff_fs
-
-GPT_SIGNATURE = b"EFI PART"
-
 
 @dataclass
 class CountingReader:
@@ -83,45 +81,71 @@ def _stale_footer(read: Callable[[int, int], bytes], size: int, path: str) -> in
     return size - SECTOR if inner.checksum_ok else None
 
 
-def _gpt_backup(read: Callable[[int, int], bytes], size: int,
-                ss: int) -> tuple[int | None, bool | None]:
-    header = read(ss, ss)
-    if header[:8] != GPT_SIGNATURE:
-        return None, None
-    alternate = struct.unpack_from("<Q", header, 32)[0]
+@dataclass(frozen=True)
+class _Table:
+    scheme: str
+    partitions: tuple[PartitionFacts, ...] = ()
+    boot_code: bool = False
+    alternate_lba: int | None = None
+    backup_found: bool | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _sniffed(read: Callable[[int, int], bytes], index: int, start: int, size: int, type_id: str,
+             type_name: str, name: str = "", bootable: bool = False) -> PartitionFacts:
+    head = read(start, min(SNIFF_BYTES, size)) if size > 0 else b""
+    return PartitionFacts(index=index, start=start, size=size, type_id=normalize_type_id(type_id),
+                          type_name=type_name, name=name, bootable=bootable, fs=sniff_fs(head))
+
+
+def _gpt(read: Callable[[int, int], bytes], size: int, ss: int, path: str,
+         boot_code: bool) -> _Table:
+    problems: list[str] = []
+    try:
+        head = gptfmt.parse_header(read(ss, ss), ss, ss, path)
+    except FormatError as e:
+        return _Table("none", boot_code=boot_code,
+                      problems=(f"protective MBR but no usable GPT header: {e}",))
+    if not head.header_crc_ok:
+        problems.append("primary GPT header CRC32 mismatch")
+    data, crc_ok = gptfmt.read_entry_array(read, head, size, ss, path)
+    if not crc_ok:
+        problems.append("GPT entry array CRC32 mismatch")
+    parts = tuple(_sniffed(read, e.index, e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss,
+                           e.type_guid, e.type_name, e.name)
+                  for e in gptfmt.parse_entries(data, head.entry_size) if e.last_lba >= e.first_lba)
     last = size // ss - 1
-    backup = read(last * ss, ss) if last > 1 else b""
-    return alternate, backup[:8] == GPT_SIGNATURE
+    try:
+        backup = gptfmt.parse_header(read(last * ss, ss), last * ss, ss, path, "backup GPT header")
+        found = backup.header_crc_ok and backup.my_lba == last
+    except FormatError:
+        found = False
+    return _Table("gpt", parts, boot_code, head.alternate_lba, found, tuple(problems))
 
 
-def _partition_facts(p: Any, read: Callable[[int, int], bytes]) -> PartitionFacts:
-    head = read(p.start, min(SNIFF_BYTES, p.size)) if p.size > 0 else b""
-    return PartitionFacts(
-        index=p.index, start=p.start, size=p.size, type_id=normalize_type_id(p.type_id),
-        type_name=p.type_name or "", name=getattr(p, "name", "") or "",
-        bootable=bool(getattr(p, "bootable", False)), fs=sniff_fs(head))
+def _read_table(read: Callable[[int, int], bytes], size: int, ss: int, path: str) -> _Table:
+    """MBR or GPT, through formats.mbr / formats.gpt; scheme "none" without a 0x55AA MBR."""
+    try:
+        mbr = mbrfmt.read_mbr(read, size, ss, path)
+    except FormatError:
+        return _Table("none")
+    if mbr.has_gpt_entry:
+        return _gpt(read, size, ss, path, mbr.boot_code_present)
+    parts = tuple(_sniffed(read, e.index, e.lba_start * ss, e.num_sectors * ss, f"0x{e.type:02x}",
+                           mbrfmt.MBR_TYPES.get(e.type, ("", ""))[1], bootable=e.bootable)
+                  for e in mbr.entries if not e.extended)
+    return _Table("mbr", parts, mbr.boot_code_present,
+                  problems=tuple(p.message for p in mbr.problems))
 
 
 def _layout(reader: CountingReader, img: DiskImage) -> dict[str, Any]:
-    """Partition facts; scheme None (with the reason) when this build cannot read tables."""
     size, ss = img.virtual_size, img.logical_sector_size
-    out: dict[str, Any] = {}
     if size < 2 * ss:
         return {"scheme": "none"}
-    sector0 = reader.read(0, SECTOR)
-    out["mbr_boot_code"] = sector0[510:512] == b"\x55\xaa" and any(sector0[:440])
-    out["gpt_alternate_lba"], out["gpt_backup_found"] = _gpt_backup(reader.read, size, ss)
-    try:
-        from formats.partitions import read_partition_table
-    except ImportError:
-        out["unreadable"] = "this build has no partition table reader (formats.partitions)"
-        return out
-    table = read_partition_table(reader.read, size, sector_size=ss, path=img.path)
-    scheme = table.scheme if table.scheme in ("mbr", "gpt") else "none"
-    out["scheme"] = scheme
-    out["partitions"] = tuple(_partition_facts(p, reader.read) for p in table.partitions)
-    out["table_problems"] = tuple(str(getattr(p, "message", p)) for p in table.problems)
-    return out
+    t = _read_table(reader.read, size, ss, img.path)
+    return {"scheme": t.scheme, "partitions": t.partitions, "mbr_boot_code": t.boot_code,
+            "gpt_alternate_lba": t.alternate_lba, "gpt_backup_found": t.backup_found,
+            "table_problems": t.problems}
 
 
 def _needs_conversion(fmt: str, footer: FooterFacts | None) -> bool:

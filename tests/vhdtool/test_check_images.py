@@ -112,11 +112,10 @@ def test_chs_disagreement_and_stale_footer(raw100: Path, tmp_path: Path) -> None
     assert verdicts(twice)["disk.vhd.stale-footer"] is Verdict.FAIL
 
 
-# -- partition layouts (need formats.partitions) --------------------------------------------------
+# -- partition layouts (sgdisk, mkfs) --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory) -> Path:
-    pytest.importorskip("formats.partitions")
     d = tmp_path_factory.mktemp("hy")
     return wrap_fixed(gpt_hybrid(d / "h.raw"), d / "h.vhd")
 
@@ -131,7 +130,6 @@ def test_hybrid_layout_passes_and_boots_both(hybrid: Path) -> None:
 
 
 def test_layout_failures_from_sgdisk(tmp_path: Path) -> None:
-    pytest.importorskip("formats.partitions")
     from tests.vhdtool.images import run as sh
     raw = raw_disk(tmp_path / "m.raw", 64 * MiB)
     sh("sgdisk", "-a1", "-n1:34:+1M", "-t1:8200", "-n2:0:0", "-t2:8300", raw)

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import checks
-from checks.catalog import Finding, Profile, Severity, Verdict
+from checks.catalog import V1, Finding, Profile, Severity, Verdict
 from tests.oracle import qemu_img
-from tests.vhdtool.images import MiB, raw_disk, wrap_fixed
+from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.catalogdoc import markdown
 from vhdtool.cli import cli
 from vhdtool.exitcodes import Exit
@@ -29,7 +29,7 @@ SARIF_SCHEMA = json.loads((Path(__file__).parent / "schemas/sarif-schema-2.1.0.j
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("rep")
-    raw = raw_disk(d / "d.raw", 40 * MiB)
+    raw = gpt_hybrid(d / "d.raw", 40 * MiB)     # a bootable layout: only the container varies
     nf = d / "nf.vhd"
     qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw, nf)
     qcow = d / "d.qcow2"
@@ -38,8 +38,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
 
 
 def _crashing_run(path: Path):
-    """A run in which one check crashes, to exercise the error paths of every report."""
-    r = run(str(path), Profile())
+    """A run in which one check crashes and Gen2 checks are skipped (Gen1 only), to exercise the
+    error and skip paths of every report."""
+    r = run(str(path), Profile(generations=frozenset({V1})))
     from checks.catalog import Result
     c = r.results[0].check
     r.results[0] = Result(c, Verdict.ERROR, c.severity, reason="KeyError: 'x'")
