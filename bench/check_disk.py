@@ -64,8 +64,9 @@ def main() -> None:
     skipped = [r.check.id for r in result.results if r.verdict.value == "skip"]
     log(f"pipeline (facts + {len(result.results)} checks): best {min(times) * 1000:.1f} ms, "
         f"median {sorted(times)[len(times) // 2] * 1000:.1f} ms")
-    log(f"bytes asked by the facts builder: {result.bytes_read:,}; read by the process "
-        f"(rchar): {min(kernel):,} of {disk.stat().st_size:,}")
+    log(f"bytes asked by the facts builder: {result.bytes_read:,}; read from files by the "
+        f"process (rchar; holes are served as zeros without a read): {min(kernel):,} of "
+        f"{disk.stat().st_size:,}")
     log(f"supported generations: {sorted(result.supported)}; failed: {failed or 'none'}; "
         f"skipped: {skipped or 'none'}")
     t0 = time.perf_counter()

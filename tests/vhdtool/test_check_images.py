@@ -12,6 +12,7 @@ from checks.catalog import V1, V2, Profile, Verdict
 from tests.oracle import qemu_img
 from tests.vhdtool.images import (MiB, chs_geometry, gpt_hybrid, patch_footer, raw_disk,
                                   sparse_fixed, wrap_fixed)
+from tests.vhdtool.images import run as sh
 from vhdtool.pipeline import run
 
 GiB = 1 << 30
@@ -130,7 +131,6 @@ def test_hybrid_layout_passes_and_boots_both(hybrid: Path) -> None:
 
 
 def test_layout_failures_from_sgdisk(tmp_path: Path) -> None:
-    from tests.vhdtool.images import run as sh
     raw = raw_disk(tmp_path / "m.raw", 64 * MiB)
     sh("sgdisk", "-a1", "-n1:34:+1M", "-t1:8200", "-n2:0:0", "-t2:8300", raw)
     v = verdicts(wrap_fixed(raw, tmp_path / "m.vhd"))
@@ -179,3 +179,39 @@ def test_vhdtool_convert_output_passes(tmp_path: Path, src_fmt: str) -> None:
     convert(str(src), str(out), digests=(), progress=False, sync=False)
     after = verdicts(out)
     assert {c: after[c] for c in CONTAINER} == {c: Verdict.PASS for c in CONTAINER}
+
+
+def _with_boot_code(path: Path) -> Path:
+    with open(path, "r+b") as f:
+        f.write(b"\xeb\x63\x90" + b"\x10" * 437)
+    return path
+
+
+def test_mbr_layouts_from_sfdisk(tmp_path: Path) -> None:
+    import subprocess
+    raw = raw_disk(tmp_path / "m.raw", 64 * MiB)
+    subprocess.run(["sfdisk", "-q", str(raw)], check=True, text=True, capture_output=True,
+                   input="label: dos\nstart=63, size=16384, type=82\n"
+                         "start=18432, size=8192, type=8e\nstart=26624, type=83, bootable\n")
+    v = verdicts(wrap_fixed(_with_boot_code(raw), tmp_path / "m.vhd"))
+    assert v["disk.part.scheme"] is Verdict.PASS
+    assert v["disk.part.swap"] is v["disk.part.lvm"] is Verdict.FAIL
+    assert v["disk.part.first-mib"] is v["disk.part.alignment"] is Verdict.FAIL
+    assert v["boot.g1.bios"] is v["boot.generation"] is Verdict.PASS   # BIOS-only, auto = Gen1
+    assert v["boot.g2.esp"] is Verdict.SKIP and v["disk.gpt.backup"] is Verdict.SKIP
+    as_gen2 = verdicts(tmp_path / "m.vhd", Profile(generations=frozenset({V2})))
+    assert as_gen2["boot.generation"] is as_gen2["boot.g2.esp"] is Verdict.FAIL
+
+
+def test_gpt_layout_failures(tmp_path: Path) -> None:
+    raw = raw_disk(tmp_path / "e.raw", 64 * MiB)      # ESP never formatted, no BIOS boot part
+    sh("sgdisk", "-n1:2048:+16M", "-t1:ef00", "-n2:0:0", "-t2:8e00", raw)
+    v = verdicts(wrap_fixed(_with_boot_code(raw), tmp_path / "e.vhd"),
+                 Profile(generations=frozenset({V1, V2})))
+    assert v["boot.g2.esp"] is v["boot.g1.bios"] is v["boot.generation"] is Verdict.FAIL
+    assert v["disk.part.lvm"] is Verdict.FAIL
+    shrunk = gpt_hybrid(tmp_path / "s.raw", 64 * MiB)
+    with open(shrunk, "r+b") as f:
+        f.truncate(48 * MiB)                            # disk shrunk under its partitions
+    v = verdicts(wrap_fixed(shrunk, tmp_path / "s.vhd"))
+    assert v["disk.part.bounds"] is v["disk.gpt.backup"] is Verdict.FAIL
