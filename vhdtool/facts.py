@@ -108,7 +108,11 @@ def _gpt(read: Callable[[int, int], bytes], size: int, ss: int, path: str,
                       problems=(f"protective MBR but no usable GPT header: {e}",))
     if not head.header_crc_ok:
         problems.append("primary GPT header CRC32 mismatch")
-    data, crc_ok = gptfmt.read_entry_array(read, head, size, ss, path)
+    try:
+        data, crc_ok = gptfmt.read_entry_array(read, head, size, ss, path)
+    except FormatError as e:          # a damaged table is a finding, not an unreadable image
+        return _Table("gpt", boot_code=boot_code, alternate_lba=head.alternate_lba,
+                      problems=tuple(problems) + (f"GPT entry array unusable: {e}",))
     if not crc_ok:
         problems.append("GPT entry array CRC32 mismatch")
     parts = tuple(_sniffed(read, e.index, e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss,

@@ -215,3 +215,14 @@ def test_gpt_layout_failures(tmp_path: Path) -> None:
         f.truncate(48 * MiB)                            # disk shrunk under its partitions
     v = verdicts(wrap_fixed(shrunk, tmp_path / "s.vhd"))
     assert v["disk.part.bounds"] is v["disk.gpt.backup"] is Verdict.FAIL
+
+
+def test_damaged_gpt_is_a_finding_not_an_unreadable_image(tmp_path: Path) -> None:
+    raw = gpt_hybrid(tmp_path / "c.raw", 32 * MiB)
+    with open(raw, "r+b") as f:
+        f.seek(512 + 80)                                 # GPT header: number of entries
+        f.write(b"\xff\xff\xff\xff")
+    res = {r.check.id: r for r in run(str(wrap_fixed(raw, tmp_path / "c.vhd")), Profile()).results}
+    assert res["disk.part.scheme"].verdict is Verdict.FAIL
+    text = " ".join(f.message for f in res["disk.part.scheme"].findings)
+    assert "CRC32" in text and "entry array" in text
