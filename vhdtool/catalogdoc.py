@@ -20,8 +20,9 @@ def _example(e: Example) -> str:
 def _short(v: object) -> str:
     if isinstance(v, frozenset):
         return "/".join(sorted(map(str, v)))
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(v, tuple) and v and all(hasattr(x, "short") for x in v):
+        return "[" + ", ".join(x.short() for x in v) + "]"
+    return repr(v)
 
 
 def list_line(c: Check) -> str:

@@ -103,7 +103,8 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
               help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
-@click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@click.option("--color/--no-color", default=None,
+              help="Colour the text report (default: on a TTY).")
 def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],

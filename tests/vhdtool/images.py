@@ -65,4 +65,5 @@ def patch_footer(path: Path, offset_in_footer: int, data: bytes, fix_checksum: b
         f.write(footer)
 
 
-__all__ = ["chs_geometry", "gpt_hybrid", "patch_footer", "raw_disk", "run", "sparse_fixed", "wrap_fixed"]
+__all__ = ["chs_geometry", "gpt_hybrid", "patch_footer", "raw_disk", "run", "sparse_fixed",
+           "wrap_fixed"]

@@ -38,7 +38,8 @@ def _case(r: Result, fail_on: Severity) -> ET.Element:
 
 def render(run: CheckRun, fail_on: Severity) -> str:
     cases = [_case(r, fail_on) for r in run.results]
-    n = {tag: sum(c.find(tag) is not None for c in cases) for tag in ("failure", "error", "skipped")}
+    n = {tag: sum(c.find(tag) is not None for c in cases)
+         for tag in ("failure", "error", "skipped")}
     suites = ET.Element("testsuites", name="vhdtool check")
     suite = ET.SubElement(suites, "testsuite", name=f"vhdtool check {run.image}",
                           tests=str(len(cases)), failures=str(n["failure"]),
