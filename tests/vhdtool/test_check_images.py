@@ -226,3 +226,22 @@ def test_damaged_gpt_is_a_finding_not_an_unreadable_image(tmp_path: Path) -> Non
     assert res["disk.part.scheme"].verdict is Verdict.FAIL
     text = " ".join(f.message for f in res["disk.part.scheme"].findings)
     assert "CRC32" in text and "entry array" in text
+
+
+def test_real_hyperv_samples_need_conversion(sample) -> None:
+    """Images written by Hyper-V itself (../shared/samples, facts from its README)."""
+    vhd = sample("hyperv2012r2-dynamic.vhd",
+                 "1340b8a51517ba5f0112c47694f3c8a4a2bb4f9933336a18cf0392f3490c6674")
+    r = run(str(vhd), Profile())
+    v = {x.check.id: x.verdict for x in r.results}
+    assert r.facts.footer.current_size == r.facts.virtual_size == 136_365_211_648
+    assert v["disk.convert.needed"] is v["disk.vhd.fixed"] is Verdict.FAIL
+    assert v["disk.vhd.cookie"] is v["disk.vhd.checksum"] is Verdict.PASS
+    assert v["disk.size.current-vs-file"] is Verdict.SKIP       # only meaningful when fixed
+    vhdx = sample("iotest-dynamic-1G.vhdx",
+                  "a4fb24fa51fb4852d5a6bdc2b390a91b0a4e19b47696edc5a00c816067257402")
+    r = run(str(vhdx), Profile())
+    v = {x.check.id: x.verdict for x in r.results}
+    assert r.facts.virtual_size == 1 << 30 and r.facts.logical_sector_size == 512
+    assert v["disk.convert.needed"] is v["disk.vhd.cookie"] is Verdict.FAIL
+    assert v["disk.sector-size"] is Verdict.PASS

@@ -165,3 +165,33 @@ def test_guest_checks_skip_with_reason(images) -> None:
     finally:
         CATALOG.clear()
         CATALOG.update(saved)
+
+
+def test_guest_engine_seam(images) -> None:
+    """A guest engine, when given, receives the image and its disk facts; its view reaches
+    the guest checks."""
+    from checks.catalog import CATALOG, check
+    seen = {}
+
+    def engine(path, facts):
+        seen["args"] = (path, facts.format)
+        return {"etc/hostname": "x"}
+
+    saved = dict(CATALOG)
+    try:
+        check(id="test.guest-view", title="t", severity=Severity.ERROR, rationale="r",
+              source="s", remediation="f", passes=[], fails=[], needs="guest")(
+                  lambda ctx: [Finding(ctx.guest["etc/hostname"])])
+        res = {x.check.id: x for x in run(str(images["good"]), Profile(),
+                                           guest_engine=engine).results}
+    finally:
+        CATALOG.clear()
+        CATALOG.update(saved)
+    assert seen["args"] == (str(images["good"]), "vpc")
+    assert res["test.guest-view"].findings[0].message == "x"
+
+
+def test_docs_command_writes_the_page(tmp_path: Path) -> None:
+    out = tmp_path / "checks.md"
+    assert CliRunner().invoke(cli, ["checks", "docs", "-o", str(out)]).exit_code == 0
+    assert out.read_text() == (ROOT / "docs/checks.md").read_text()
