@@ -255,8 +255,9 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
     if size is None:
         raise NotApplicable("the virtual size is unknown")
     p = ctx.profile
+    grow = "qemu-img resize -f raw disk.raw <size> && vhdtool convert disk.raw OUT.vhd"
     if size < 20 * MIB:
-        yield Finding(f"{size:,} bytes is smaller than the 20 MiB minimum", d.path)
+        yield Finding(f"{size:,} bytes is smaller than the 20 MiB minimum", d.path, grow)
     if size > 32 * TIB:
         yield Finding(f"{size:,} bytes is larger than the 32 TiB maximum", d.path)
     if p.role != "os":
@@ -269,7 +270,7 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
                       d.path, "--generation 2, or shrink the disk below 2 TiB")
     if p.has("marketplace") and not GIB <= size <= 1023 * GIB:
         yield Finding(f"a Marketplace OS disk must be 1-1023 GB; this one is {size / GIB:.1f} GiB",
-                      d.path)
+                      d.path, grow if size < GIB else None)
 
 
 @check(id="disk.vhd.stale-footer",
