@@ -109,6 +109,7 @@ def test_cli_exit_codes_and_outputs(images, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r.sarif").read_text())["version"] == "2.1.0"
     ET.parse(tmp_path / "r.xml")
     assert not list(tmp_path.glob(".vhdtool-*"))        # no temp files left
+    assert (tmp_path / "r.xml").stat().st_mode & 0o044   # readable by others, like any file
     assert cli_run(cli, ["check", str(images["good"])]).exit_code == Exit.OK
     ignored = cli_run(cli, ["check", str(images["nf"]), "--ignore", "disk.size"])
     assert ignored.exit_code == Exit.OK, ignored.output
