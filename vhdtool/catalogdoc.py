@@ -1,4 +1,8 @@
-"""The catalog as text: ``vhdtool checks list``/``show`` and the generated docs/checks.md."""
+"""The catalog as text: ``vhdtool checks list``/``show`` and the generated docs/checks.md.
+
+References:
+  checks.catalog (the declarations); GitHub-flavoured Markdown (tables, explicit anchors).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 A failure below ``--fail-on`` is reported in the test case's ``system-out`` and does not fail it,
 so the JUnit view agrees with the exit code.
+
+References:
+  The de-facto JUnit XML format read by Jenkins, GitLab CI and Azure DevOps (testsuites >
+  testsuite[tests, failures, errors, skipped, time] > testcase[classname, name] with failure,
+  error, skipped, system-out children).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The human report: failures first (by severity), one line per finding with evidence and fix."""
+"""The human report: failures grouped by severity, one line per finding with evidence and fix.
+
+References:
+  click.style (ANSI colours, only on a terminal or with --color); docs/check.md.
+"""
 
 from __future__ import annotations
 
