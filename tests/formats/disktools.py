@@ -34,9 +34,9 @@ def sgdisk(path: Path, *args: str) -> str:
 
 
 def sgdisk_verify(path: Path) -> str:
-    """``sgdisk -v`` output (it exits 0 even when it finds problems)."""
-    return subprocess.run(["sgdisk", "-v", str(path)], capture_output=True, text=True,
-                          check=False).stdout
+    """``sgdisk -v`` stdout + stderr (it exits 0 even when it finds problems)."""
+    r = subprocess.run(["sgdisk", "-v", str(path)], capture_output=True, text=True, check=False)
+    return r.stdout + r.stderr
 
 
 def sfdisk(path: Path, script: str, *args: str) -> None:
