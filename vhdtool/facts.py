@@ -8,12 +8,13 @@ benchmark can show how little is read.
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer at EOF; copy at offset 0 for
   dynamic disks); UEFI 2.10 §5.2-5.3 (protective MBR, GPT header, AlternateLBA, backup
-  header at the last LBA); ``formats.vhd``, ``formats.mbr``, ``formats.gpt`` (the parsers used).
+  header at the last LBA); ``formats.vhd`` and ``formats.partitions`` (the parsers used).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,8 @@ from typing import Any
 from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
                          PartitionFacts, normalize_type_id)
 from formats import DiskImage, FormatError, open_image, probe
-from formats import gpt as gptfmt
-from formats import mbr as mbrfmt
 from formats import vhd as vhdfmt
+from formats.partitions import Partition, PartitionTable, read_partition_table
 
 from .fssniff import SNIFF_BYTES, sniff_fs
 
@@ -81,75 +81,40 @@ def _stale_footer(read: Callable[[int, int], bytes], size: int, path: str) -> in
     return size - SECTOR if inner.checksum_ok else None
 
 
-@dataclass(frozen=True)
-class _Table:
-    scheme: str
-    partitions: tuple[PartitionFacts, ...] = ()
-    boot_code: bool = False
-    alternate_lba: int | None = None
-    backup_found: bool | None = None
-    problems: tuple[str, ...] = ()
+#: problems of formats.partitions that the partition checks report themselves
+_PARTITION_LEVEL = re.compile(r"^(GPT|MBR) partition \d+$")
 
 
-def _sniffed(read: Callable[[int, int], bytes], index: int, start: int, size: int, type_id: str,
-             type_name: str, name: str = "", bootable: bool = False) -> PartitionFacts:
-    head = read(start, min(SNIFF_BYTES, size)) if size > 0 else b""
-    return PartitionFacts(index=index, start=start, size=size, type_id=normalize_type_id(type_id),
-                          type_name=type_name, name=name, bootable=bootable, fs=sniff_fs(head))
+def _sniffed(p: Partition, read: Callable[[int, int], bytes]) -> PartitionFacts:
+    head = read(p.start, min(SNIFF_BYTES, p.size)) if p.size > 0 else b""
+    return PartitionFacts(index=p.index, start=p.start, size=p.size,
+                          type_id=normalize_type_id(p.type_id), type_name=p.type_name,
+                          name=p.name, bootable=p.bootable, fs=sniff_fs(head))
 
 
-def _gpt(read: Callable[[int, int], bytes], size: int, ss: int, path: str,
-         boot_code: bool) -> _Table:
-    problems: list[str] = []
-    try:
-        head = gptfmt.parse_header(read(ss, ss), ss, ss, path)
-    except FormatError as e:
-        return _Table("none", boot_code=boot_code,
-                      problems=(f"protective MBR but no usable GPT header: {e}",))
-    if not head.header_crc_ok:
-        problems.append("primary GPT header CRC32 mismatch")
-    try:
-        data, crc_ok = gptfmt.read_entry_array(read, head, size, ss, path)
-    except FormatError as e:          # a damaged table is a finding, not an unreadable image
-        return _Table("gpt", boot_code=boot_code, alternate_lba=head.alternate_lba,
-                      problems=tuple(problems) + (f"GPT entry array unusable: {e}",))
-    if not crc_ok:
-        problems.append("GPT entry array CRC32 mismatch")
-    parts = tuple(_sniffed(read, e.index, e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss,
-                           e.type_guid, e.type_name, e.name)
-                  for e in gptfmt.parse_entries(data, head.entry_size) if e.last_lba >= e.first_lba)
-    last = size // ss - 1
-    try:
-        backup = gptfmt.parse_header(read(last * ss, ss), last * ss, ss, path, "backup GPT header")
-        found = backup.header_crc_ok and backup.my_lba == last
-    except FormatError:
-        found = False
-    return _Table("gpt", parts, boot_code, head.alternate_lba, found, tuple(problems))
-
-
-def _read_table(read: Callable[[int, int], bytes], size: int, ss: int, path: str) -> _Table:
-    """MBR or GPT, through formats.mbr / formats.gpt; scheme "none" without a 0x55AA MBR."""
-    try:
-        mbr = mbrfmt.read_mbr(read, size, ss, path)
-    except FormatError:
-        return _Table("none")
-    if mbr.has_gpt_entry:
-        return _gpt(read, size, ss, path, mbr.boot_code_present)
-    parts = tuple(_sniffed(read, e.index, e.lba_start * ss, e.num_sectors * ss, f"0x{e.type:02x}",
-                           mbrfmt.MBR_TYPES.get(e.type, ("", ""))[1], bootable=e.bootable)
-                  for e in mbr.entries if not e.extended)
-    return _Table("mbr", parts, mbr.boot_code_present,
-                  problems=tuple(p.message for p in mbr.problems))
+def _backup(table: PartitionTable, last_lba: int) -> tuple[int | None, bool | None]:
+    """The primary header's AlternateLBA, and whether a valid backup sits at the last LBA."""
+    gpt = table.gpt
+    if gpt is None:
+        return None, None
+    alternate = gpt.primary.alternate_lba if gpt.primary is not None else None
+    found = gpt.backup_valid and gpt.backup is not None and gpt.backup.my_lba == last_lba
+    return alternate, found
 
 
 def _layout(reader: CountingReader, img: DiskImage) -> dict[str, Any]:
     size, ss = img.virtual_size, img.logical_sector_size
-    if size < 2 * ss:
-        return {"scheme": "none"}
-    t = _read_table(reader.read, size, ss, img.path)
-    return {"scheme": t.scheme, "partitions": t.partitions, "mbr_boot_code": t.boot_code,
-            "gpt_alternate_lba": t.alternate_lba, "gpt_backup_found": t.backup_found,
-            "table_problems": t.problems}
+    table = read_partition_table(reader.read, size, ss, img.path)
+    alternate, found = _backup(table, size // ss - 1)
+    parts = tuple(_sniffed(p, reader.read) for p in table.partitions
+                  if p.type_short != "extended")
+    problems = tuple(f"{p.structure}: {p.message}" for p in table.problems
+                     if p.severity == "error" and not _PARTITION_LEVEL.match(p.structure))
+    return {"scheme": "gpt" if table.scheme == "hybrid" else table.scheme,
+            "partitions": parts,
+            "mbr_boot_code": table.mbr is not None and table.mbr.boot_code_present,
+            "gpt_alternate_lba": alternate, "gpt_backup_found": found,
+            "table_problems": problems}
 
 
 def _needs_conversion(fmt: str, footer: FooterFacts | None) -> bool:

@@ -167,7 +167,7 @@ CONTAINER = ("disk.vhd.cookie", "disk.vhd.checksum", "disk.vhd.version", "disk.v
 def test_vhdtool_convert_output_passes(tmp_path: Path, src_fmt: str) -> None:
     """What fails before `vhdtool convert` (the fix the checks name) passes after it."""
     from vhdtool.convert import convert
-    raw = raw_disk(tmp_path / "d.raw", 100 * MiB)
+    raw = gpt_hybrid(tmp_path / "d.raw", 100 * MiB)
     src = tmp_path / "src"
     if src_fmt == "vpc-no-force-size":
         qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw, src)
@@ -179,6 +179,9 @@ def test_vhdtool_convert_output_passes(tmp_path: Path, src_fmt: str) -> None:
     convert(str(src), str(out), digests=(), progress=False, sync=False)
     after = verdicts(out)
     assert {c: after[c] for c in CONTAINER} == {c: Verdict.PASS for c in CONTAINER}
+    if src_fmt == "vpc-no-force-size":       # grown to a whole MiB: the GPT backup moved too
+        assert before["disk.gpt.backup"] is Verdict.FAIL
+    assert after["disk.gpt.backup"] is after["boot.generation"] is Verdict.PASS
 
 
 def _with_boot_code(path: Path) -> Path:
