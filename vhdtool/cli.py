@@ -17,11 +17,8 @@ from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2, Profile, Severity, 
 from formats import FormatError, open_image
 
 from . import __version__
-from .catalogdoc import list_line, markdown, show
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, check_exit
-from .info import describe, render_info
-from .pipeline import run as run_checks
 
 log = logging.getLogger("vhdtool")
 
@@ -65,6 +62,8 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def info(image: str, fmt: str | None, as_json: bool) -> None:
     """Describe IMAGE: format, sizes as each reader sees them, allocation, partitions, problems."""
+    from .info import describe, render_info   # imported here: convert need not pay for it
+
     with open_image(image, fmt) as img:
         facts = describe(img)
     if as_json:
@@ -110,6 +109,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
         outs = parse_outputs(formats, output)
@@ -142,6 +142,7 @@ def checks_group() -> None:
 @checks_group.command("list")
 def checks_list() -> None:
     """List every check: id, severity, subject, title."""
+    from .catalogdoc import list_line
     for _cid, c in sorted(checks.load().items()):
         click.echo(list_line(c))
 
@@ -150,6 +151,7 @@ def checks_list() -> None:
 @click.argument("check_id")
 def checks_show(check_id: str) -> None:
     """Show one check's declaration."""
+    from .catalogdoc import show
     catalog = checks.load()
     if check_id not in catalog:
         raise click.UsageError(f"no check {check_id!r} (see vhdtool checks list)")
@@ -161,6 +163,7 @@ def checks_show(check_id: str) -> None:
               help="Write to this file (atomically) instead of stdout.")
 def checks_docs(output: str | None) -> None:
     """The catalog reference page (docs/checks.md) in Markdown."""
+    from .catalogdoc import markdown
     from .report import write_atomic
     text = markdown(checks.load())
     if output:

@@ -29,8 +29,8 @@ References:
 from __future__ import annotations
 
 import base64
-import ctypes
 import errno
+import functools
 import hashlib
 import heapq
 import os
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats import DiskImage, Kind, open_image
+from formats import DiskImage, FormatError, Kind, open_image
 
 from .progress import Progress
 
@@ -72,14 +72,15 @@ class ConvertError(Exception):
     """The conversion was refused or failed; the message names the file concerned."""
 
 
-# -- sizes ------------------------------------------------------------------------------------------
+# -- sizes -----------------------------------------------------------------------------------------
 def rounded_size(virtual_size: int) -> int:
     """``virtual_size`` rounded up to a whole MiB (never down, never 0)."""
     return max(MiB, -(-virtual_size // MiB) * MiB)
 
 
-def size_warnings(size: int) -> list[str]:
-    """Azure limits a size of ``size`` bytes meets (the hard 32 TiB limit is an error instead)."""
+def size_warnings(size: int, sector_size: int = 512) -> list[str]:
+    """Azure limits a size of ``size`` bytes meets (the hard 32 TiB limit is an error instead),
+    and a source sector size a VHD cannot keep."""
     out = []
     if size < AZURE_MIN_SIZE:
         out.append(f"{size} bytes is below Azure's 20 MiB minimum upload size")
@@ -87,8 +88,16 @@ def size_warnings(size: int) -> list[str]:
         out.append("larger than 4 TiB: usable as a data disk only, not as an OS disk")
     elif size > 2 * TiB:
         out.append("larger than 2 TiB: as an OS disk it needs a Generation 2 VM")
+    elif size > 1023 * GiB:
+        out.append("larger than 1,023 GiB: the Marketplace and Azure's generic Linux guide cap "
+                   "OS disk VHDs there")
     if size > 2040 * GiB:
-        out.append("larger than 2040 GiB: qemu-img and Hyper-V's VHD tools refuse VHDs this big")
+        out.append("larger than 2040 GiB: qemu refuses to open VHDs this big (Azure accepts up "
+                   "to 32 TiB)")
+    if sector_size != 512:
+        out.append(f"the source has {sector_size}-byte logical sectors; a VHD has 512-byte "
+                   "sectors, so a partition table laid out for the source's sectors will not be "
+                   "found at the same LBAs")
     return out
 
 
@@ -98,20 +107,23 @@ def check_size(size: int, dst: str) -> None:
                            f"{AZURE_MAX_SIZE} bytes (32 TiB) for a VHD")
 
 
-# -- the footer and the GPT (from the format core) --------------------------------------------------
-def gpt_patches(img: DiskImage, size: int) -> list[Patch]:
-    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (else none)."""
+# -- the footer and the GPT (from the format core) -------------------------------------------------
+def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
+    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (as
+    ``sgdisk -e``), and warnings: a damaged primary GPT is copied as it is, not relocated."""
     if size <= img.virtual_size:
-        return []
-    try:
-        from formats.partitions import relocate_gpt_backup
-    except ImportError:          # the partition core is not merged yet: refuse rather than break
-        if img.read(img.logical_sector_size, 8) == b"EFI PART":
-            raise ConvertError(f"{img.path}: has a GPT and must grow to a whole MiB, but GPT "
-                               "relocation (formats.partitions) is not available") from None
-        return []
+        return [], []
+    from formats.partitions import read_partition_table, relocate_gpt_backup  # only when growing
 
-    return list(relocate_gpt_backup(img.read, img.virtual_size, size, img.logical_sector_size))
+    ss = img.logical_sector_size
+    table = read_partition_table(img.read, img.virtual_size, ss, img.path)
+    if table.gpt is None or table.gpt.primary is None:
+        return [], []
+    try:
+        return list(relocate_gpt_backup(img.read, img.virtual_size, size, ss)), []
+    except FormatError as e:
+        return [], [f"GPT backup not moved to the new last LBA ({e.structure}: {e.message}); "
+                    f"repair the table with sgdisk -e"]
 
 
 def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
@@ -203,7 +215,7 @@ class Pipeline:
     def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
         self.out_fd = out_fd
         #: start writeback of each block once written, so the final fsync has little left to do
-        self.writeback = writeback and WRITEBACK_EARLY
+        self.writeback = writeback
         self.hashes = [hashlib.new(n) for n in names]
         self.written = 0
         self._pool: queue.Queue[bytearray] = queue.Queue()
@@ -299,7 +311,10 @@ def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
         done += os.pwrite(fd, mv[done:], off + done)
 
 
+@functools.cache
 def _libc_sync_file_range() -> Callable[..., int] | None:
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -308,20 +323,17 @@ def _libc_sync_file_range() -> Callable[..., int] | None:
     return fn
 
 
-_SYNC_FILE_RANGE = _libc_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
 
 
 def _start_writeback(fd: int, off: int, n: int) -> None:
     """Start (not wait for) writeback of what was just written, so the final fsync is short."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, off, n, SYNC_FILE_RANGE_WRITE)
+    fn = _libc_sync_file_range()
+    if fn is not None:
+        fn(fd, off, n, SYNC_FILE_RANGE_WRITE)
 
 
-WRITEBACK_EARLY = os.environ.get("VHDTOOL_WRITEBACK", "1") != "0"
-
-
-# -- planning ---------------------------------------------------------------------------------------
+# -- planning --------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Window:
     """A range of the output to materialise; ``solid``: made only of DATA, read fills it all."""
@@ -356,7 +368,7 @@ def _kernel_copy_ok(img: DiskImage) -> bool:
     return img.format_name == "raw" or (img.format_name == "vpc" and img.subformat == "fixed")
 
 
-# -- the pass over the virtual disk -----------------------------------------------------------------
+# -- the pass over the virtual disk ----------------------------------------------------------------
 @dataclass
 class Copier:
     """One ordered pass over ``[0, size)`` of ``img`` into ``pipe``: holes skipped, data blocks
@@ -447,7 +459,7 @@ class Copier:
         return runs
 
 
-# -- results ----------------------------------------------------------------------------------------
+# -- results ---------------------------------------------------------------------------------------
 @dataclass
 class ConvertResult:
     source: dict[str, Any]
@@ -478,7 +490,7 @@ def _output_facts(path: str, size: int, source_size: int, written: int,
             "zero_bytes_skipped_in_data": zero_skipped}
 
 
-# -- convert ----------------------------------------------------------------------------------------
+# -- convert ---------------------------------------------------------------------------------------
 def _refuse(src: str, dst: str, force: bool) -> None:
     if os.path.lexists(dst):
         if os.path.exists(dst) and os.path.samefile(src, dst):
@@ -501,11 +513,15 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
     with open_image(src, fmt) as img:
         size = rounded_size(img.virtual_size)
         check_size(size, dst)
-        patches = gpt_patches(img, size)
+        patches, warnings = gpt_patches(img, size)
+        sector_size = img.logical_sector_size
         t_plan = time.perf_counter()
         folder = os.path.dirname(os.path.abspath(dst))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
-                                   suffix=".part")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
+                                       suffix=".part")
+        except OSError as e:
+            raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
         pipe = Pipeline(fd, names, writeback=sync)
         try:
             os.fchmod(fd, 0o644 & ~_umask())
@@ -538,13 +554,17 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                 raise ConvertError(f"{dst}: no space left on the device for the "
                                    f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
                                    f"that name") from e
+            if isinstance(e, OSError) and not e.filename:   # pwrite/fsync on the output
+                raise ConvertError(f"{dst}: writing failed ({e.strerror or e}); nothing was "
+                                   f"written under that name") from e
             raise
         source = _source_facts(img)
     t_end = time.perf_counter()
     return ConvertResult(
         source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
                                             copier.zero_skipped),
-        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        digests=digest_report(hashes, size + FOOTER_SIZE),
+        warnings=size_warnings(size, sector_size) + warnings,
         gpt_relocated=bool(patches),
         timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
                  "total": t_end - t0})
@@ -571,7 +591,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(dfd)
 
 
-# -- in place ---------------------------------------------------------------------------------------
+# -- in place --------------------------------------------------------------------------------------
 def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
                      progress: bool | None = None) -> ConvertResult:
     """Make a raw or fixed-VHD file an Azure fixed VHD without copying its data: grow it to a whole
@@ -585,23 +605,31 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
         old_size = img.virtual_size
         size = rounded_size(old_size)
         check_size(size, src)
-        patches = gpt_patches(img, size)
+        patches, warnings = gpt_patches(img, size)
+        sector_size = img.logical_sector_size
         unique_id = _old_unique_id(img)
         source = _source_facts(img)
     footer = make_footer(size, unique_id)
     fd = os.open(src, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    old_len = os.fstat(fd).st_size
+    # what an error must put back: the bytes the GPT patches and the old footer cover
+    saved = [(off, os.pread(fd, len(data), off)) for off, data in patches if off < old_len]
+    if old_len > old_size:
+        saved.append((old_size, os.pread(fd, old_len - old_size, old_size)))
     try:
-        if source["format"] == "vpc" and size != old_size:
+        if old_len > old_size and size != old_size:
             os.ftruncate(fd, old_size)          # the old footer must not become guest data
         os.ftruncate(fd, size)
         for off, data in patches:
-            os.pwrite(fd, data, off)
-        os.pwrite(fd, footer, size)
+            pwrite_all(fd, data, off)
+        pwrite_all(fd, footer, size)
         os.fsync(fd)
         verify_footer(fd, src, size)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ConvertError(f"{src}: no space left on the device to grow it in place") from e
+    except BaseException as e:
+        _restore(fd, old_len, saved)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConvertError(f"{src}: no space left on the device to grow it in place; "
+                               f"the file was restored as it was") from e
         raise
     finally:
         os.close(fd)
@@ -610,9 +638,18 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     t_end = time.perf_counter()
     return ConvertResult(
         source=source, output=_output_facts(src, size, old_size, 0, 0),
-        digests=digest_report(hashes, size + FOOTER_SIZE), warnings=size_warnings(size),
+        digests=digest_report(hashes, size + FOOTER_SIZE),
+        warnings=size_warnings(size, sector_size) + warnings,
         gpt_relocated=bool(patches), in_place=True,
         timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
+
+
+def _restore(fd: int, length: int, saved: list[Patch]) -> None:
+    """Undo an in-place conversion: the original length, then the original bytes."""
+    os.ftruncate(fd, length)
+    for off, data in saved:
+        pwrite_all(fd, data, off)
+    os.fsync(fd)
 
 
 def _old_unique_id(img: DiskImage) -> bytes | None:

@@ -39,8 +39,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "vpc-fixed": ("vpc", ["-O", "vpc", "-o", "subformat=fixed,force_size"]),
     "vpc-dynamic": ("vpc", ["-O", "vpc", "-o", "subformat=dynamic,force_size"]),
     "vhdx": ("vhdx", ["-O", "vhdx", "-o", "subformat=dynamic"]),
+    "vhdx-fixed": ("vhdx", ["-O", "vhdx", "-o", "subformat=fixed"]),
+    "vhdx-1m-blocks": ("vhdx", ["-O", "vhdx", "-o",
+                                   "subformat=dynamic,block_size=1M,log_size=1M"]),
     "qcow2": ("qcow2", ["-O", "qcow2"]),
     "qcow2-compressed": ("qcow2", ["-O", "qcow2", "-c"]),
+    "qcow2-v2": ("qcow2", ["-O", "qcow2", "-o", "compat=0.10"]),
+    "qcow2-extended-l2": ("qcow2", ["-O", "qcow2", "-o", "extended_l2=on,cluster_size=128k"]),
+    "qcow2-backing": ("qcow2", []),      # an overlay over the raw file, see make_source
 }
 
 
@@ -48,6 +54,12 @@ def make_source(tmp: Path, recipe: str, size: int = SIZE, runs=RUNS) -> tuple[Pa
     """(source image, its qemu format name, the raw file it was made from)."""
     raw = write_pattern(tmp / "pattern.raw", size, runs)
     fmt, args = RECIPES[recipe]
+    if recipe == "qcow2-backing":
+        out = tmp / "src.overlay.qcow2"
+        qemu_img("create", "-f", "qcow2", "-b", raw.name, "-F", "raw", out)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 5M 70k", "-c",
+                        "write -z 2M 64k", str(out)], check=True, capture_output=True)
+        return out, fmt, raw
     if not args:
         return raw, fmt, raw
     out = tmp / f"src.{recipe}"
@@ -99,7 +111,7 @@ def no_leftovers(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-# -- every source format ----------------------------------------------------------------------------
+# -- every source format ---------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
     src, fmt, raw = make_source(tmp_path, recipe)
@@ -124,6 +136,21 @@ def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
     # the source is untouched, and no temporary file is left
     assert file_digests(src)["sha256"] == before
     no_leftovers(tmp_path)
+
+
+def test_cli_in_place_and_usage(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    src, _, _ = make_source(tmp_path, "raw")
+    r = CliRunner().invoke(cli, ["convert", "--in-place", str(src), str(tmp_path / "x.vhd")])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(cli, ["convert", str(src)])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(cli, ["convert", "--in-place", "--digest", "none", "--json", str(src)])
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.stdout)
+    assert facts["in_place"] is True and facts["digests"] == {}
+    assert qemu_virtual_size(src, "vpc") == facts["output"]["virtual_size"] == 10 * MiB
 
 
 def test_convert_raw_not_sector_multiple(tmp_path: Path) -> None:
@@ -176,32 +203,78 @@ def test_samples(tmp_path: Path, sample, name: str) -> None:
     assert_valid_vhd(dst, want)
 
 
-# -- GPT --------------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
-def test_gpt_backup_moves_to_new_end(tmp_path: Path) -> None:
-    pytest.importorskip("formats.partitions", reason="formats.partitions (branch parts) not merged")
-    size = 21 * MiB + 17 * 512
-    raw = tmp_path / "gpt.raw"
-    with open(raw, "wb") as f:
-        f.truncate(size)
-    subprocess.run(["sgdisk", "-n", "1:2048:+4M", "-n", "2:0:0", str(raw)], check=True,
+# -- GPT -------------------------------------------------------------------------------------------
+GPT_SIZE = 21 * MiB + 17 * 512
+
+
+def make_gpt_raw(path: Path) -> Path:
+    """A raw disk that is not a whole MiB, with a GPT filling it to the last usable LBA."""
+    with open(path, "wb") as f:
+        f.truncate(GPT_SIZE)
+    subprocess.run(["sgdisk", "-n", "1:2048:+4M", "-n", "2:0:0", str(path)], check=True,
                    capture_output=True)
-    dst = tmp_path / "gpt.vhd"
-    res = conv.convert(str(raw), str(dst), digests=["sha256"]).as_dict()
-    assert res["gpt_backup_relocated"] is True
-    want = 22 * MiB
-    assert_valid_vhd(dst, want)
-    assert res["digests"]["sha256"] == file_digests(dst)["sha256"]
-    out = qemu_to_raw(dst, "vpc", tmp_path / "gpt.out.raw")
+    return path
+
+
+def assert_gpt_clean(vhd_path: Path, orig_raw: Path, tmp: Path) -> None:
+    """``sgdisk -v`` finds nothing wrong with the converted disk and the partitions are the
+    same (the backup header now sits at the new last LBA)."""
+    out = qemu_to_raw(vhd_path, "vpc", tmp / "gpt.out.raw")
     verify = subprocess.run(["sgdisk", "-v", str(out)], capture_output=True, text=True)
     assert "No problems found" in verify.stdout, verify.stdout
-    # the partitions themselves are unchanged
     table = subprocess.run(["sgdisk", "-p", str(out)], capture_output=True, text=True).stdout
-    orig = subprocess.run(["sgdisk", "-p", str(raw)], capture_output=True, text=True).stdout
+    orig = subprocess.run(["sgdisk", "-p", str(orig_raw)], capture_output=True, text=True).stdout
     assert table.split("Number")[1] == orig.split("Number")[1]
+    out.unlink()
 
 
-# -- failures leave nothing -------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+@pytest.mark.parametrize("digests", [["sha256"], ["none"]])
+def test_gpt_backup_moves_to_new_end(tmp_path: Path, digests) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    keep = tmp_path / "orig.raw"
+    shutil.copyfile(raw, keep)
+    dst = tmp_path / "gpt.vhd"
+    res = conv.convert(str(raw), str(dst), digests=digests).as_dict()
+    assert res["gpt_backup_relocated"] is True
+    assert_valid_vhd(dst, 22 * MiB)
+    if digests != ["none"]:
+        assert res["digests"]["sha256"] == file_digests(dst)["sha256"]
+    assert_gpt_clean(dst, keep, tmp_path)
+    assert file_digests(raw) == file_digests(keep)        # the source is untouched
+    # control: merely padding the disk leaves a GPT that sgdisk complains about
+    naive = tmp_path / "naive.raw"
+    shutil.copyfile(raw, naive)
+    os.truncate(naive, 22 * MiB)
+    verify = subprocess.run(["sgdisk", "-v", str(naive)], capture_output=True, text=True)
+    assert "No problems found" not in verify.stdout
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+def test_damaged_gpt_is_copied_with_a_warning(tmp_path: Path) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    with open(raw, "r+b") as f:            # break the primary header's CRC
+        f.seek(512 + 16)
+        f.write(b"\xde\xad\xbe\xef")
+    dst = tmp_path / "gpt.vhd"
+    res = conv.convert(str(raw), str(dst), digests=["none"]).as_dict()
+    assert res["gpt_backup_relocated"] is False
+    assert any("GPT backup not moved" in w for w in res["warnings"])
+    assert_same_disk(raw, "raw", dst)
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+def test_gpt_in_place(tmp_path: Path) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    keep = tmp_path / "orig.raw"
+    shutil.copyfile(raw, keep)
+    res = conv.convert_in_place(str(raw), digests=["none"]).as_dict()
+    assert res["gpt_backup_relocated"] is True
+    assert_valid_vhd(raw, 22 * MiB)
+    assert_gpt_clean(raw, keep, tmp_path)
+
+
+# -- failures leave nothing ------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
     real = conv.Pipeline._write
     count = {"n": 0}
@@ -239,6 +312,18 @@ def test_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
     assert dst.read_bytes() == b"old content"      # the old file is untouched too
     no_leftovers(tmp_path)
     assert file_digests(src) == before
+
+
+def test_write_error_names_destination(tmp_path: Path, monkeypatch) -> None:
+    src, fmt, _ = make_source(tmp_path, "vhdx")
+    _fail_after(monkeypatch, OSError(5, "Input/output error"), calls=0)
+    dst = tmp_path / "out.vhd"
+    with pytest.raises(conv.ConvertError, match=f"{dst}: writing failed"):
+        conv.convert(str(src), str(dst), fmt=fmt)
+    assert not dst.exists()
+    no_leftovers(tmp_path)
+    with pytest.raises(conv.ConvertError, match="cannot create"):
+        conv.convert(str(src), str(tmp_path / "no" / "such" / "dir.vhd"), fmt=fmt)
 
 
 def test_kernel_copy_failure_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -307,7 +392,7 @@ def test_above_2040_gib_is_supported(tmp_path: Path) -> None:
     assert allocated(dst) <= MiB
 
 
-# -- in place ---------------------------------------------------------------------------------------
+# -- in place --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
 def test_in_place(tmp_path: Path, recipe: str) -> None:
     src, fmt, raw = make_source(tmp_path, recipe)
@@ -322,6 +407,37 @@ def test_in_place(tmp_path: Path, recipe: str) -> None:
     assert res["digests"]["sha256"] == file_digests(src)["sha256"]
 
 
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_in_place_failure_restores_the_file(tmp_path: Path, monkeypatch, recipe: str) -> None:
+    src, fmt, _ = make_source(tmp_path, recipe)
+    before = file_digests(src)
+    size_before = src.stat().st_size
+    real = conv.pwrite_all
+    failed = []
+
+    def full(fd, data, off):          # the new footer's write finds the disk full, once
+        if len(data) == 512 and off > SIZE and not failed:
+            failed.append(off)
+            raise OSError(28, "No space left on device")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(conv, "pwrite_all", full)
+    with pytest.raises(conv.ConvertError, match="restored"):
+        conv.convert_in_place(str(src), fmt=fmt)
+    assert failed
+    assert src.stat().st_size == size_before
+    assert file_digests(src) == before
+
+
+def test_in_place_whole_mib_raw(tmp_path: Path) -> None:
+    raw = write_pattern(tmp_path / "mib.raw", 3 * MiB, [(0, 4096)])
+    res = conv.convert_in_place(str(raw), digests=["md5"]).as_dict()
+    assert res["output"]["rounded_by"] == 0
+    assert raw.stat().st_size == 3 * MiB + 512
+    assert_valid_vhd(raw, 3 * MiB)
+    assert res["digests"]["md5_base64"] == file_digests(raw)["md5_base64"]
+
+
 def test_in_place_refuses_other_formats(tmp_path: Path) -> None:
     src, fmt, _ = make_source(tmp_path, "qcow2")
     before = file_digests(src)
@@ -330,7 +446,7 @@ def test_in_place_refuses_other_formats(tmp_path: Path) -> None:
     assert file_digests(src) == before
 
 
-# -- the command line -------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------
 def test_cli_json(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
