@@ -3,10 +3,11 @@
 The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
 zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
 that is all zeros is skipped too.  For raw and fixed-VHD sources with no digest to compute, data
-runs are copied by the kernel (``copy_file_range``, two threads).  Otherwise the main thread reads
-while a writer thread writes the previous block and one thread per digest hashes the one before
-(hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not
-grow with the image.  Digests cover every byte of the output file — the virtual disk with its
+runs are copied by the kernel (``copy_file_range``, two threads), their all-zero 64 KiB pieces
+found in place through a read-only ``mmap`` of the source and skipped.  Otherwise the main thread
+reads while a writer thread writes the previous block and one thread per digest hashes the one
+before (hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory
+does not grow with the image.  Digests cover every byte of the output file — the virtual disk with its
 holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
@@ -36,6 +37,7 @@ import errno
 import functools
 import hashlib
 import heapq
+import mmap
 import os
 import queue
 import tempfile
@@ -382,6 +384,7 @@ class Copier:
     patches: Sequence[Patch] = ()
     kernel_copy: bool = False
     zero_skipped: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
         if self.kernel_copy:
@@ -401,8 +404,8 @@ class Copier:
             self.progress.advance(b - a)
 
     def _run_kernel(self) -> None:
-        """copy_file_range the data runs exactly (a kernel copy cannot skip zeros, so holes stay
-        holes), in KERNEL_STEP pieces shared by KERNEL_THREADS threads; then the GPT patches."""
+        """copy_file_range the data runs (all-zero CHUNKs inside them left as holes), in
+        KERNEL_STEP pieces shared by KERNEL_THREADS threads; then the GPT patches."""
         work: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4 * KERNEL_THREADS)
         errors: list[BaseException] = []
 
@@ -427,7 +430,6 @@ class Copier:
                         raise errors[0]
                     work.put((off, min(end, off + KERNEL_STEP)))
                     self.progress.advance(min(end, off + KERNEL_STEP) - off)
-                self.pipe.written += max(0, end - w.start)
         except BaseException:
             errors.append(ConvertError("stopped"))    # the workers skip what is left
             raise
@@ -443,16 +445,33 @@ class Copier:
             self.pipe._write(data, off)
 
     def _kernel(self, a: int, b: int) -> None:
+        """copy_file_range the non-zero CHUNKs of ``[a, b)``: the zero test reads the source's
+        page cache in place through a read-only mmap (nothing copied to user space), the copy
+        stays in the kernel."""
         out = self.pipe.out_fd
         assert out is not None
-        pos = a
-        while pos < b:
-            n = os.copy_file_range(self.img.fileno(), out, b - pos, pos, pos)
-            if n <= 0:
-                raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
-            pos += n
-        if self.pipe.writeback:
-            _start_writeback(out, a, b - a)
+        src = self.img.fileno()
+        base = a - a % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(src, b - base, prot=mmap.PROT_READ, offset=base) as mm:
+            view = memoryview(mm)
+            try:
+                runs, zeros = nonzero_runs(view, a - base, b - base)
+            finally:
+                view.release()
+        copied = 0
+        for lo, hi in runs:
+            pos, end = lo + base, hi + base
+            while pos < end:
+                n = os.copy_file_range(src, out, end - pos, pos, pos)
+                if n <= 0:
+                    raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
+                pos += n
+            copied += hi - lo
+            if self.pipe.writeback:
+                _start_writeback(out, lo + base, hi - lo)
+        with self._lock:
+            self.zero_skipped += zeros
+            self.pipe.written += copied
 
     def _block(self, off: int, n: int, solid: bool) -> None:
         buf = self.pipe.buffer()
@@ -475,21 +494,31 @@ class Copier:
         self.progress.advance(n)
 
     def _nonzero_runs(self, buf: bytearray, n: int) -> list[tuple[int, int]]:
-        """Ranges of ``buf[:n]`` made of non-zero CHUNKs (block offsets are CHUNK-aligned)."""
-        runs: list[tuple[int, int]] = []
-        start = -1
-        for i in range(0, n, CHUNK):
-            k = min(CHUNK, n - i)
-            if buf.startswith(_ZERO_CHUNK[:k], i):
-                self.zero_skipped += k
-                if start >= 0:
-                    runs.append((start, i))
-                    start = -1
-            elif start < 0:
-                start = i
-        if start >= 0:
-            runs.append((start, n))
+        runs, zeros = nonzero_runs(memoryview(buf), 0, n)
+        self.zero_skipped += zeros
         return runs
+
+
+def nonzero_runs(view: memoryview, start: int, end: int) -> tuple[list[tuple[int, int]], int]:
+    """Ranges of ``view[start:end]`` made of CHUNKs that are not all zeros (CHUNKs counted from
+    ``start``), and the number of zero bytes left out.  Each test is one ``memcmp``
+    (``bytes.startswith``) that stops at the first non-zero byte."""
+    runs: list[tuple[int, int]] = []
+    zeros = 0
+    run_start = -1
+    is_zero = _ZERO_CHUNK.startswith
+    for i in range(start, end, CHUNK):
+        k = min(CHUNK, end - i)
+        if is_zero(view[i:i + k]):
+            zeros += k
+            if run_start >= 0:
+                runs.append((run_start, i))
+                run_start = -1
+        elif run_start < 0:
+            run_start = i
+    if run_start >= 0:
+        runs.append((run_start, end))
+    return runs, zeros
 
 
 # -- results ---------------------------------------------------------------------------------------

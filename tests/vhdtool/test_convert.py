@@ -176,6 +176,44 @@ def test_kernel_copy_path(tmp_path: Path, recipe: str) -> None:
     assert res["output"]["allocated"] <= allocated(raw) + MiB
 
 
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_kernel_copy_skips_zero_blocks(tmp_path: Path, recipe: str) -> None:
+    """Allocated zeros inside a raw (or fixed-VHD) data run stay holes on the kernel-copy path,
+    as qemu-img leaves them: output allocation no larger than the non-zero data plus 1 MiB."""
+    raw = write_pattern(tmp_path / "z.raw", 8 * MiB, [(0, 4096), (7 * MiB + 512, 3000)])
+    with open(raw, "r+b") as f:             # 5 MiB of allocated zeros between the two runs
+        f.seek(1 * MiB)
+        f.write(bytes(5 * MiB))
+    assert allocated(raw) >= 5 * MiB
+    src, fmt = raw, "raw"
+    if recipe == "vpc-fixed":               # a fixed VHD that stores its zeros
+        src, fmt = tmp_path / "z.vhd", "vpc"
+        shutil.copyfile(raw, src)
+        with open(src, "ab") as f:
+            f.write(conv.make_footer(8 * MiB))
+        assert allocated(src) >= 5 * MiB
+    calls = []
+    real = os.copy_file_range
+
+    def spy(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    import unittest.mock
+
+    dst = tmp_path / "z.out.vhd"
+    with unittest.mock.patch.object(conv.os, "copy_file_range", spy):
+        res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    assert calls and sum(calls) <= 2 * 64 * 1024          # only the two non-zero chunks
+    assert res["output"]["zero_bytes_skipped_in_data"] >= 5 * MiB
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, 8 * MiB)
+    peer = tmp_path / "z.qemu.vhd"
+    qemu_img("convert", "-f", fmt, "-O", "vpc", "-o", "subformat=fixed,force_size", src, peer)
+    assert allocated(dst) <= allocated(peer) + MiB
+    assert allocated(dst) <= 2 * 4096 + MiB
+
+
 def test_convert_raw_not_sector_multiple(tmp_path: Path) -> None:
     size = 3 * MiB + 1001
     raw = write_pattern(tmp_path / "odd.raw", size, [(size - 3000, 3000), (5, 70_000)])
