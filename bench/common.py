@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -47,8 +49,14 @@ def data_runs(virtual: int, data: int, pieces: int = 64) -> list[tuple[int, int]
     return [(i * step + (step - size) // 2 // MiB * MiB, size) for i in range(pieces)]
 
 
+def bench_raw(d: Path, virtual: int, data: int) -> Path:
+    """The benchmarks' source disk in folder ``d`` (made once, then reused)."""
+    # ".v2": v1 wrote 23-byte lines in 22-byte slots (1.02 GiB of data, not 1 GiB)
+    return make_raw(d / f"bench-{virtual // GiB}g-{data // GiB}g.v2.raw", virtual, data)
+
+
 def make_raw(path: Path, virtual: int, data: int, seed: int = 7) -> Path:
-    """A sparse raw file with ``data`` bytes of incompressible-ish data (half random, half text)."""
+    """A sparse raw file with exactly ``data`` bytes of data (half random, half text)."""
     if path.exists() and path.stat().st_size == virtual:
         return path
     import random
@@ -64,7 +72,8 @@ def make_raw(path: Path, virtual: int, data: int, seed: int = 7) -> Path:
                 if i % 2:
                     f.write(rng.randbytes(n))
                 else:  # compressible: what real file systems mostly hold
-                    f.write((b"vhdtool bench %08d\n" % (done // 4096)) * (n // 22) + b"\n" * (n % 22))
+                    line = b"vhdtool bench %07d\n" % (done // 4096)     # 22 bytes
+                    f.write(line * (n // len(line)) + b"\n" * (n % len(line)))
     os.replace(tmp, path)
     return path
 
@@ -80,14 +89,59 @@ def make_format(raw: Path, recipe: str) -> Path:
     return out
 
 
-def timed(fn: Callable[[], object], repeat: int = 3) -> float:
-    """Best wall time of ``repeat`` runs (the least disturbed by the other work on the machine)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+@dataclass
+class Runs:
+    """Per-job lists of wall and CPU seconds (user + system, this process and its children)."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def interleaved(jobs: dict[str, Callable[[], object]], repeat: int = 3,
+                after_round: Callable[[], object] | None = None) -> Runs:
+    """Wall and CPU times of ``repeat`` rounds of every job, interleaved (A B A B ..., the order
+    reversed every other round so neither tool always runs second), the page cache synced (dirty
+    pages written, nothing dropped) before each run so one run's writeback does not land in the
+    next.  The inputs stay in the page cache: both tools read them warm.  CPU time is less
+    disturbed than wall time when other work shares the machine."""
+    runs = Runs({k: [] for k in jobs}, {k: [] for k in jobs})
+    names = list(jobs)
+    for i in range(repeat):
+        for name in names if i % 2 == 0 else reversed(names):
+            os.sync()
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            jobs[name]()
+            runs.wall[name].append(time.perf_counter() - t0)
+            runs.cpu[name].append(_cpu_seconds() - c0)
+        if after_round is not None:
+            after_round()
+    return runs
+
+
+def median(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def spread(ts: list[float]) -> str:
+    """``median [min-max]`` of a list of seconds."""
+    return f"{median(ts):.3f} [{min(ts):.3f}-{max(ts):.3f}]"
+
+
+def ratio_spread(a: list[float], b: list[float]) -> str:
+    """Ratio of medians, and the range of the per-round ratios."""
+    per_round = [x / y for x, y in zip(a, b)]
+    return f"{median(a) / median(b):.2f} [{min(per_round):.2f}-{max(per_round):.2f}]"
+
+
+def machine_load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return (f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
 def children_peak_rss_mib() -> float:

@@ -6,8 +6,9 @@ Part 1 — a 4 GiB disk with 1 GiB of data, stored as raw, fixed and dynamic VHD
 zlib-compressed qcow2 (all made by qemu-img from the same raw file).  For each, the same job done
 by both tools in the same run: read the whole virtual disk and write it as a sparse raw file.
 qemu-img: ``qemu-img convert -f FMT -O raw``.  vhdtool: walk the allocation map, read the data
-runs through ``DiskImage.readinto`` in 8 MiB blocks, skip all-zero blocks, ``pwrite`` the rest.
-Each output is compared with the other (same bytes) so a fast wrong reader cannot win.
+runs through ``DiskImage.readinto`` in 8 MiB blocks, skip all-zero pieces, ``pwrite`` the rest
+from a writer thread (as qemu-img, which reads and writes in parallel).
+Both outputs are compared (``cmp``) after every round, so a fast wrong reader cannot win.
 
 Part 2 — a 1 TiB sparse disk with 16 small written ranges, in each format: the time to build the
 full allocation map (``list(img.extents())``) next to ``qemu-img map --output=json``.
@@ -19,25 +20,27 @@ and under a second for a 1 TiB map).
 from __future__ import annotations
 
 import argparse
-import filecmp
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from bench.common import (GiB, MiB, QEMU_FORMAT, children_peak_rss_mib, log, make_format,
-                          make_raw, run, self_peak_rss_mib, timed, workdir)
+from bench.common import (GiB, MiB, QEMU_FORMAT, Runs, bench_raw, children_peak_rss_mib,
+                          interleaved, log, machine_load, make_format, median, ratio_spread, run,
+                          self_peak_rss_mib, spread, workdir)
 from formats import Kind, open_image
-
-BLOCK = 8 * MiB
-ZEROS = bytes(BLOCK)
-
+from vhdtool.convert import BLOCK, Pipeline, nonzero_runs
 
 def vhdtool_to_raw(src: Path, fmt: str, out: Path) -> None:
-    buf = bytearray(BLOCK)
-    mv = memoryview(buf)
+    """What ``qemu-img convert -O raw`` does, with vhdtool's reader: data runs read through
+    ``DiskImage.readinto`` in 8 MiB blocks, all-zero 64 KiB pieces left as holes (qemu-img skips
+    zeros too), the rest written by a writer thread while the next block is read — qemu-img too
+    reads and writes in parallel (8 requests in flight on a thread pool).  The writing and the
+    zero test are vhdtool convert's own (``Pipeline``, ``nonzero_runs``: one ``memcmp`` per
+    piece); ``readinto`` fills every byte of a DATA run, so nothing is zeroed first."""
     with open_image(src, fmt) as img:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        pipe = Pipeline(fd, ())
         try:
             os.ftruncate(fd, img.virtual_size)
             for ext in img.extents():
@@ -45,11 +48,16 @@ def vhdtool_to_raw(src: Path, fmt: str, out: Path) -> None:
                     continue
                 for off in range(ext.offset, ext.end, BLOCK):
                     n = min(BLOCK, ext.end - off)
-                    view = mv[:n]
-                    view[:] = ZEROS[:n]
+                    buf = pipe.buffer()
+                    view = memoryview(buf)[:n]
                     img.readinto(off, view)
-                    if view != ZEROS[:n]:
-                        os.pwrite(fd, view, off)
+                    runs, _ = nonzero_runs(view, 0, n)
+                    view.release()
+                    pipe.put(buf, n, off, runs)
+            pipe.finish()
+        except BaseException:
+            pipe.abort()
+            raise
         finally:
             os.close(fd)
 
@@ -58,21 +66,25 @@ def qemu_to_raw(src: Path, fmt: str, out: Path) -> None:
     run("qemu-img", "convert", "-f", fmt, "-O", "raw", src, out)
 
 
-def part_read(d: Path, virtual: int, data: int, recipes: list[str]) -> list[tuple[str, float, float]]:
-    raw = make_raw(d / f"bench-{virtual // GiB}g-{data // GiB}g.raw", virtual, data)
+def part_read(d: Path, virtual: int, data: int, recipes: list[str],
+              repeat: int) -> list[tuple[str, Runs]]:
+    raw = bench_raw(d, virtual, data)
     rows = []
     for recipe in recipes:
         src = make_format(raw, recipe)
         fmt = QEMU_FORMAT[recipe]
         ours, theirs = d / "out.vhdtool.raw", d / "out.qemu.raw"
         log(f"read: {recipe} ...")
-        t_q = timed(lambda: qemu_to_raw(src, fmt, theirs))
-        t_v = timed(lambda: vhdtool_to_raw(src, fmt, ours))
-        if not filecmp.cmp(ours, theirs, shallow=False):
-            raise SystemExit(f"read: {recipe}: vhdtool and qemu-img disagree on the content")
+
+        def same() -> None:         # after each round: a fast wrong reader cannot win
+            if subprocess.run(["cmp", "-s", ours, theirs]).returncode != 0:
+                raise SystemExit(f"read: {recipe}: vhdtool and qemu-img disagree on the content")
+
+        t = interleaved({"qemu": lambda: qemu_to_raw(src, fmt, theirs),
+                         "vhdtool": lambda: vhdtool_to_raw(src, fmt, ours)}, repeat, same)
         ours.unlink()
         theirs.unlink()
-        rows.append((recipe, t_v, t_q))
+        rows.append((recipe, t))
     return rows
 
 
@@ -95,21 +107,22 @@ def make_sparse_tib(d: Path, fmt: str) -> Path:
     return path
 
 
-def part_map(d: Path, formats: list[str]) -> list[tuple[str, float, float, int]]:
+def part_map(d: Path, formats: list[str],
+             repeat: int) -> list[tuple[str, list[float], list[float], int]]:
     rows = []
     for fmt in formats:
         path = make_sparse_tib(d, fmt)
         log(f"map: {fmt} ...")
-        t_q = timed(lambda: subprocess.run(["qemu-img", "map", "--output=json", "-f", fmt,
-                                            str(path)], check=True, stdout=subprocess.DEVNULL))
-        with open_image(path, fmt) as img:
-            n = 0
+        n = 0
 
-            def walk() -> None:
-                nonlocal n
+        def walk() -> None:      # open (headers, BAT/L1) and the whole map, as `info` does
+            nonlocal n
+            with open_image(path, fmt) as img:
                 n = sum(1 for e in img.extents() if e.kind is Kind.DATA)
-            t_v = timed(walk)
-        rows.append((fmt, t_v, t_q, n))
+
+        t = interleaved({"qemu": lambda: run("qemu-img", "map", "--output=json", "-f", fmt, path),
+                         "vhdtool": walk}, repeat).wall
+        rows.append((fmt, t["vhdtool"], t["qemu"], n))
     return rows
 
 
@@ -120,21 +133,33 @@ def main() -> None:
     ap.add_argument("--data-gib", type=int, default=1)
     ap.add_argument("--formats", default="raw,vpc-fixed,vpc-dynamic,vhdx,qcow2,qcow2-zlib")
     ap.add_argument("--map-formats", default=",".join(MAP_FORMATS))
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     d = workdir(args.dir)
     t0 = time.perf_counter()
-    reads = part_read(d, args.virtual_gib * GiB, args.data_gib * GiB, args.formats.split(","))
-    maps = part_map(d, args.map_formats.split(","))
-    print(f"# bench.read: {args.virtual_gib} GiB virtual, {args.data_gib} GiB data "
-          f"(best of 3, same machine, same run)")
-    print(f"{'format':<12} {'vhdtool s':>10} {'qemu-img s':>11} {'ratio':>7}  (limit 1.5)")
-    for recipe, t_v, t_q in reads:
-        print(f"{recipe:<12} {t_v:>10.3f} {t_q:>11.3f} {t_v / t_q:>7.2f}"
-              f"{'' if t_v / t_q <= 1.5 else '  OVER'}")
-    print("# allocation map of a 1 TiB sparse disk with 16 written MiB")
-    print(f"{'format':<12} {'vhdtool s':>10} {'qemu-img map s':>15} {'data runs':>10}  (limit 1 s)")
+    load0 = machine_load()
+    reads = part_read(d, args.virtual_gib * GiB, args.data_gib * GiB,
+                      [f for f in args.formats.split(",") if f], args.repeat)
+    maps = part_map(d, [f for f in args.map_formats.split(",") if f], args.repeat)
+    print(f"# bench.read: {args.virtual_gib} GiB virtual, {args.data_gib} GiB data; {args.repeat} "
+          f"interleaved rounds, inputs warm in the page cache, sync before each run")
+    print(f"# at start: {load0}; at end: {machine_load()}")
+    print("# seconds: median [min-max]; ratio = median vhdtool / median qemu-img "
+          "[range of the per-round ratios]; CPU = user + system seconds")
+    print(f"{'format':<12} {'vhdtool wall s':>22} {'qemu-img wall s':>22} {'wall ratio':>17}  "
+          f"{'CPU ratio':>17}  (limit 1.5)")
+    for recipe, t in reads:
+        w, c = t.wall, t.cpu
+        over = median(w["vhdtool"]) / median(w["qemu"]) > 1.5
+        print(f"{recipe:<12} {spread(w['vhdtool']):>22} {spread(w['qemu']):>22} "
+              f"{ratio_spread(w['vhdtool'], w['qemu']):>17}  "
+              f"{ratio_spread(c['vhdtool'], c['qemu']):>17}{'  OVER' if over else ''}")
+    print("# allocation map of a 1 TiB sparse disk with 16 written MiB (open + full map)")
+    print(f"{'format':<12} {'vhdtool s':>22} {'qemu-img map s':>22} {'data runs':>10}  "
+          f"(limit 1 s)")
     for fmt, t_v, t_q, n in maps:
-        print(f"{fmt:<12} {t_v:>10.3f} {t_q:>15.3f} {n:>10}{'' if t_v < 1 else '  OVER'}")
+        print(f"{fmt:<12} {spread(t_v):>22} {spread(t_q):>22} {n:>10}"
+              f"{'  OVER' if max(t_v) >= 1 else ''}")
     print(f"# peak RSS: vhdtool (this process) {self_peak_rss_mib():.0f} MiB, "
           f"qemu-img (largest child) {children_peak_rss_mib():.0f} MiB; "
           f"total {time.perf_counter() - t0:.0f} s")
