@@ -180,6 +180,25 @@ class DiskImage(ABC):
             a = ext.offset - offset
             src._read_data(ext, mv[a:a + ext.length])
 
+    def file_range(self, ext: Extent) -> tuple[int, int] | None:
+        """``(fd, offset)`` when the guest bytes of DATA extent ``ext`` are exactly the bytes
+        ``[offset, offset + ext.length)`` of an open file (so a copier may hand them to the
+        kernel, ``copy_file_range``); None when they must go through ``readinto`` (compressed,
+        patched by a log, partly past the end of the file)."""
+        return (ext.source or self)._file_range(ext)
+
+    def _file_range(self, ext: Extent) -> tuple[int, int] | None:
+        host = ext.host_offset
+        plain = self._plain_read_data or type(self)._read_data is DiskImage._read_data
+        if (not plain or ext.kind is not Kind.DATA or ext.compressed or host is None or host < 0
+                or host + ext.length > self.file_size):
+            return None
+        return self._fd, host
+
+    #: a format overriding ``_read_data`` sets this when its non-compressed data inside the file
+    #: still reads as the plain file bytes
+    _plain_read_data: ClassVar[bool] = False
+
     def _read_data(self, ext: Extent, out: memoryview) -> None:
         """Read a DATA extent stored in this image's file into ``out`` (len == ext.length)."""
         assert ext.host_offset is not None

@@ -646,6 +646,9 @@ class Qcow2Image(DiskImage):
         nsect = ((desc >> x) & ((1 << (self.header.cluster_bits - 8)) - 1)) + 1
         return off, nsect * 512 - (off & 511)
 
+    #: non-compressed clusters inside the file are read as they are (see DiskImage.file_range)
+    _plain_read_data = True
+
     def _read_data(self, ext: Extent, out: memoryview) -> None:
         assert ext.host_offset is not None
         if not ext.compressed:
@@ -778,6 +781,7 @@ class ExternalDataFile(RawImage):
     """
 
     format_name = "qcow2-data-file"
+    _plain_read_data = True
 
     def _read_data(self, ext: Extent, out: memoryview) -> None:
         assert ext.host_offset is not None

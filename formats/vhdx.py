@@ -753,6 +753,18 @@ class VhdxImage(DiskImage):
         assert ext.host_offset is not None
         self._vread_into(ext.host_offset, out, "data")
 
+    #: data read as plain file bytes, except where a replayed log page covers them
+    _plain_read_data = True
+
+    def _file_range(self, ext: Extent) -> tuple[int, int] | None:
+        host = ext.host_offset
+        if host is not None and self._overlay:
+            keys = self._overlay_keys
+            i = bisect.bisect_left(keys, host - PAGE + 1)
+            if i < len(keys) and keys[i] < host + ext.length:
+                return None
+        return super()._file_range(ext)
+
     # -- the image interface ---------------------------------------------------------------------
     @property
     def virtual_size(self) -> int:

@@ -2,12 +2,14 @@
 
 The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
 zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
-that is all zeros is skipped too.  For raw and fixed-VHD sources with no digest to compute, data
-runs are copied by the kernel (``copy_file_range``, two threads), their all-zero 64 KiB pieces
-found in place through a read-only ``mmap`` of the source and skipped.  Otherwise the main thread
-reads while a writer thread writes the previous block and one thread per digest hashes the one
-before (hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory
-does not grow with the image.  Digests cover every byte of the output file — the virtual disk with its
+that is all zeros is skipped too.  With no digest to compute nothing needs the bytes in order:
+data runs are shared out to two copy threads, and those whose bytes lie as they are in a file
+(``DiskImage.file_range``: raw, VHD, VHDX and qcow2 data clusters alike) are copied by the kernel
+(``copy_file_range``), their all-zero 64 KiB pieces found in place through a read-only ``mmap``
+of the source and skipped; the rest (compressed clusters, log-patched pages) is read by the main
+thread and written by the copy threads.  With digests, the main thread reads while a writer
+thread writes the previous block and one thread per digest hashes the one before (hashlib and the
+I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not grow with the image.  Digests cover every byte of the output file — the virtual disk with its
 holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
@@ -382,6 +384,7 @@ class Copier:
     pipe: Pipeline
     progress: Progress
     patches: Sequence[Patch] = ()
+    #: no digest: copy in any order, data runs by the kernel where they are plain file bytes
     kernel_copy: bool = False
     zero_skipped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -404,32 +407,60 @@ class Copier:
             self.progress.advance(b - a)
 
     def _run_kernel(self) -> None:
-        """copy_file_range the data runs (all-zero CHUNKs inside them left as holes), in
-        KERNEL_STEP pieces shared by KERNEL_THREADS threads; then the GPT patches."""
-        work: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4 * KERNEL_THREADS)
+        """No digest, so no order to keep: the data runs are shared out in pieces to
+        KERNEL_THREADS threads.  Runs whose bytes lie as they are in a file
+        (``DiskImage.file_range``: raw, VHD, VHDX and qcow2 data clusters) are copied by the
+        kernel in KERNEL_STEP pieces, minus their all-zero CHUNKs; the others (compressed
+        clusters, log-patched pages) are read here into one of NBUF buffers and written, minus
+        their zero CHUNKs, by the same threads.  Then the GPT patches."""
+        work: queue.Queue[tuple[int, int, int, int, bytearray | None] | None] = \
+            queue.Queue(maxsize=4 * KERNEL_THREADS)
+        pool: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(NBUF):
+            pool.put(bytearray(BLOCK))
         errors: list[BaseException] = []
 
         def worker() -> None:
             while (item := work.get()) is not None:
-                if errors:
-                    continue
+                guest, n, fd, host, buf = item
                 try:
-                    self._kernel(*item)
+                    if errors:
+                        continue
+                    if buf is None:
+                        self._kernel(guest, n, fd, host)
+                    else:
+                        self._write_buffer(guest, n, buf)
                 except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
                     errors.append(e)
+                finally:
+                    if buf is not None:
+                        pool.put(buf)
 
         threads = [threading.Thread(target=worker, name="vhdtool-copy", daemon=True)
                    for _ in range(KERNEL_THREADS)]
         for t in threads:
             t.start()
         try:
-            for w in windows(self.img, self.size, [], align=1, gap=0):
-                end = min(w.end, self.img.virtual_size)
-                for off in range(w.start, end, KERNEL_STEP):
+            for ext in self.img.extents():
+                if ext.kind is not Kind.DATA:
+                    continue
+                plain = self.img.file_range(ext)
+                step = KERNEL_STEP if plain else BLOCK
+                for off in range(ext.offset, ext.end, step):
                     if errors:
                         raise errors[0]
-                    work.put((off, min(end, off + KERNEL_STEP)))
-                    self.progress.advance(min(end, off + KERNEL_STEP) - off)
+                    n = min(step, ext.end - off)
+                    if plain:
+                        work.put((off, n, plain[0], plain[1] + off - ext.offset, None))
+                    else:
+                        buf = pool.get()
+                        try:        # a DATA run: readinto fills every byte
+                            self.img.readinto(off, memoryview(buf)[:n])
+                        except BaseException:
+                            pool.put(buf)
+                            raise
+                        work.put((off, n, -1, 0, buf))
+                    self.progress.advance(n)
         except BaseException:
             errors.append(ConvertError("stopped"))    # the workers skip what is left
             raise
@@ -444,34 +475,47 @@ class Copier:
         for off, data in self.patches:
             self.pipe._write(data, off)
 
-    def _kernel(self, a: int, b: int) -> None:
-        """copy_file_range the non-zero CHUNKs of ``[a, b)``: the zero test reads the source's
-        page cache in place through a read-only mmap (nothing copied to user space), the copy
-        stays in the kernel."""
+    def _kernel(self, guest: int, n: int, src: int, host: int) -> None:
+        """copy_file_range the non-zero CHUNKs of file ``src``'s ``[host, host + n)`` to the
+        output at ``guest``: the zero test reads the source's page cache in place through a
+        read-only mmap (nothing copied to user space), the copy stays in the kernel."""
         out = self.pipe.out_fd
         assert out is not None
-        src = self.img.fileno()
-        base = a - a % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(src, b - base, prot=mmap.PROT_READ, offset=base) as mm:
+        base = host - host % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(src, host + n - base, prot=mmap.PROT_READ, offset=base) as mm:
             view = memoryview(mm)
             try:
-                runs, zeros = nonzero_runs(view, a - base, b - base)
+                runs, zeros = nonzero_runs(view, host - base, host + n - base)
             finally:
                 view.release()
+        shift = guest - host           # output offset - source offset
         copied = 0
         for lo, hi in runs:
             pos, end = lo + base, hi + base
             while pos < end:
-                n = os.copy_file_range(src, out, end - pos, pos, pos)
-                if n <= 0:
+                k = os.copy_file_range(src, out, end - pos, pos, pos + shift)
+                if k <= 0:
                     raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
-                pos += n
+                pos += k
             copied += hi - lo
             if self.pipe.writeback:
-                _start_writeback(out, lo + base, hi - lo)
+                _start_writeback(out, lo + base + shift, hi - lo)
+        self._count(copied, zeros)
+
+    def _write_buffer(self, guest: int, n: int, buf: bytearray) -> None:
+        runs, zeros = nonzero_runs(memoryview(buf), 0, n)
+        out = self.pipe.out_fd
+        assert out is not None
+        for lo, hi in runs:
+            pwrite_all(out, memoryview(buf)[lo:hi], guest + lo)
+            if self.pipe.writeback:
+                _start_writeback(out, guest + lo, hi - lo)
+        self._count(sum(hi - lo for lo, hi in runs), zeros)
+
+    def _count(self, written: int, zeros: int) -> None:
         with self._lock:
+            self.pipe.written += written
             self.zero_skipped += zeros
-            self.pipe.written += copied
 
     def _block(self, off: int, n: int, solid: bool) -> None:
         buf = self.pipe.buffer()
@@ -591,7 +635,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
             os.ftruncate(fd, size + FOOTER_SIZE)
             bar = Progress(size, "convert: ", enabled=progress)
             copier = Copier(img, size, pipe, bar, patches,
-                            kernel_copy=not names and _kernel_copy_ok(img))
+                            kernel_copy=not names)
             copier.run()
             buf = pipe.buffer()
             buf[:FOOTER_SIZE] = make_footer(size)

@@ -169,6 +169,28 @@ def test_dirty_log_is_replayed_in_memory(tmp_path: Path, size: str, fail_sector:
 
 
 @needs_qemu
+def test_file_range_is_what_read_gives(tmp_path: Path) -> None:
+    """``file_range`` (used by convert's kernel copy) names file bytes equal to ``read()``, and
+    names none for data a replayed log page covers."""
+    import os
+
+    p = _dirty(tmp_path, "32M", 4096, ("write -P 0x5a 0 1M", "write -P 0x6b 3M 100k"))
+    with open_image(p, "vhdx") as img:
+        data = [e for e in img.extents() if e.kind is Kind.DATA]
+        assert data
+        for ext in data:
+            fd, off = img.file_range(ext)
+            assert os.pread(fd, ext.length, off) == img.read(ext.offset, ext.length)
+        ext = data[0]
+        page = ext.host_offset // vhdx.PAGE * vhdx.PAGE + vhdx.PAGE
+        img._overlay[page] = b"\x01" * vhdx.PAGE          # as if the log patched that page
+        img._overlay_keys = sorted(img._overlay)
+        assert img.file_range(ext) is None
+        assert img.read(ext.offset, ext.length) != os.pread(img.fileno(), ext.length,
+                                                            ext.host_offset)
+
+
+@needs_qemu
 def test_dirty_log_without_replay_would_lose_data(tmp_path: Path) -> None:
     """The replayed BAT page really differs from the one on disk (the test above is not vacuous)."""
     p = _dirty(tmp_path, "32M", 4096, ("write -P 0x5a 0 1M",))

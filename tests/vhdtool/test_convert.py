@@ -138,6 +138,22 @@ def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
     no_leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_convert_every_format_without_digest(tmp_path: Path, recipe: str) -> None:
+    """No digest: the unordered path (kernel copy of plain data runs, the rest read and written
+    by the copy threads) gives the same disk, as sparse."""
+    src, fmt, raw = make_source(tmp_path, recipe)
+    dst = tmp_path / "out.vhd"
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    want = -(-SIZE // MiB) * MiB
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, want)
+    assert res["digests"] == {}
+    assert allocated(dst) <= allocated(raw) + MiB
+    assert 0 < res["output"]["data_written"] <= allocated(raw) + MiB
+    no_leftovers(tmp_path)
+
+
 def test_cli_in_place_and_usage(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -349,11 +365,29 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int 
     monkeypatch.setattr(conv.Pipeline, "_write", failing)
 
 
-@pytest.mark.parametrize("digests", [["sha256"], ["none"]])
-def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch, digests) -> None:
-    src, fmt, _ = make_source(tmp_path, "qcow2")
+def _fail_copy_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
+    """The no-digest path writes with copy_file_range and pwrite_all from its threads."""
+    count = {"n": 0}
+    for name, real in (("copy_file_range", os.copy_file_range), ("pwrite_all", conv.pwrite_all)):
+        def failing(*args, real=real):
+            count["n"] += 1
+            if count["n"] > calls:
+                raise exc
+            return real(*args)
+
+        monkeypatch.setattr(conv.os if name == "copy_file_range" else conv, name, failing)
+
+
+@pytest.mark.parametrize("digests,recipe", [(["sha256"], "qcow2"), (["none"], "qcow2"),
+                                            (["none"], "qcow2-compressed")])
+def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch, digests,
+                                              recipe) -> None:
+    src, fmt, _ = make_source(tmp_path, recipe)
     before = file_digests(src)
-    _fail_after(monkeypatch, KeyboardInterrupt())
+    if digests == ["none"]:
+        _fail_copy_after(monkeypatch, KeyboardInterrupt())
+    else:
+        _fail_after(monkeypatch, KeyboardInterrupt())
     dst = tmp_path / "out.vhd"
     with pytest.raises(KeyboardInterrupt):
         conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
