@@ -9,8 +9,9 @@ data runs are shared out to two copy threads, and those whose bytes lie as they 
 of the source and skipped; the rest (compressed clusters, log-patched pages) is read by the main
 thread and written by the copy threads.  With digests, the main thread reads while a writer
 thread writes the previous block and one thread per digest hashes the one before (hashlib and the
-I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not grow with the image.  Digests cover every byte of the output file — the virtual disk with its
-holes and padding, then the 512-byte footer — in the same pass.
+I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not grow with the
+image.  Digests cover every byte of the output file — the virtual disk with its holes and
+padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
 verified, fsynced (unless ``sync=False``), then renamed to the destination: an error, a full disk
