@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 
-import checks
-from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2, Profile, Severity, selected
 from formats import FormatError, open_image
 
 from . import __version__
@@ -72,20 +70,27 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
         click.echo(render_info(facts))
 
 
-GENERATIONS = {"1": frozenset({V1}), "2": frozenset({V2}), "both": frozenset({V1, V2}),
-               "auto": None}
+# The check catalog is imported only by the commands that use it (convert need not pay for it);
+# these choices spell its constants (checks.catalog GENERALIZED, SPECIALIZED, V1, V2) — a test
+# holds them equal.
+OS_STATES = ("generalized", "specialized")
+GENERATIONS: dict[str, tuple[str, ...] | None] = {"1": ("V1",), "2": ("V2",), "both": ("V1", "V2"),
+                                                  "auto": None}
 
 
-def _profile(os_state: str, generation: str, role: str, features: dict[str, bool]) -> Profile:
-    return Profile(os_state=os_state, generations=GENERATIONS[generation], role=role,
-                   features=frozenset(name for name, on in features.items() if on))
+def _profile(os_state: str, generation: str, role: str, features: dict[str, bool]) -> Any:
+    from checks.catalog import Profile
+
+    gens = GENERATIONS[generation]
+    return Profile(os_state=os_state, generations=None if gens is None else frozenset(gens),
+                   role=role, features=frozenset(name for name, on in features.items() if on))
 
 
 @cli.command("check")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Image format (probed from magic bytes when omitted).")
-@click.option("--os-state", type=click.Choice([GENERALIZED, SPECIALIZED]), default=GENERALIZED,
+@click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
               show_default=True, help="How the image will be registered.")
 @click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
               show_default=True, help="Hyper-V generation(s) intended; auto = what the disk boots.")
@@ -109,6 +114,9 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    import checks
+    from checks.catalog import Severity, selected
+
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
@@ -142,6 +150,8 @@ def checks_group() -> None:
 @checks_group.command("list")
 def checks_list() -> None:
     """List every check: id, severity, subject, title."""
+    import checks
+
     from .catalogdoc import list_line
     for _cid, c in sorted(checks.load().items()):
         click.echo(list_line(c))
@@ -151,6 +161,8 @@ def checks_list() -> None:
 @click.argument("check_id")
 def checks_show(check_id: str) -> None:
     """Show one check's declaration."""
+    import checks
+
     from .catalogdoc import show
     catalog = checks.load()
     if check_id not in catalog:
@@ -163,6 +175,8 @@ def checks_show(check_id: str) -> None:
               help="Write to this file (atomically) instead of stdout.")
 def checks_docs(output: str | None) -> None:
     """The catalog reference page (docs/checks.md) in Markdown."""
+    import checks
+
     from .catalogdoc import markdown
     from .report import write_atomic
     text = markdown(checks.load())

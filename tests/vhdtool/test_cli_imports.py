@@ -1,0 +1,25 @@
+"""The command line imports the check catalog only for the commands that use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2
+from vhdtool import cli
+
+
+def test_convert_does_not_import_the_catalog() -> None:
+    code = ("import sys, vhdtool.cli, vhdtool.convert; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'checks'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_choices_spell_the_catalog_constants() -> None:
+    assert cli.OS_STATES == (GENERALIZED, SPECIALIZED)
+    assert cli.GENERATIONS == {"1": (V1,), "2": (V2,), "both": (V1, V2), "auto": None}
+    profile = cli._profile(SPECIALIZED, "both", "os", {"nvme": True, "marketplace": False})
+    assert profile.generations == frozenset({V1, V2})
+    assert profile.features == frozenset({"nvme"})
+    assert cli._profile(GENERALIZED, "auto", "data", {}).generations is None
