@@ -215,6 +215,27 @@ class _Stage:
         self.thread.join()
 
 
+class BufferPool:
+    """Up to ``count`` buffers of ``size`` bytes, each made when first needed (a path that needs
+    one buffer holds one); ``get`` waits for one to come back once all are made."""
+
+    def __init__(self, count: int = NBUF, size: int = BLOCK) -> None:
+        self._q: queue.Queue[bytearray] = queue.Queue()
+        self._left = count
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._left and self._q.empty():
+                self._left -= 1
+                return bytearray(self._size)
+        return self._q.get()
+
+    def put(self, buf: bytearray) -> None:
+        self._q.put(buf)
+
+
 #: (buffer or None for a run of zeros, length, output offset, non-zero runs to write)
 Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
 
@@ -231,9 +252,7 @@ class Pipeline:
         self.writeback = writeback
         self.hashes = [hashlib.new(n) for n in names]
         self.written = 0
-        self._pool: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(NBUF):
-            self._pool.put(bytearray(BLOCK))
+        self._pool = BufferPool()
         self._stop = threading.Event()
         self._stages: list[_Stage] = []
         forward: Callable[[Item], None] = self._release
@@ -416,9 +435,7 @@ class Copier:
         their zero CHUNKs, by the same threads.  Then the GPT patches."""
         work: queue.Queue[tuple[int, int, int, int, bytearray | None] | None] = \
             queue.Queue(maxsize=4 * KERNEL_THREADS)
-        pool: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(NBUF):
-            pool.put(bytearray(BLOCK))
+        pool = BufferPool()
         errors: list[BaseException] = []
 
         def worker() -> None:
@@ -479,29 +496,33 @@ class Copier:
     def _kernel(self, guest: int, n: int, src: int, host: int) -> None:
         """copy_file_range the non-zero CHUNKs of file ``src``'s ``[host, host + n)`` to the
         output at ``guest``: the zero test reads the source's page cache in place through a
-        read-only mmap (nothing copied to user space), the copy stays in the kernel."""
+        read-only mmap of at most BLOCK bytes at a time (nothing copied to user space), the copy
+        stays in the kernel."""
         out = self.pipe.out_fd
         assert out is not None
-        base = host - host % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(src, host + n - base, prot=mmap.PROT_READ, offset=base) as mm:
-            view = memoryview(mm)
-            try:
-                runs, zeros = nonzero_runs(view, host - base, host + n - base)
-            finally:
-                view.release()
         shift = guest - host           # output offset - source offset
-        copied = 0
-        for lo, hi in runs:
-            pos, end = lo + base, hi + base
-            while pos < end:
-                k = os.copy_file_range(src, out, end - pos, pos, pos + shift)
-                if k <= 0:
-                    raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
-                pos += k
-            copied += hi - lo
-            if self.pipe.writeback:
-                _start_writeback(out, lo + base + shift, hi - lo)
-        self._count(copied, zeros)
+        for a in range(host, host + n, BLOCK):
+            b = min(a + BLOCK, host + n)
+            base = a - a % mmap.ALLOCATIONGRANULARITY
+            with mmap.mmap(src, b - base, prot=mmap.PROT_READ, offset=base) as mm:
+                view = memoryview(mm)
+                try:
+                    runs, zeros = nonzero_runs(view, a - base, b - base)
+                finally:
+                    view.release()
+            copied = 0
+            for lo, hi in runs:
+                pos, end = lo + base, hi + base
+                while pos < end:
+                    k = os.copy_file_range(src, out, end - pos, pos, pos + shift)
+                    if k <= 0:
+                        raise ConvertError(f"{self.img.path}: short read at {pos:#x} while "
+                                           "copying")
+                    pos += k
+                copied += hi - lo
+                if self.pipe.writeback:
+                    _start_writeback(out, lo + base + shift, hi - lo)
+            self._count(copied, zeros)
 
     def _write_buffer(self, guest: int, n: int, buf: bytearray) -> None:
         runs, zeros = nonzero_runs(memoryview(buf), 0, n)
