@@ -246,13 +246,14 @@ class Pipeline:
     included) in order — a chain of stages working on different blocks at once.  Buffers come
     from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
 
-    def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
+    def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False,
+                 block: int = BLOCK) -> None:
         self.out_fd = out_fd
         #: start writeback of each block once written, so the final fsync has little left to do
         self.writeback = writeback
         self.hashes = [hashlib.new(n) for n in names]
         self.written = 0
-        self._pool = BufferPool()
+        self._pool = BufferPool(NBUF, block)
         self._stop = threading.Event()
         self._stages: list[_Stage] = []
         forward: Callable[[Item], None] = self._release
