@@ -7,7 +7,7 @@ zlib-compressed qcow2 (all made by qemu-img from the same raw file).  For each, 
 by both tools in the same run: read the whole virtual disk and write it as a sparse raw file.
 qemu-img: ``qemu-img convert -f FMT -O raw``.  vhdtool: walk the allocation map, read the data
 runs through ``DiskImage.readinto`` in 2 MiB blocks, skip all-zero pieces, ``pwrite`` the rest
-from a writer thread (as qemu-img, which reads and writes in parallel).
+from two writer threads (as qemu-img, which reads and writes in parallel).
 Both outputs are compared (``cmp``) after the first round, so a fast wrong reader cannot win.
 
 Part 2 — a 1 TiB sparse disk with 16 small written ranges, in each format: the time to build the
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,41 +31,63 @@ from bench.common import (GiB, MiB, QEMU_FORMAT, Runs, bench_raw, interleaved, l
                           machine_load, make_format, median, ratio_spread, run, self_peak_rss_mib,
                           spread, workdir)
 from formats import Kind, open_image
-from vhdtool.convert import Pipeline, nonzero_runs
+from vhdtool.convert import NBUF, BufferPool, nonzero_runs, pwrite_all
 
 #: qemu-img's own request size: 2 MiB buffers stay in the CPU caches between the read and the
 #: write (8 MiB ones measured up to twice the system time here)
 BLOCK = 2 * MiB
+#: writer threads (qemu-img's pool writes in parallel too; one writer was the bottleneck here)
+WRITERS = 2
 
 def vhdtool_to_raw(src: Path, fmt: str, out: Path) -> None:
     """What ``qemu-img convert -O raw`` does, with vhdtool's reader: data runs read through
-    ``DiskImage.readinto`` in 2 MiB blocks, all-zero 64 KiB pieces left as holes (qemu-img skips
-    zeros too), the rest written by a writer thread while the next block is read — qemu-img too
-    reads and writes in parallel (8 requests in flight on a thread pool).  The writing and the
-    zero test are vhdtool convert's own (``Pipeline``, ``nonzero_runs``: one ``memcmp`` per
-    piece); ``readinto`` fills every byte of a DATA run, so nothing is zeroed first."""
+    ``DiskImage.readinto`` in 2 MiB blocks by this thread; WRITERS threads leave all-zero 64 KiB
+    pieces as holes (qemu-img skips zeros too) and ``pwrite`` the rest while the next blocks are
+    read — qemu-img too reads and writes in parallel (a thread pool, 8 requests in flight).  The
+    zero test is vhdtool convert's (``nonzero_runs``: one ``memcmp`` per piece); ``readinto``
+    fills every byte of a DATA run, so nothing is zeroed first."""
+    pool = BufferPool(NBUF + WRITERS, BLOCK)
+    todo: queue.Queue[tuple[bytearray, int, int] | None] = queue.Queue()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := todo.get()) is not None:
+            buf, n, off = item
+            try:
+                if not errors:
+                    view = memoryview(buf)[:n]
+                    for lo, hi in nonzero_runs(view, 0, n)[0]:
+                        pwrite_all(fd, view[lo:hi], off + lo)
+            except BaseException as e:  # noqa: BLE001 — re-raised below
+                errors.append(e)
+            finally:
+                pool.put(buf)
+
     with open_image(src, fmt) as img:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        pipe = Pipeline(fd, (), block=BLOCK)
+        threads = [threading.Thread(target=writer, daemon=True) for _ in range(WRITERS)]
+        for t in threads:
+            t.start()
         try:
             os.ftruncate(fd, img.virtual_size)
             for ext in img.extents():
                 if ext.kind is not Kind.DATA:
                     continue
                 for off in range(ext.offset, ext.end, BLOCK):
+                    if errors:
+                        raise errors[0]
                     n = min(BLOCK, ext.end - off)
-                    buf = pipe.buffer()
-                    view = memoryview(buf)[:n]
-                    img.readinto(off, view)
-                    runs, _ = nonzero_runs(view, 0, n)
-                    view.release()
-                    pipe.put(buf, n, off, runs)
-            pipe.finish()
-        except BaseException:
-            pipe.abort()
-            raise
+                    buf = pool.get()
+                    img.readinto(off, memoryview(buf)[:n])
+                    todo.put((buf, n, off))
         finally:
+            for t in threads:
+                todo.put(None)
+            for t in threads:
+                t.join()
             os.close(fd)
+        if errors:
+            raise errors[0]
 
 
 def qemu_to_raw(src: Path, fmt: str, out: Path) -> None:
