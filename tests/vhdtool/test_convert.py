@@ -192,6 +192,24 @@ def test_kernel_copy_path(tmp_path: Path, recipe: str) -> None:
     assert res["output"]["allocated"] <= allocated(raw) + MiB
 
 
+@pytest.mark.parametrize("digests", [["none"], ["sha256"]])
+def test_compressed_zero_clusters_are_holes(tmp_path: Path, digests) -> None:
+    """Compressed clusters that hold zeros (read, not kernel-copied, on every path) stay holes."""
+    src = tmp_path / "zc.qcow2"
+    qemu_img("create", "-f", "qcow2", src, str(8 * MiB))
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -c -P 0 0 64k", "-c",
+                    "write -c -P 0 64k 64k", "-c", "write -c -P 7 1M 64k", str(src)],
+                   check=True, capture_output=True)
+    with open_image(src, "qcow2") as img:      # the zeros really are stored, compressed
+        assert any(e.compressed and e.length == 128 * 1024 for e in img.extents())
+    dst = tmp_path / "zc.vhd"
+    res = conv.convert(str(src), str(dst), fmt="qcow2", digests=digests).as_dict()
+    assert res["output"]["zero_bytes_skipped_in_data"] >= 128 * 1024
+    assert res["output"]["data_written"] <= 64 * 1024 + 512
+    assert allocated(dst) <= 64 * 1024 + MiB
+    assert_same_disk(src, "qcow2", dst)
+
+
 @pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
 def test_kernel_copy_skips_zero_blocks(tmp_path: Path, recipe: str) -> None:
     """Allocated zeros inside a raw (or fixed-VHD) data run stay holes on the kernel-copy path,
