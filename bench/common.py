@@ -89,6 +89,17 @@ def make_format(raw: Path, recipe: str) -> Path:
     return out
 
 
+def timed(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` runs (kept for the benchmarks that report one figure;
+    ``interleaved`` gives medians and spreads of tool-vs-peer rounds)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 @dataclass
 class Runs:
     """Per-job lists of wall and CPU seconds (user + system, this process and its children)."""
