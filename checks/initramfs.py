@@ -258,6 +258,12 @@ COMPRESSIONS: tuple[tuple[bytes, str, Callable[[_Stream], Iterator[bytes]]], ...
 
 # -- cpio --------------------------------------------------------------------------------------
 NEWC_LEN, ODC_LEN = 110, 76
+#: magic -> header length, alignment, (filesize offset, width), (namesize offset, width), base
+CPIO_LAYOUTS = {
+    b"070701": (NEWC_LEN, 4, (54, 8), (94, 8), 16),
+    b"070702": (NEWC_LEN, 4, (54, 8), (94, 8), 16),
+    b"070707": (ODC_LEN, 1, (65, 11), (59, 6), 8),
+}
 
 
 def _field(hdr: bytes, start: int, width: int, base: int, where: str) -> int:
@@ -275,22 +281,15 @@ def _cpio_entries(r: _Reader, origin: str, names: list[str], one: bool = False) 
     while r.skip_zeros():
         at = f"{origin}+{r.pos}"
         magic = r.read(6)
-        if magic in (b"070701", b"070702"):
-            hdr = magic + r.read(NEWC_LEN - 6)
-            if len(hdr) < NEWC_LEN:
-                raise InitramfsError(f"cpio newc header at {at}: truncated")
-            fsize = _field(hdr, 54, 8, 16, at)
-            nsize = _field(hdr, 94, 8, 16, at)
-            hdr_len, align = NEWC_LEN, 4
-        elif magic == b"070707":
-            hdr = magic + r.read(ODC_LEN - 6)
-            if len(hdr) < ODC_LEN:
-                raise InitramfsError(f"cpio odc header at {at}: truncated")
-            nsize = _field(hdr, 59, 6, 8, at)
-            fsize = _field(hdr, 65, 11, 8, at)
-            hdr_len, align = ODC_LEN, 1
-        else:
+        layout = CPIO_LAYOUTS.get(magic)
+        if layout is None:
             raise InitramfsError(f"cpio archive at {at}: bad magic {magic!r}")
+        hdr_len, align, (fs_at, fs_w), (ns_at, ns_w), base = layout
+        hdr = magic + r.read(hdr_len - 6)
+        if len(hdr) < hdr_len:
+            raise InitramfsError(f"cpio header at {at}: truncated")
+        fsize = _field(hdr, fs_at, fs_w, base, at)
+        nsize = _field(hdr, ns_at, ns_w, base, at)
         if not 1 <= nsize <= MAX_NAME:
             raise InitramfsError(f"cpio header at {at}: name size {nsize} out of range")
         name = r.read(nsize)
