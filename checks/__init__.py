@@ -7,7 +7,7 @@ from importlib import import_module
 from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity, Verdict
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("checks.guest_prov", "checks.guest_boot", "checks.guest_deprov")
 
 
 def load() -> dict[str, Check]:

@@ -166,6 +166,7 @@ BASE_FILES: dict[str, str | bytes] = {
     f"/lib/modules/{KVER}/modules.builtin": "kernel/drivers/nvme/host/nvme-core.ko\n"
                                             "kernel/drivers/nvme/host/nvme.ko\n",
     **{f"{MODS}/{m}": b"\0ko" for m in DISK_MODULES},
+    f"/lib/modules/{KVER}/modules.dep": "".join(f"kernel/{m}:\n" for m in DISK_MODULES),
     "/etc/default/grub": 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX_DEFAULT=""\n'
                          f'GRUB_CMDLINE_LINUX="{CMDLINE}"\nGRUB_TERMINAL="console serial"\n',
     "/boot/grub/grub.cfg": "set default=0\nmenuentry 'Debian GNU/Linux' {\n"
