@@ -30,30 +30,53 @@ def _entries(g: Guest, directory: str, pattern: str = r".+") -> list[Finding]:
             for p in g.glob(directory, pattern)]
 
 
-@check(id="guest.deprovision.ssh-host-keys", title="No SSH host keys", severity=Severity.ERROR,
-       applies=GEN,
-       rationale="Host keys baked into an image are shared by every VM made from it (one can "
-                 "impersonate another). cloud-init (ssh_deletekeys, default true) regenerates them "
-                 "per instance; waagent only with Provisioning.RegenerateSshHostKeyPair=y.",
-       source="WA-DP, WA-CONF, CI (azure-requirements.md deprov.ssh-hostkeys)",
+NO_CI_WAAGENT_KEEPS_KEYS = {
+    "/etc/cloud": None, "/usr/bin/cloud-init": None,
+    "/etc/systemd/system/cloud-init.target.wants": None,
+    "/etc/waagent.conf": "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=n\n",
+    "/etc/ssh/ssh_host_ed25519_key": "k", "/etc/ssh/ssh_host_ed25519_key.pub": "p"}
+
+
+def _host_keys(ctx: Context) -> list[Finding]:
+    return _entries(guest(ctx), SSH_DIR, r"ssh_host_.*key.*")
+
+
+@check(id="guest.deprovision.ssh-host-keys", title="No SSH host keys", severity=Severity.WARNING,
+       applies=GEN, error_when=("marketplace",),
+       rationale="Host keys baked into an image are those of the build machine; a generalized "
+                 "image should not carry them even when the provisioner regenerates them.",
+       source="WA-DP, CI (azure-requirements.md deprov.ssh-hostkeys)",
        remediation="rm -f /etc/ssh/ssh_host_*key* before capture (waagent -deprovision does it).",
-       passes=[Example("keys present but cloud-init regenerates them",
-                       files={"/etc/ssh/ssh_host_ed25519_key": "k"})],
-       fails=[Example("waagent provisions without regenerating keys", files={
-           "/etc/cloud": None, "/usr/bin/cloud-init": None,
-           "/etc/systemd/system/cloud-init.target.wants": None,
-           "/etc/waagent.conf": "Provisioning.Agent=waagent\n"
-                                "Provisioning.RegenerateSshHostKeyPair=n\n",
-           "/etc/ssh/ssh_host_ed25519_key": "k", "/etc/ssh/ssh_host_ed25519_key.pub": "p"})])
+       passes=[Example("baseline")],
+       fails=[Example("keys left, cloud-init regenerates them",
+                      files={"/etc/ssh/ssh_host_ed25519_key": "k"})])
 def ssh_host_keys(ctx: Context) -> list[Finding]:
+    return _host_keys(ctx)
+
+
+@check(id="guest.deprovision.ssh-host-keys-shared", title="SSH host keys are regenerated per VM",
+       severity=Severity.ERROR, applies=GEN,
+       rationale="Host keys in the image that no provisioner regenerates are shared by every VM "
+                 "made from it (one can impersonate another). cloud-init (ssh_deletekeys, default "
+                 "true) regenerates them; waagent only with Provisioning.RegenerateSshHostKeyPair=y.",
+       source="WA-DP, WA-CONF, CI (azure-requirements.md deprov.ssh-hostkeys)",
+       remediation="Delete /etc/ssh/ssh_host_*key*, or set Provisioning.RegenerateSshHostKeyPair=y.",
+       passes=[Example("keys present but cloud-init regenerates them",
+                       files={"/etc/ssh/ssh_host_ed25519_key": "k"}),
+               Example("waagent regenerates them", files={
+                   **NO_CI_WAAGENT_KEEPS_KEYS, "/etc/waagent.conf":
+                       "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n"})],
+       fails=[Example("waagent provisions without regenerating keys",
+                      files=NO_CI_WAAGENT_KEEPS_KEYS)])
+def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
     cfg = cloud_config(ctx)
     if cloudinit_provisions(ctx) and cfg and cfg.merged.get("ssh_deletekeys", True) is not False:
-        raise NotApplicable("cloud-init provisions and deletes/regenerates host keys per instance")
+        return []
     conf = waagent_conf(ctx) or {}
     regen = conf.get("Provisioning.RegenerateSshHostKeyPair")
     if regen and regen.value.lower() == "y":
-        raise NotApplicable(f"waagent regenerates host keys ({regen.evidence})")
-    return _entries(guest(ctx), SSH_DIR, r"ssh_host_.*key.*")
+        return []
+    return _host_keys(ctx)
 
 
 @check(id="guest.deprovision.machine-id", title="machine-id is empty or uninitialized",

@@ -191,6 +191,28 @@ def waagent_version(ctx: Context) -> list[Finding]:
     return []
 
 
+@check(id="guest.waagent.enabled", title="The Azure Linux agent is installed and enabled",
+       severity=Severity.ERROR, applies=GEN,
+       rationale="waagent (walinuxagent.service on Debian/Ubuntu) runs VM extensions, reports "
+                 "health and, with Provisioning.Agent=auto/waagent, provisions; a generalized "
+                 "image needs it enabled.",
+       source="GEN, IMGL (azure-requirements.md prov.waagent.enabled)",
+       remediation="Install walinuxagent/WALinuxAgent and enable its service.",
+       passes=[Example("waagent.service name (RHEL)", files={
+           WA_WANTS: None, "/etc/systemd/system/multi-user.target.wants/waagent.service":
+               symlink("/usr/lib/systemd/system/waagent.service")})],
+       fails=[Example("installed, not enabled", files={WA_WANTS: None}),
+              Example("not installed", files={WAAGENT_CONF: None, WA_WANTS: None})])
+def waagent_is_enabled(ctx: Context) -> list[Finding]:
+    if waagent_conf(ctx) is None:
+        return [Finding("waagent is not installed (no /etc/waagent.conf)", WAAGENT_CONF)]
+    if not waagent_enabled(ctx):
+        return [Finding("neither walinuxagent.service nor waagent.service is enabled",
+                        "/etc/systemd/system/multi-user.target.wants",
+                        fix="systemctl enable walinuxagent (in the image)")]
+    return []
+
+
 DS_IDENTIFY = "/etc/cloud/ds-identify.cfg"
 
 
