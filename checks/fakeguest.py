@@ -21,9 +21,11 @@ from __future__ import annotations
 import gzip
 import posixpath
 import stat as statmod
+import struct
 from collections.abc import Mapping
 
 from .examples import register_baseline
+from .shimsig import DEBIAN_SHIM_PKCS7
 from .guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
 
 LINK = "\0symlink:"
@@ -113,6 +115,26 @@ def newc(entries: Mapping[str, bytes | None], trailer: bool = True) -> bytes:
     return bytes(out)
 
 
+def pe_image(pkcs7: bytes | None = None) -> bytes:
+    """A minimal PE32+ (x86-64) image; with ``pkcs7``, an Authenticode security directory."""
+    lfanew, opt_size = 0x40, 240
+    head = bytearray(b"MZ" + b"\0" * (lfanew - 2))
+    struct.pack_into("<I", head, 0x3C, lfanew)
+    head += b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, 0, 0, 0, 0, opt_size, 0x22)
+    opt = bytearray(opt_size)
+    struct.pack_into("<H", opt, 0, 0x20B)
+    struct.pack_into("<I", opt, 108, 16)          # NumberOfRvaAndSizes
+    body = bytes(head) + bytes(opt)
+    body += b"\0" * (-len(body) % 8)
+    if pkcs7 is None:
+        return body
+    cert = struct.pack("<IHH", 8 + len(pkcs7), 0x200, 2) + pkcs7
+    cert += b"\0" * (-len(cert) % 8)
+    out = bytearray(body + cert)
+    struct.pack_into("<II", out, lfanew + 24 + 112 + 4 * 8, len(body), len(cert))
+    return bytes(out)
+
+
 KVER = "6.1.0-56-cloud-amd64"
 ROOT_UUID = "6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f"
 ESP_UUID = "7A1B-2C3D"
@@ -172,7 +194,8 @@ BASE_FILES: dict[str, str | bytes] = {
     "/boot/grub/grub.cfg": "set default=0\nmenuentry 'Debian GNU/Linux' {\n"
                            f"\tlinux\t/boot/vmlinuz-{KVER} root=UUID={ROOT_UUID} ro {CMDLINE}\n"
                            f"\tinitrd\t/boot/initrd.img-{KVER}\n}}\n",
-    "/boot/efi/EFI/BOOT/BOOTX64.EFI": b"MZshim", "/boot/efi/EFI/debian/shimx64.efi": b"MZshim",
+    "/boot/efi/EFI/BOOT/BOOTX64.EFI": pe_image(DEBIAN_SHIM_PKCS7),
+    "/boot/efi/EFI/debian/shimx64.efi": pe_image(DEBIAN_SHIM_PKCS7),
     "/boot/efi/EFI/debian/grub.cfg": f"search.fs_uuid {ROOT_UUID} root\nconfigfile "
                                      "($root)/boot/grub/grub.cfg\n",
     "/etc/fstab": f"# /etc/fstab\nUUID={ROOT_UUID} / ext4 rw,discard,errors=remount-ro 0 1\n"
