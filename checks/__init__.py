@@ -7,8 +7,8 @@ from importlib import import_module
 from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity, Verdict
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ("checks.guest_prov", "checks.guest_boot", "checks.guest_deprov",
-                                 "checks.guest_tl")
+CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.guest_prov", "checks.guest_boot",
+                                 "checks.guest_deprov", "checks.guest_tl")
 
 
 def load() -> dict[str, Check]:

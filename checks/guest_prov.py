@@ -175,8 +175,8 @@ def _agent_version(ctx: Context) -> tuple[str, str] | None:
        rationale="Marketplace requires WALinuxAgent 2.2.41 or later (since 2020-05-01).",
        source="MKT (azure-requirements.md prov.waagent.version)",
        remediation="Update the walinuxagent / WALinuxAgent package.",
-       passes=[Example("no waagent installed",
-                       files={WAAGENT_CONF: None, AGENT_VERSION_FILES[0]: None})],
+       passes=[Example("exactly 2.2.41",
+                       files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.41'\n"})],
        fails=[Example("waagent 2.2.40", files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.40'\n"})])
 def waagent_version(ctx: Context) -> list[Finding]:
     found = _agent_version(ctx)
@@ -224,7 +224,8 @@ DS_IDENTIFY = "/etc/cloud/ds-identify.cfg"
        source="GEN, UBU, CI (azure-requirements.md prov.ci.datasource)",
        remediation="Write /etc/cloud/cloud.cfg.d/90-azure.cfg with 'datasource_list: [ Azure ]', "
                    "remove /etc/cloud/cloud-init.disabled and restrictive ds-identify.cfg.",
-       passes=[Example("cloud-init absent, waagent provisions", files=WAAGENT_ONLY),
+       passes=[Example("a later file narrows the list to Azure",
+                       files={"/etc/cloud/cloud.cfg.d/99-azure.cfg": "datasource_list: [ Azure, None ]\n"}),
                Example("no datasource_list (cloud-init's default list includes Azure)",
                        files={"/etc/cloud/cloud.cfg.d/90_dpkg.cfg": None})],
        fails=[Example("NoCloud only", files={"/etc/cloud/cloud.cfg.d/99-nocloud.cfg":

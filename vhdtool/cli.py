@@ -12,11 +12,16 @@ from typing import Any
 
 import click
 
+import checks
+from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2, Profile, Severity, selected
 from formats import FormatError, open_image
 
 from . import __version__
-from .exitcodes import Exit
+from .catalogdoc import list_line, markdown, show
+from .exitcodes import Exit, check_exit
+from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
 from .info import describe, render_info
+from .pipeline import run as run_checks
 
 log = logging.getLogger("vhdtool")
 
@@ -63,6 +68,120 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
         click.echo(json.dumps(facts, indent=2))
     else:
         click.echo(render_info(facts))
+
+
+GENERATIONS = {"1": frozenset({V1}), "2": frozenset({V2}), "both": frozenset({V1, V2}),
+               "auto": None}
+
+
+def _profile(os_state: str, generation: str, role: str, features: dict[str, bool]) -> Profile:
+    return Profile(os_state=os_state, generations=GENERATIONS[generation], role=role,
+                   features=frozenset(name for name, on in features.items() if on))
+
+
+@cli.command("check")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Image format (probed from magic bytes when omitted).")
+@click.option("--os-state", type=click.Choice([GENERALIZED, SPECIALIZED]), default=GENERALIZED,
+              show_default=True, help="How the image will be registered.")
+@click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
+              show_default=True, help="Hyper-V generation(s) intended; auto = what the disk boots.")
+@click.option("--role", type=click.Choice(["os", "data"]), default="os", show_default=True)
+@click.option("--marketplace", is_flag=True, help="Intended for the Azure Marketplace.")
+@click.option("--trusted-launch", is_flag=True, help="Intended for Trusted Launch VMs.")
+@click.option("--nvme", is_flag=True, help="Intended for NVMe disk controllers.")
+@click.option("--accelerated-networking", is_flag=True, help="Intended for Accelerated Networking.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error",
+              show_default=True, help="Exit 1 when a finding is at or above this severity.")
+@click.option("--select", multiple=True, metavar="ID", help="Run only these ids or prefixes.")
+@click.option("--ignore", multiple=True, metavar="ID", help="Skip these ids or prefixes.")
+@click.option("--format", "formats", multiple=True, metavar="NAME[:FILE]",
+              help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File for the first --format that names none.")
+@click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@click.option("--guest/--no-guest", default=False, show_default=True,
+              help="Open the guest read-only with libguestfs and run the guest checks.")
+@click.option("--guest-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds allowed for the libguestfs appliance to start.")
+def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
+              marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
+              fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
+              formats: tuple[str, ...], output: str | None, color: bool | None,
+              guest: bool, guest_timeout: float) -> None:
+    """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .report import parse_outputs, render, write_atomic
+    try:
+        outs = parse_outputs(formats, output)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    profile = _profile(os_state, generation, role,
+                       {"marketplace": marketplace, "trusted_launch": trusted_launch,
+                        "nvme": nvme, "accelerated_networking": accelerated_networking})
+    known = checks.load()
+    for pattern in select + ignore:
+        if not any(selected(cid, [pattern], []) for cid in known):
+            raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
+    threshold = Severity.parse(fail_on)
+    engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
+    try:
+        result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine)
+    except GuestEngineUnavailable as e:
+        click.echo(f"vhdtool: error: {e}", err=True)
+        sys.exit(Exit.MISSING_TOOL)
+    _log_guest_timing(result)
+    for out in outs:
+        use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
+        text = render(out.fmt, result, threshold, color=bool(use_color))
+        if out.path is None:
+            click.echo(text, nl=False)
+        else:
+            write_atomic(out.path, text)
+    sys.exit(check_exit(result.results, threshold))
+
+
+def _log_guest_timing(result: Any) -> None:
+    timing = result.extra.get("guest_timing")
+    if timing is not None:
+        logging.getLogger("vhdtool").info(
+            "guest: %s; all checks %.2f s", timing.describe().rsplit(", checks", 1)[0],
+            result.extra.get("checks_seconds", 0.0))
+
+
+@cli.group("checks")
+def checks_group() -> None:
+    """The check catalog."""
+
+
+@checks_group.command("list")
+def checks_list() -> None:
+    """List every check: id, severity, subject, title."""
+    for _cid, c in sorted(checks.load().items()):
+        click.echo(list_line(c))
+
+
+@checks_group.command("show")
+@click.argument("check_id")
+def checks_show(check_id: str) -> None:
+    """Show one check's declaration."""
+    catalog = checks.load()
+    if check_id not in catalog:
+        raise click.UsageError(f"no check {check_id!r} (see vhdtool checks list)")
+    click.echo(show(catalog[check_id]), nl=False)
+
+
+@checks_group.command("docs")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+def checks_docs(output: str | None) -> None:
+    """The catalog reference page (docs/checks.md) in Markdown."""
+    from .report import write_atomic
+    text = markdown(checks.load())
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 def main() -> None:

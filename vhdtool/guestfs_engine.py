@@ -359,6 +359,36 @@ def open_guest(path: str, fmt: str, progress: bool = True,
     return GuestSession(path, fmt, g, guest, timing)
 
 
+class GuestfsEngine:
+    """The pipeline's guest engine: ``engine(image, disk_facts)`` opens the guest once.
+
+    Returns the :class:`checks.guest.Guest` the checks read, or None with ``skip_reason`` set
+    when libguestfs finds no operating system; :class:`GuestEngineUnavailable` propagates (exit 4).
+    ``close()`` shuts the appliance down; ``timing`` holds launch/inspection seconds.
+    """
+
+    def __init__(self, progress: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.progress, self.timeout = progress, timeout
+        self.session: GuestSession | None = None
+        self.timing: Timing | None = None
+        self.skip_reason: str | None = None
+
+    def __call__(self, image: str, facts: Any) -> Guest | None:
+        fmt = getattr(facts, "format", None) or "raw"
+        try:
+            self.session = open_guest(image, fmt, self.progress, self.timeout)
+        except GuestEngineError as e:
+            self.skip_reason = str(e)
+            return None
+        self.timing = self.session.timing
+        return self.session.guest
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
 def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequence[str] = (),
                      ignore: Sequence[str] = (), progress: bool = True,
                      timeout: float = DEFAULT_TIMEOUT,
@@ -375,5 +405,5 @@ def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequen
         return results, s.timing
 
 
-__all__ = ["open_guest", "run_guest_checks", "GuestSession", "GuestfsView", "Timing",
+__all__ = ["open_guest", "run_guest_checks", "GuestfsEngine", "GuestSession", "GuestfsView", "Timing",
            "GuestEngineUnavailable", "GuestEngineError", "LAUNCHES", "QEMU_FORMATS"]

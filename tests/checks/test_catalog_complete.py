@@ -1,0 +1,51 @@
+"""Every declared check is complete, and each of its examples really passes or fails."""
+
+from __future__ import annotations
+
+import pytest
+
+import checks
+from checks.catalog import ID_RE, Verdict, run_check
+from checks.examples import context_for
+
+CATALOG = checks.load()
+IDS = sorted(CATALOG)
+
+
+def test_catalog_not_empty_and_ids_unique() -> None:
+    assert len(IDS) >= 20
+    assert len(set(IDS)) == len(IDS)
+    assert all(ID_RE.match(i) for i in IDS)
+    assert len({c.title for c in CATALOG.values()}) == len(IDS)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_declaration_complete(cid: str) -> None:
+    c = CATALOG[cid]
+    for part in ("title", "rationale", "source", "remediation"):
+        assert getattr(c, part).strip(), f"{cid} has no {part}"
+    assert c.passes and c.fails, f"{cid} needs pass and fail examples"
+    assert all(e.summary for e in c.passes + c.fails)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_passes_on_baseline_and_pass_examples(cid: str) -> None:
+    c = CATALOG[cid]
+    base = context_for(None)
+    r = run_check(c, base)
+    if c.applies.why_not(base.profile, base.generations):
+        assert r.verdict is Verdict.SKIP    # e.g. a Marketplace-only check on the default profile
+    else:
+        assert r.verdict is Verdict.PASS, (cid, r.reason, r.findings)
+    for ex in c.passes:
+        r = run_check(c, context_for(ex))
+        assert r.verdict is Verdict.PASS, (cid, ex, r.reason, r.findings)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_fails_on_fail_examples(cid: str) -> None:
+    c = CATALOG[cid]
+    for ex in c.fails:
+        r = run_check(c, context_for(ex))
+        assert r.verdict is Verdict.FAIL, (cid, ex.summary, r.reason)
+        assert all(f.message for f in r.findings)
