@@ -43,6 +43,10 @@ SWAP_TYPES = frozenset({GPT_SWAP, MBR_SWAP})
 LVM_TYPES = frozenset({GPT_LVM, MBR_LVM})
 
 
+def _mib(n: int) -> str:
+    return f"{n // MIB}MiB" if n % MIB == 0 else f"{n}B"
+
+
 def normalize_type_id(type_id: Any) -> str:
     """A partition type as compared here: ``0xNN`` for MBR, an upper-case GUID for GPT."""
     if isinstance(type_id, int):
@@ -92,6 +96,12 @@ class PartitionFacts:
     @property
     def end(self) -> int:
         return self.start + self.size
+
+    def short(self) -> str:
+        """Compact form for docs: ``2:EFI system partition/fat@2MiB+126MiB``."""
+        fs = f"/{self.fs}" if self.fs else ""
+        what = self.type_name or self.type_id
+        return f"{self.index}:{what}{fs}@{_mib(self.start)}+{_mib(self.size)}"
 
     def label(self) -> str:
         what = self.type_name or self.type_id
@@ -182,7 +192,8 @@ def baseline_disk(overrides: Mapping[str, Any] | None = None) -> DiskFacts:
         virtual_size=BASE_SIZE, footer=footer, scheme="gpt", partitions=_baseline_partitions(),
         mbr_boot_code=True, gpt_alternate_lba=BASE_SIZE // SECTOR - 1, gpt_backup_found=True)
     overrides = dict(overrides or {})
-    foot = {k.split(".", 1)[1]: overrides.pop(k) for k in list(overrides) if k.startswith("footer.")}
+    foot = {k.split(".", 1)[1]: overrides.pop(k) for k in list(overrides)
+            if k.startswith("footer.")}
     if foot:
         facts = replace(facts, footer=replace(footer, **foot))
     return replace(facts, **overrides)

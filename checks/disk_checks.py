@@ -78,6 +78,10 @@ def _partitions(ctx: Context) -> tuple[PartitionFacts, ...]:
     return d.partitions
 
 
+def _convert_fix(ctx: Context) -> str:
+    return f"vhdtool convert {_disk(ctx).path} OUT.vhd"
+
+
 def _at(f: FooterFacts, field_offset: int) -> str:
     return f"footer @ {f.offset + field_offset:#x}"
 
@@ -86,7 +90,8 @@ def _at(f: FooterFacts, field_offset: int) -> str:
 
 @check(id="disk.vhd.cookie", title="The file ends with a VHD footer ('conectix')",
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
-       rationale="Azure reads the last 512 bytes of the page blob as the VHD footer and rejects the "
+       rationale="Azure reads the last 512 bytes of the page blob as the VHD footer and rejects "
+                 "the "
                  "upload with InvalidVhd ('cookie value in VHD footer ... expected conectix') "
                  "when it is missing: raw, VHDX and qcow2 files are refused.",
        source=src("MKT", "VHDU", "VHDSPEC"),
@@ -98,7 +103,7 @@ def vhd_cookie(ctx: Context) -> Iterator[Finding]:
     d = _disk(ctx)
     if d.footer is None:
         yield Finding(f"no VHD footer: the file is {d.format}", f"last 512 bytes of {d.path}",
-                      f"vhdtool convert {d.path} OUT.vhd")
+                      _convert_fix(ctx))
     elif d.footer.cookie != VHD_COOKIE:
         yield Finding(f"footer cookie is {d.footer.cookie!r}, expected {VHD_COOKIE!r}",
                       _at(d.footer, 0))
@@ -158,9 +163,7 @@ def vhd_data_offset(ctx: Context) -> Iterator[Finding]:
 def vhd_fixed(ctx: Context) -> Iterator[Finding]:
     f = _footer(ctx)
     if f.disk_type != DISK_TYPE_FIXED:
-        d = _disk(ctx)
-        yield Finding(f"the VHD is {f.disk_type_name}", _at(f, 60),
-                      f"vhdtool convert {d.path} OUT.vhd")
+        yield Finding(f"the VHD is {f.disk_type_name}", _at(f, 60), _convert_fix(ctx))
 
 
 @check(id="disk.convert.needed", title="The image is already a fixed VHD (no conversion needed)",
@@ -176,8 +179,7 @@ def convert_needed(ctx: Context) -> Iterator[Finding]:
     if d.is_fixed_vhd():
         return
     what = f"{d.format} ({d.subformat})" if d.subformat else d.format
-    yield Finding(f"the image is {what}; Azure needs a fixed VHD", d.path,
-                  f"vhdtool convert {d.path} OUT.vhd")
+    yield Finding(f"the image is {what}; Azure needs a fixed VHD", d.path, _convert_fix(ctx))
 
 
 # -- sizes -------------------------------------------------------------------------------------
@@ -221,7 +223,8 @@ def size_mib(ctx: Context) -> Iterator[Finding]:
     if f.current_size % MIB:
         up = -(-f.current_size // MIB) * MIB
         yield Finding(f"current size {f.current_size:,} is not a whole MiB "
-                      f"({f.current_size % MIB:,} bytes over; next MiB is {up:,})", _at(f, 48))
+                      f"({f.current_size % MIB:,} bytes over; next MiB is {up:,})", _at(f, 48),
+                      _convert_fix(ctx))
 
 
 @check(id="disk.size.limit", title="The size is within Azure's limits for its role and generation",
@@ -235,7 +238,8 @@ def size_mib(ctx: Context) -> Iterator[Finding]:
        passes=[Example("4 GiB OS disk"),
                Example("a 3 TiB OS disk as Gen2",
                        disk={"footer.current_size": 3 * TIB, "virtual_size": 3 * TIB,
-                             "file_size": 3 * TIB + 512}, profile={"generations": frozenset({V2})})],
+                             "file_size": 3 * TIB + 512},
+                       profile={"generations": frozenset({V2})})],
        fails=[Example("a 10 MiB disk", disk={"footer.current_size": 10 * MIB,
                                             "virtual_size": 10 * MIB}),
               Example("a 3 TiB OS disk as Gen1",
@@ -251,8 +255,9 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
     if size is None:
         raise NotApplicable("the virtual size is unknown")
     p = ctx.profile
+    grow = "qemu-img resize -f raw disk.raw <size> && vhdtool convert disk.raw OUT.vhd"
     if size < 20 * MIB:
-        yield Finding(f"{size:,} bytes is smaller than the 20 MiB minimum", d.path)
+        yield Finding(f"{size:,} bytes is smaller than the 20 MiB minimum", d.path, grow)
     if size > 32 * TIB:
         yield Finding(f"{size:,} bytes is larger than the 32 TiB maximum", d.path)
     if p.role != "os":
@@ -265,7 +270,7 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
                       d.path, "--generation 2, or shrink the disk below 2 TiB")
     if p.has("marketplace") and not GIB <= size <= 1023 * GIB:
         yield Finding(f"a Marketplace OS disk must be 1-1023 GB; this one is {size / GIB:.1f} GiB",
-                      d.path)
+                      d.path, grow if size < GIB else None)
 
 
 @check(id="disk.vhd.stale-footer",
@@ -389,7 +394,8 @@ def part_overlap(ctx: Context) -> Iterator[Finding]:
        source=src("MKT"), remediation="recreate the partition starting at 1 MiB: "
                                       "sgdisk -a 2048 -n N:2048:... DISK (after moving data)",
        passes=[Example("first partition at 1 MiB")],
-       fails=[Example("a partition at LBA 63", disk={"partitions": with_partition(1, start=63 * 512)})])
+       fails=[Example("a partition at LBA 63",
+                      disk={"partitions": with_partition(1, start=63 * 512)})])
 def part_first_mib(ctx: Context) -> Iterator[Finding]:
     for p in _partitions(ctx):
         if p.start < MIB:

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import time
 import uuid
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 import construct as cs
 
-from .errors import CorruptImage, FormatError, MissingBackingFile, TruncatedImage, UnsupportedFeature
+from .errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
+                     UnsupportedFeature)
 from .image import DiskImage, Extent, Kind
 from .raw import data_runs
 
@@ -67,8 +68,10 @@ QEMU10_CHS_CREATORS = (b"vpc ", b"qemu")
 
 #: sanity limits applied before anything is allocated
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
-MAX_BAT_BYTES = 256 * 1024 * 1024
+MAX_BAT_BYTES = 16 * 1024 * 1024         # 4M entries: 2 TiB even with 512 KiB blocks
 MAX_LOCATOR_BYTES = 64 * 1024
+#: decoded bitmap runs kept in memory (a few MiB even for pathological bitmaps)
+RUNS_CACHE_LIMIT = 64 * 1024
 
 GEOMETRY = cs.Struct(
     "cylinders" / cs.Int16ub,
@@ -373,10 +376,12 @@ class VhdImage(DiskImage):
         if len(end.raw) == LEGACY_FOOTER_SIZE:
             self.problem("info", "VHD footer", end.offset,
                          "511-byte footer (written by Virtual PC before 2004)")
+        if end.disk_type == FIXED and end.checksum_ok:
+            head = None                 # a fixed disk keeps no copy: offset 0 is guest data
         if head is not None and not end.checksum_ok and head.checksum_ok:
             self.problem("error", "VHD footer", end.offset,
                          "footer checksum mismatch; using the valid copy at offset 0 (spec)")
-            return head
+            return self._checked(head)
         if head is not None and head.raw[:len(end.raw)] != end.raw:
             self.problem("warning", "VHD footer copy", 0,
                          "the footer copy at offset 0 differs from the footer at the end")
@@ -390,6 +395,18 @@ class VhdImage(DiskImage):
         if f.disk_type not in (FIXED, DYNAMIC, DIFFERENCING):
             raise UnsupportedFeature(self.path, "VHD footer", f.offset,
                                      f"disk type {f.disk_type_name} is not supported")
+        if f.version != 0x00010000:
+            self.problem("warning", "VHD footer", f.offset + 12,
+                         f"file format version {f.version:#010x}, expected 0x00010000")
+        if not f.features & 2:
+            self.problem("warning", "VHD footer", f.offset + 8,
+                         f"features {f.features:#x}: the reserved bit 0x2 must always be set")
+        if f.saved_state:
+            self.problem("warning", "VHD footer", f.offset + 84,
+                         "saved_state is set: the disk belongs to a saved (suspended) VM")
+        if f.current_size % SECTOR:
+            self.problem("warning", "VHD footer", f.offset + 48,
+                         f"current_size {f.current_size} is not a whole number of sectors")
         return f
 
     # -- layout ---------------------------------------------------------------------------------
@@ -407,14 +424,18 @@ class VhdImage(DiskImage):
                          "VHD footer", f.offset,
                          f"current_size {f.current_size} differs from the {self._data_len} "
                          "bytes of data before the footer")
-        stale = f.current_size - FOOTER_SIZE
-        if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
-            inner = parse_footer(self._pread(stale, FOOTER_SIZE, "data"), self.path, stale,
-                                 verify=False)
-            if inner.cookie_ok and inner.checksum_ok:
-                self.problem("warning", "VHD footer", stale,
-                             "the last data sector is itself a VHD footer (a fixed VHD wrapped "
-                             f"again?); its current_size is {inner.current_size}")
+        for stale in sorted({f.current_size - FOOTER_SIZE, self._data_len - FOOTER_SIZE}):
+            if 0 <= stale and stale + FOOTER_SIZE <= self._data_len:
+                self._note_stale_footer(stale)
+
+    def _note_stale_footer(self, offset: int) -> None:
+        """A valid footer as the last data sector: a fixed VHD wrapped again as if it were raw."""
+        inner = parse_footer(self._pread(offset, FOOTER_SIZE, "data"), self.path, offset,
+                             verify=False)
+        if inner.cookie_ok and inner.checksum_ok:
+            self.problem("warning", "VHD footer", offset,
+                         "the last data sector is itself a VHD footer (a fixed VHD wrapped "
+                         f"again?); its current_size is {inner.current_size}")
 
     def _note_sizes(self) -> None:
         f = self.footer
@@ -478,13 +499,280 @@ class VhdImage(DiskImage):
         out.update(self._dynamic_info())
         return out
 
-    # -- dynamic and differencing (interim) -----------------------------------------------------
+    # -- dynamic and differencing ---------------------------------------------------------------
     def _open_dynamic(self) -> None:
-        raise UnsupportedFeature(self.path, "VHD footer", self.footer.offset,
-                                 f"{self.footer.disk_type_name} VHDs are not readable yet")
+        f = self.footer
+        hoff = f.data_offset
+        if hoff + HEADER_SIZE > self.file_size:
+            raise CorruptImage(self.path, "VHD footer", f.offset + 16,
+                               f"data_offset {hoff:#x} points past the end of the "
+                               f"{self.file_size}-byte file")
+        raw = self._pread(hoff, HEADER_SIZE, "VHD dynamic header")
+        self._header_raw = raw
+        h = DYNAMIC_HEADER.parse(raw)
+        if h.cookie != HEADER_COOKIE:
+            raise CorruptImage(self.path, "VHD dynamic header", hoff,
+                               f"cookie is {h.cookie!r}, expected {HEADER_COOKIE!r}")
+        if h.checksum != header_checksum(raw):
+            self.problem("error", "VHD dynamic header", hoff + HEADER_CHECKSUM_AT,
+                         f"checksum {h.checksum:#010x} does not match the computed "
+                         f"{header_checksum(raw):#010x}")
+        if h.header_version != 0x00010000:
+            self.problem("warning", "VHD dynamic header", hoff + 24,
+                         f"header version {h.header_version:#010x}, expected 0x00010000")
+        self._header = h
+        self._header_offset = hoff
+        self._set_block_size(h.block_size, hoff + 32)
+        self._read_bat(h, hoff)
+        self._check_blocks()
+        self._runs_cache: dict[int, list[tuple[int, int, bool]]] = {}
+        self._runs_cached = 0
+        if f.disk_type == DIFFERENCING:
+            self.backing = self._open_parent(h, hoff)
+
+    def _set_block_size(self, bs: int, where: int) -> None:
+        if bs < SECTOR or bs & (bs - 1) or bs > MAX_BLOCK_SIZE:
+            raise CorruptImage(self.path, "VHD dynamic header", where,
+                               f"block size {bs} is not a power of two between 512 bytes and "
+                               f"{MAX_BLOCK_SIZE >> 20} MiB")
+        self._block_size = bs
+        self._spb = bs // SECTOR
+        self._bitmap_bytes = (self._spb + 7) // 8
+        self._bitmap_size = (self._bitmap_bytes + SECTOR - 1) // SECTOR * SECTOR
+
+    def _read_bat(self, h: Any, hoff: int) -> None:
+        bs = self._block_size
+        needed = -(-self.footer.current_size // bs)
+        if h.max_table_entries < needed:
+            raise CorruptImage(self.path, "VHD dynamic header", hoff + 28,
+                               f"max_table_entries {h.max_table_entries} covers "
+                               f"{h.max_table_entries * bs} bytes, current_size is "
+                               f"{self.footer.current_size} ({needed} blocks)")
+        if h.max_table_entries > needed:
+            self.problem("info", "VHD dynamic header", hoff + 28,
+                         f"max_table_entries {h.max_table_entries} exceeds the {needed} blocks "
+                         "current_size needs")
+        nbytes = needed * 4
+        if h.table_offset + nbytes > self.file_size:
+            raise TruncatedImage(self.path, "VHD BAT", h.table_offset,
+                                 f"{needed} entries ({nbytes} bytes) run past the end of the "
+                                 f"{self.file_size}-byte file")
+        if nbytes > MAX_BAT_BYTES:
+            raise UnsupportedFeature(self.path, "VHD BAT", h.table_offset,
+                                     f"{needed} entries exceed the {MAX_BAT_BYTES}-byte limit")
+        bat = array("I")
+        assert bat.itemsize == 4
+        bat.frombytes(self._pread(h.table_offset, nbytes, "VHD BAT"))
+        if sys.byteorder == "little":
+            bat.byteswap()                                  # big-endian on disk
+        self._bat = bat
+        self._table_offset = h.table_offset
+        #: indices of allocated blocks, ascending: runs of unallocated blocks are skipped at once
+        self._alloc = array("I", (i for i, e in enumerate(bat) if e != UNALLOCATED))
+
+    def _check_blocks(self) -> None:
+        """Every allocated block inside the file; overlapping blocks reported."""
+        span = self._bitmap_size + self._block_size
+        if len(self._alloc) > 1 and (len(self._alloc) - 1) * span > self.file_size:
+            raise CorruptImage(self.path, "VHD BAT", self._table_offset,
+                               f"{len(self._alloc)} allocated blocks of {span} bytes cannot fit "
+                               f"in the {self.file_size}-byte file")
+        last = len(self._bat) - 1
+        tail = self.footer.current_size - last * self._block_size
+        for i in self._alloc:
+            start = self._bat[i] * SECTOR
+            need = self._bitmap_size + (tail if i == last else self._block_size)
+            if start + need > self.file_size:
+                raise TruncatedImage(self.path, "VHD BAT", self._table_offset + 4 * i,
+                                     f"block {i} at {start:#x} ({need} bytes) runs past the "
+                                     f"end of the {self.file_size}-byte file")
+        starts = sorted(self._bat[i] for i in self._alloc)
+        for a, b in zip(starts, starts[1:]):
+            if (b - a) * SECTOR < span:
+                i = self._bat.index(a)
+                j = self._bat.index(b, i + 1 if a == b else 0)
+                self.problem("error", "VHD BAT", self._table_offset + 4 * j,
+                             f"blocks {i} and {j} overlap in the file (at {a * SECTOR:#x} and "
+                             f"{b * SECTOR:#x})")
+                break
 
     def _dynamic_extents(self, start: int, end: int) -> Iterator[Extent]:
-        raise AssertionError("unreachable")
+        bs = self._block_size
+        pos = start
+        while pos < end:
+            i = pos // bs
+            k = bisect_left(self._alloc, i)
+            nxt = self._alloc[k] if k < len(self._alloc) else None
+            if nxt != i:                         # unallocated blocks up to the next allocated one
+                stop = end if nxt is None else min(end, nxt * bs)
+                yield from self._absent(pos, stop)
+                pos = stop
+                continue
+            stop = min(end, (i + 1) * bs)
+            yield from self._block_extents(i, pos, stop)
+            pos = stop
+
+    def _block_extents(self, i: int, start: int, end: int) -> Iterator[Extent]:
+        base = i * self._block_size
+        data = self._bat[i] * SECTOR + self._bitmap_size
+        for s0, s1, present in self._bitmap_runs(i):
+            a, b = max(start, base + s0 * SECTOR), min(end, base + s1 * SECTOR)
+            if a >= b:
+                continue
+            if present:
+                yield Extent(a, b - a, Kind.DATA, data + (a - base))
+            else:
+                yield from self._absent(a, b)
+
+    def _bitmap_runs(self, i: int) -> list[tuple[int, int, bool]]:
+        """(first sector, end sector, present) runs of block ``i``'s bitmap (MSB-first)."""
+        runs = self._runs_cache.get(i)
+        if runs is None:
+            bm = self._pread(self._bat[i] * SECTOR, self._bitmap_bytes, "VHD block bitmap")
+            runs = bitmap_runs(bm, self._spb)
+            if self._runs_cached + len(runs) > RUNS_CACHE_LIMIT:
+                self._runs_cache.clear()
+                self._runs_cached = 0
+            self._runs_cache[i] = runs
+            self._runs_cached += len(runs)
+        return runs
+
+    def _absent(self, start: int, end: int) -> Iterator[Extent]:
+        """Bytes this file does not hold: the parent's (differencing) or zeros (dynamic)."""
+        parent = self.backing
+        if parent is None:
+            yield Extent(start, end - start, Kind.UNALLOCATED)
+            return
+        stop = min(end, parent.virtual_size)
+        if start < stop:
+            for e in parent.extents(start, stop):
+                yield replace(e, source=parent) if e.kind is Kind.DATA and e.source is None else e
+        if end > max(start, stop):
+            yield Extent(max(start, stop), end - max(start, stop), Kind.UNALLOCATED)
+
+    # -- differencing: the parent ---------------------------------------------------------------
+    def _parent_candidates(self, h: Any, hoff: int) -> list[str]:
+        """Paths to try for the parent, best first: W2ru, W2ku, then the header's parent name."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        found: dict[bytes, list[str]] = {b"W2ru": [], b"W2ku": []}
+        for n, loc in enumerate(h.parent_locators):
+            if loc.platform_code not in found or loc.platform_data_length == 0:
+                continue
+            where = hoff + 576 + 24 * n
+            size, off = loc.platform_data_length, loc.platform_data_offset
+            if size > MAX_LOCATOR_BYTES or off + size > self.file_size:
+                raise CorruptImage(self.path, "VHD parent locator", where,
+                                   f"{size} bytes at {off:#x} lie outside the "
+                                   f"{self.file_size}-byte file (or exceed {MAX_LOCATOR_BYTES})")
+            try:
+                text = self._pread(off, size, "VHD parent locator").decode("utf-16-le")
+            except UnicodeDecodeError as e:
+                raise CorruptImage(self.path, "VHD parent locator", off,
+                                   f"{loc.platform_code.decode()} is not UTF-16LE: {e}") from e
+            found[loc.platform_code].append(text.split("\0")[0])
+        name = h.parent_unicode_name.decode("utf-16-be", "replace").split("\0")[0]
+        self.parent_locators = {"W2ru": found[b"W2ru"], "W2ku": found[b"W2ku"], "name": name}
+        out: list[str] = []
+        for rel in found[b"W2ru"]:
+            out.append(os.path.join(folder, _posix(rel)))
+        for absolute in found[b"W2ku"]:
+            path = _posix(absolute)
+            if path.startswith("/"):
+                out.append(path)
+            out.append(os.path.join(folder, path.rsplit("/", 1)[-1]))
+        if name:
+            out.append(os.path.join(folder, _posix(name).rsplit("/", 1)[-1]))
+        return list(dict.fromkeys(p for p in out if p.rstrip("/") != folder))
+
+    def _open_parent(self, h: Any, hoff: int) -> DiskImage:
+        from .probe import open_image            # probe imports this module lazily
+
+        want = uuid.UUID(bytes=h.parent_unique_id)
+        candidates = self._parent_candidates(h, hoff)
+        mismatch: FormatError | None = None
+        for cand in candidates:
+            if not os.path.isfile(cand):
+                continue
+            parent = open_image(cand, None, _chain=self._chain)
+            got = getattr(parent, "footer", None)
+            if not isinstance(parent, VhdImage) or got is None:
+                parent.close()
+                mismatch = MissingBackingFile(self.path, "VHD parent locator", hoff + 576,
+                                              f"parent {cand} is a {parent.format_name}, not a VHD")
+                continue
+            if got.unique_id != h.parent_unique_id:
+                parent.close()
+                mismatch = MissingBackingFile(
+                    self.path, "VHD dynamic header", hoff + 40,
+                    f"parent {cand} has unique id {got.uuid}, but this differencing disk "
+                    f"expects {want}: wrong or modified parent")
+                continue
+            if got.timestamp != h.parent_timestamp:
+                self.problem("info", "VHD dynamic header", hoff + 56,
+                             f"parent timestamp {vhd_time(h.parent_timestamp).isoformat()} "
+                             f"differs from the parent footer's {got.time.isoformat()}")
+            if parent.virtual_size != self.virtual_size:
+                self.problem("warning", "VHD parent", None,
+                             f"parent {cand} is {parent.virtual_size} bytes, this disk "
+                             f"{self.virtual_size}")
+            return parent
+        if mismatch is not None:
+            raise mismatch
+        raise MissingBackingFile(self.path, "VHD parent locator", hoff + 576,
+                                 f"parent {want} not found; tried: "
+                                 + (", ".join(candidates) or "no locator"))
 
     def _dynamic_info(self) -> dict[str, Any]:
-        return {}
+        if self.footer.disk_type == FIXED:
+            return {}
+        h = self._header
+        out: dict[str, Any] = {
+            "header_offset": self._header_offset,
+            "table_offset": self._table_offset,
+            "block_size": self._block_size,
+            "bat_entries": h.max_table_entries,
+            "allocated_blocks": len(self._alloc),
+            "header_checksum_ok": h.checksum == header_checksum(self._header_raw),
+        }
+        if self.backing is not None:
+            out["parent"] = self.backing.path
+            out["parent_unique_id"] = str(uuid.UUID(bytes=h.parent_unique_id))
+            out["parent_locators"] = self.parent_locators
+        return out
+
+
+_REVERSE_BITS = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def bitmap_runs(bitmap: bytes, nbits: int) -> list[tuple[int, int, bool]]:
+    """Runs ``(first, end, set)`` of the first ``nbits`` bits of an MSB-first bitmap.
+
+    Bit 7 of byte 0 is sector 0.  Runs are found with whole-integer bit operations, so the cost is
+    per run, not per sector.
+    """
+    full = nbits // 8
+    if bitmap[:full] == b"\xff" * full and (full * 8 == nbits or bitmap[full] >> (8 - nbits % 8)
+                                            == (1 << nbits % 8) - 1):
+        return [(0, nbits, True)]
+    x = int.from_bytes(bitmap.translate(_REVERSE_BITS), "little")   # bit s = sector s
+    x &= (1 << nbits) - 1
+    if x == 0:
+        return [(0, nbits, False)]
+    runs: list[tuple[int, int, bool]] = []
+    pos = 0
+    while pos < nbits:
+        present = (x >> pos) & 1
+        rest = (~x if present else x) >> pos                # bits where the run ends
+        low = (rest & -rest).bit_length() - 1 if rest else nbits
+        stop = min(nbits, pos + low)
+        runs.append((pos, stop, bool(present)))
+        pos = stop
+    return runs
+
+
+def _posix(windows_path: str) -> str:
+    r"""A Windows locator path with ``/`` separators and no leading ``.\``."""
+    p = windows_path.replace("\\", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    return p

@@ -1,4 +1,8 @@
-"""The catalog as text: ``vhdtool checks list``/``show`` and the generated docs/checks.md."""
+"""The catalog as text: ``vhdtool checks list``/``show`` and the generated docs/checks.md.
+
+References:
+  checks.catalog (the declarations); GitHub-flavoured Markdown (tables, explicit anchors).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ def _example(e: Example) -> str:
 def _short(v: object) -> str:
     if isinstance(v, frozenset):
         return "/".join(sorted(map(str, v)))
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(v, tuple) and v and all(hasattr(x, "short") for x in v):
+        return "[" + ", ".join(x.short() for x in v) + "]"
+    return repr(v)
 
 
 def list_line(c: Check) -> str:

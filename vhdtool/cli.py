@@ -17,11 +17,8 @@ from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2, Profile, Severity, 
 from formats import FormatError, open_image
 
 from . import __version__
-from .catalogdoc import list_line, markdown, show
+from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, check_exit
-from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
-from .info import describe, render_info
-from .pipeline import run as run_checks
 
 log = logging.getLogger("vhdtool")
 
@@ -34,6 +31,9 @@ class VhdtoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConvertError as e:
+            click.echo(f"vhdtool: error: {e}", err=True)
+            sys.exit(Exit.FINDINGS)
         except FormatError as e:
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.BAD_IMAGE)
@@ -62,6 +62,8 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def info(image: str, fmt: str | None, as_json: bool) -> None:
     """Describe IMAGE: format, sizes as each reader sees them, allocation, partitions, problems."""
+    from .info import describe, render_info   # imported here: convert need not pay for it
+
     with open_image(image, fmt) as img:
         facts = describe(img)
     if as_json:
@@ -111,6 +113,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               formats: tuple[str, ...], output: str | None, color: bool | None,
               guest: bool, guest_timeout: float) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
         outs = parse_outputs(formats, output)
@@ -157,6 +160,7 @@ def checks_group() -> None:
 @checks_group.command("list")
 def checks_list() -> None:
     """List every check: id, severity, subject, title."""
+    from .catalogdoc import list_line
     for _cid, c in sorted(checks.load().items()):
         click.echo(list_line(c))
 
@@ -165,6 +169,7 @@ def checks_list() -> None:
 @click.argument("check_id")
 def checks_show(check_id: str) -> None:
     """Show one check's declaration."""
+    from .catalogdoc import show
     catalog = checks.load()
     if check_id not in catalog:
         raise click.UsageError(f"no check {check_id!r} (see vhdtool checks list)")
@@ -176,12 +181,63 @@ def checks_show(check_id: str) -> None:
               help="Write to this file (atomically) instead of stdout.")
 def checks_docs(output: str | None) -> None:
     """The catalog reference page (docs/checks.md) in Markdown."""
+    from .catalogdoc import markdown
     from .report import write_atomic
     text = markdown(checks.load())
     if output:
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+@cli.command("convert")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False), required=False)
+@click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Source format (probed from magic bytes when omitted).")
+@click.option("--digest", "digests", type=click.Choice(["sha256", "md5", "none"]), multiple=True,
+              default=["sha256"], show_default=True,
+              help="Digest of the whole output file, footer included (repeatable; md5 is also "
+                   "given in Azure's Content-MD5 base64 form).")
+@click.option("--in-place", is_flag=True,
+              help="Raw or fixed-VHD SRC only: grow it to a whole MiB and write the footer, "
+                   "without copying data (no DST).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--no-sync", is_flag=True,
+              help="Do not fsync DST before returning (faster; not crash-safe).")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Progress on stderr (default: only when stderr is a terminal).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, ...],
+                in_place: bool, force: bool, no_sync: bool, show_progress: bool | None, quiet: bool,
+                as_json: bool) -> None:
+    """Convert SRC (raw, VHD, VHDX, qcow2) to a fixed VHD at DST whose size is a whole MiB."""
+    show = False if quiet else show_progress
+    if in_place:
+        if dst is not None:
+            raise click.UsageError("--in-place takes SRC only")
+        result = convert_in_place(src, fmt=fmt, digests=digests, progress=show)
+    else:
+        if dst is None:
+            raise click.UsageError("missing DST (or use --in-place)")
+        result = convert(src, dst, fmt=fmt, digests=digests, force=force, progress=show,
+                         sync=not no_sync)
+    facts = result.as_dict()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    elif not quiet:
+        click.echo(render_convert(facts))
+
+
+def render_convert(facts: dict[str, Any]) -> str:
+    out, src = facts["output"], facts["source"]
+    lines = [f"{out['path']}: fixed VHD, {out['virtual_size']} bytes "
+             f"({src['format']} source of {src['virtual_size']} bytes, rounded up by "
+             f"{out['rounded_by']}), file {out['file_size']} bytes, {out['allocated']} allocated"]
+    lines += [f"{name}: {value}" for name, value in facts["digests"].items() if name != "covers"]
+    if facts["gpt_backup_relocated"]:
+        lines.append("GPT backup header and entries moved to the new last LBA")
+    lines += [f"warning: {w}" for w in facts["warnings"]]
+    return "\n".join(lines)
 
 
 def main() -> None:

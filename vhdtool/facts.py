@@ -7,14 +7,14 @@ benchmark can show how little is read.
 
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer at EOF; copy at offset 0 for
-  dynamic disks); UEFI 2.10 §5.2-5.3 (protective MBR, GPT header "EFI PART", AlternateLBA at
-  header offset 32); ``formats.vhd`` and ``formats.partitions`` (the parsers used here).
+  dynamic disks); UEFI 2.10 §5.2-5.3 (protective MBR, GPT header, AlternateLBA, backup
+  header at the last LBA); ``formats.vhd`` and ``formats.partitions`` (the parsers used).
 """
 
 from __future__ import annotations
 
 import os
-import struct
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +23,9 @@ from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskF
                          PartitionFacts, normalize_type_id)
 from formats import DiskImage, FormatError, open_image, probe
 from formats import vhd as vhdfmt
+from formats.partitions import Partition, PartitionTable, read_partition_table
 
 from .fssniff import SNIFF_BYTES, sniff_fs
-
-GPT_SIGNATURE = b"EFI PART"
-
 
 @dataclass
 class CountingReader:
@@ -83,45 +81,40 @@ def _stale_footer(read: Callable[[int, int], bytes], size: int, path: str) -> in
     return size - SECTOR if inner.checksum_ok else None
 
 
-def _gpt_backup(read: Callable[[int, int], bytes], size: int,
-                ss: int) -> tuple[int | None, bool | None]:
-    header = read(ss, ss)
-    if header[:8] != GPT_SIGNATURE:
-        return None, None
-    alternate = struct.unpack_from("<Q", header, 32)[0]
-    last = size // ss - 1
-    backup = read(last * ss, ss) if last > 1 else b""
-    return alternate, backup[:8] == GPT_SIGNATURE
+#: problems of formats.partitions that the partition checks report themselves
+_PARTITION_LEVEL = re.compile(r"^(GPT|MBR) partition \d+$")
 
 
-def _partition_facts(p: Any, read: Callable[[int, int], bytes]) -> PartitionFacts:
+def _sniffed(p: Partition, read: Callable[[int, int], bytes]) -> PartitionFacts:
     head = read(p.start, min(SNIFF_BYTES, p.size)) if p.size > 0 else b""
-    return PartitionFacts(
-        index=p.index, start=p.start, size=p.size, type_id=normalize_type_id(p.type_id),
-        type_name=p.type_name or "", name=getattr(p, "name", "") or "",
-        bootable=bool(getattr(p, "bootable", False)), fs=sniff_fs(head))
+    return PartitionFacts(index=p.index, start=p.start, size=p.size,
+                          type_id=normalize_type_id(p.type_id), type_name=p.type_name,
+                          name=p.name, bootable=p.bootable, fs=sniff_fs(head))
+
+
+def _backup(table: PartitionTable, last_lba: int) -> tuple[int | None, bool | None]:
+    """The primary header's AlternateLBA, and whether a valid backup sits at the last LBA."""
+    gpt = table.gpt
+    if gpt is None:
+        return None, None
+    alternate = gpt.primary.alternate_lba if gpt.primary is not None else None
+    found = gpt.backup_valid and gpt.backup is not None and gpt.backup.my_lba == last_lba
+    return alternate, found
 
 
 def _layout(reader: CountingReader, img: DiskImage) -> dict[str, Any]:
-    """Partition facts; scheme None (with the reason) when this build cannot read tables."""
     size, ss = img.virtual_size, img.logical_sector_size
-    out: dict[str, Any] = {}
-    if size < 2 * ss:
-        return {"scheme": "none"}
-    sector0 = reader.read(0, SECTOR)
-    out["mbr_boot_code"] = sector0[510:512] == b"\x55\xaa" and any(sector0[:440])
-    out["gpt_alternate_lba"], out["gpt_backup_found"] = _gpt_backup(reader.read, size, ss)
-    try:
-        from formats.partitions import read_partition_table
-    except ImportError:
-        out["unreadable"] = "this build has no partition table reader (formats.partitions)"
-        return out
-    table = read_partition_table(reader.read, size, sector_size=ss, path=img.path)
-    scheme = table.scheme if table.scheme in ("mbr", "gpt") else "none"
-    out["scheme"] = scheme
-    out["partitions"] = tuple(_partition_facts(p, reader.read) for p in table.partitions)
-    out["table_problems"] = tuple(str(getattr(p, "message", p)) for p in table.problems)
-    return out
+    table = read_partition_table(reader.read, size, ss, img.path)
+    alternate, found = _backup(table, size // ss - 1)
+    parts = tuple(_sniffed(p, reader.read) for p in table.partitions
+                  if p.type_short != "extended")
+    problems = tuple(f"{p.structure}: {p.message}" for p in table.problems
+                     if p.severity == "error" and not _PARTITION_LEVEL.match(p.structure))
+    return {"scheme": "gpt" if table.scheme == "hybrid" else table.scheme,
+            "partitions": parts,
+            "mbr_boot_code": table.mbr is not None and table.mbr.boot_code_present,
+            "gpt_alternate_lba": alternate, "gpt_backup_found": found,
+            "table_problems": problems}
 
 
 def _needs_conversion(fmt: str, footer: FooterFacts | None) -> bool:

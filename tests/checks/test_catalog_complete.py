@@ -19,6 +19,22 @@ def test_catalog_not_empty_and_ids_unique() -> None:
     assert len({c.title for c in CATALOG.values()}) == len(IDS)
 
 
+#: the disk-level checks issue 4 asks for
+ISSUE_4_IDS = {
+    "disk.vhd.cookie", "disk.vhd.checksum", "disk.vhd.version", "disk.vhd.data-offset",
+    "disk.vhd.fixed", "disk.size.current-vs-file", "disk.size.mib", "disk.size.limit",
+    "disk.vhd.stale-footer", "disk.vhd.chs-size", "disk.convert.needed", "disk.part.scheme",
+    "disk.part.bounds", "disk.part.overlap", "disk.part.first-mib", "disk.part.alignment",
+    "disk.gpt.backup", "disk.part.swap", "disk.part.lvm", "boot.g2.esp", "boot.g1.bios",
+    "boot.generation", "disk.sector-size",
+}
+
+
+def test_issue_4_checks_declared() -> None:
+    assert ISSUE_4_IDS <= set(IDS)
+    assert all(CATALOG[i].needs == "disk" for i in ISSUE_4_IDS)
+
+
 @pytest.mark.parametrize("cid", IDS)
 def test_declaration_complete(cid: str) -> None:
     c = CATALOG[cid]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from checks.catalog import Severity
 
+from ..convert import _umask
 from ..pipeline import CheckRun
 
 FORMATS = ("text", "json", "junit", "sarif")
@@ -70,6 +71,7 @@ def write_atomic(path: str, data: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".vhdtool-", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o644 & ~_umask())        # mkstemp makes 0600; a report is for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(data)
             fh.flush()

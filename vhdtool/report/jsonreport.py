@@ -1,4 +1,8 @@
-"""The JSON report; its shape is published as docs/schemas/check-report.schema.json."""
+"""The JSON report; its shape is published as docs/schemas/check-report.schema.json.
+
+References:
+  JSON Schema draft 2020-12 (the published schema); docs/exit-codes.md (``passed``/``gate``).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 A failure below ``--fail-on`` is reported in the test case's ``system-out`` and does not fail it,
 so the JUnit view agrees with the exit code.
+
+References:
+  The de-facto JUnit XML format read by Jenkins, GitLab CI and Azure DevOps (testsuites >
+  testsuite[tests, failures, errors, skipped, time] > testcase[classname, name] with failure,
+  error, skipped, system-out children).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def _case(r: Result, fail_on: Severity) -> ET.Element:
 
 def render(run: CheckRun, fail_on: Severity) -> str:
     cases = [_case(r, fail_on) for r in run.results]
-    n = {tag: sum(c.find(tag) is not None for c in cases) for tag in ("failure", "error", "skipped")}
+    n = {tag: sum(c.find(tag) is not None for c in cases)
+         for tag in ("failure", "error", "skipped")}
     suites = ET.Element("testsuites", name="vhdtool check")
     suite = ET.SubElement(suites, "testsuite", name=f"vhdtool check {run.image}",
                           tests=str(len(cases)), failures=str(n["failure"]),

@@ -1,4 +1,8 @@
-"""The human report: failures first (by severity), one line per finding with evidence and fix."""
+"""The human report: failures grouped by severity, one line per finding with evidence and fix.
+
+References:
+  click.style (ANSI colours, only on a terminal or with --color); docs/check.md.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ def _finding_lines(r: Result, color: bool) -> list[str]:
     lines = []
     for f in r.findings:
         where = f" [{f.evidence}]" if f.evidence else ""
-        lines.append(f"  {head} {r.check.id}: {f.message}{where}")
-        lines.append(f"          fix: {f.fix or r.check.remediation}")
+        lines.append(f"  {head} {r.check.id}: {f.message}{where} -- fix: "
+                     f"{f.fix or r.check.remediation}")
     return lines
 
 
@@ -42,10 +46,13 @@ def render(run: CheckRun, fail_on: Severity, color: bool = False) -> str:
     crashed = [r for r in run.results if r.verdict is Verdict.ERROR]
     skipped = [r for r in run.results if r.verdict is Verdict.SKIP]
     passed = [r for r in run.results if r.verdict is Verdict.PASS]
-    if failed:
-        lines.append(_paint("findings:", color, bold=True))
-        for r in failed:
-            lines.extend(_finding_lines(r, color))
+    for sev in sorted(Severity, reverse=True):
+        group = [r for r in failed if r.severity is sev]
+        if group:
+            title = f"{sev}s" if sev is not Severity.INFO else "info"
+            lines.append(_paint(f"{title} ({len(group)}):", color, bold=True))
+            for r in group:
+                lines.extend(_finding_lines(r, color))
     for r in crashed:
         lines.append(_paint(f"  crashed {r.check.id}: {r.reason}", color, fg="magenta"))
     if skipped:
