@@ -151,7 +151,12 @@ def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool) -> Any:
     g = guestfs.GuestFS(python_return_dict=True)
     if tcg:
         g.set_backend_settings(["force_tcg"])
-    g.add_drive_opts(path, readonly=True, format=fmt)
+    try:
+        g.add_drive_opts(path, readonly=True, format=fmt)   # qemu-img makes the overlay here
+    except RuntimeError as e:
+        g.close()
+        raise GuestEngineError(f"{path}: qemu cannot open the image as {fmt} for libguestfs "
+                               f"({str(e).splitlines()[0]})") from None
     return g
 
 
