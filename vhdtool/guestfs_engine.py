@@ -466,8 +466,13 @@ class GuestfsEngine:
         fmt = getattr(facts, "format", None) or "raw"
         try:
             self.session = open_guest(image, fmt, self.progress, self.timeout)
+        except GuestEngineUnavailable:
+            raise
         except GuestEngineError as e:
             self.skip_reason = str(e)
+            return None
+        except RuntimeError as e:     # libguestfs failed after the launch (appliance died...)
+            self.skip_reason = f"{image}: libguestfs failed: {str(e).splitlines()[0]}"
             return None
         self.timing = self.session.timing
         return self.session.guest

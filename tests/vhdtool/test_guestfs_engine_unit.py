@@ -125,3 +125,19 @@ def test_image_qemu_cannot_open_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ge.GuestEngineError, match=r"zero\.qcow2: qemu cannot open the image as "
                                                   r"qcow2"):
         ge.run_guest_checks(str(img), "qcow2", Profile(), progress=False, timeout=60)
+
+
+@pytest.mark.parametrize("exc, skipped", [
+    (ge.NoLinuxRoot("d.raw: no Linux root filesystem found on the disk"), "no Linux root"),
+    (RuntimeError("guestfsd: appliance died\ndetails"), "libguestfs failed: guestfsd: appliance died"),
+    (ge.GuestEngineUnavailable("no appliance"), None)])
+def test_engine_failures_skip_or_exit_4(monkeypatch, exc, skipped) -> None:
+    def fail(*a, **kw):
+        raise exc
+    monkeypatch.setattr(ge, "open_guest", fail)
+    eng = ge.GuestfsEngine(progress=False)
+    if skipped is None:
+        with pytest.raises(ge.GuestEngineUnavailable):
+            eng("d.raw", None)
+        return
+    assert eng("d.raw", None) is None and skipped in eng.skip_reason
