@@ -37,7 +37,8 @@ def images(names: list[str], build: bool) -> list[tuple[str, Path, str]]:
         raw, meta = paths(RECIPES[name], cache_dir())
         if not raw.exists():
             if not build:
-                log(f"{name}: not in the fixture cache (python -m fixtures.build {name}, or --build)")
+                log(f"{name}: not in the fixture cache "
+                    f"(python -m fixtures.build {name}, or --build)")
                 continue
             raw = image(name)
         out.append((name, raw, json.loads(meta.read_text())["recipe"]["os_state"]))
