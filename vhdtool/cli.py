@@ -113,6 +113,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               formats: tuple[str, ...], output: str | None, color: bool | None,
               guest: bool, guest_timeout: float) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
@@ -188,6 +189,8 @@ def checks_docs(output: str | None) -> None:
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+
+
 @cli.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)

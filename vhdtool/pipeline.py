@@ -24,7 +24,7 @@ from .facts import build_disk_facts
 #: (image path, disk facts) -> guest view; supplied by the guest engine when guest checks run
 GuestEngine = Callable[[str, DiskFacts], Any]
 
-NO_GUEST = "guest checks were not requested (the guest engine is not enabled)"
+NO_GUEST = "disk-only run (--no-guest): the guest was not opened"
 
 
 @dataclass
