@@ -71,6 +71,8 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
         close = getattr(guest_engine, "close", None)
         if close is not None:
             close()
+    if getattr(guest_engine, "choice", None) is not None:
+        extra["guest_engine"] = guest_engine.choice  # type: ignore[union-attr]
     if getattr(guest_engine, "timing", None) is not None:
         extra["guest_timing"] = guest_engine.timing  # type: ignore[union-attr]
     return CheckRun(image, profile, facts, gens, supported, results, nbytes,
