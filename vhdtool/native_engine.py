@@ -698,6 +698,9 @@ def _find_root(view: NativeView, vols: Sequence[Volume], readers: _Readers,
                 st = Guest(view).stat("/etc/fstab")
         except _Timeout:
             raise
+        except GuestReadError as e:
+            warn(f"{e} (so {vol.device} is not taken as the root)")
+            continue
         except Exception as e:  # noqa: BLE001 - a damaged filesystem is not the root; said why
             warn(f"{view.image}: cannot read {vol.device} ({vol.fs.fstype}): {type(e).__name__}: {e}")
             continue

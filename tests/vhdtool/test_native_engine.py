@@ -1,0 +1,215 @@
+"""The native guest engine on small disks made by each filesystem's own mkfs (fast, no appliance).
+
+Truth: the trees the filesystems were made from (content, links, modes), ``blkid -p`` for the
+filesystem facts, path_resolution(7) for links (inside the guest root, ELOOP after 40 hops).
+"""
+
+from __future__ import annotations
+
+import random
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("dissect.extfs")
+
+from checks.guest import Guest  # noqa: E402
+from vhdtool import native_engine as ne  # noqa: E402
+from vhdtool.engines import AutoEngine  # noqa: E402
+
+from .nativeimages import ESP, MIB, Dir, Link, Part, blkid, make_disk, run  # noqa: E402
+
+ROOT_UUID = "0a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d"
+ESP_ID = "1234ABCD"
+
+BIG = bytes(range(256)) * 5000          # 1.28 MB: several extents / blocks
+
+
+def root_tree(fstype: str, extra_fstab: str = "") -> dict:
+    return {
+        "etc/fstab": f"UUID={ROOT_UUID} / {fstype} defaults 0 1\n"
+                     f"UUID=1234-ABCD /boot/efi vfat umask=0077 0 1\n{extra_fstab}",
+        "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
+        "etc/hostname": "guest\n",
+        "etc/shadow": "root:*:19000:0:99999:7:::\n",
+        "etc/big.bin": BIG,
+        "etc/alternatives/editor": Link("/usr/bin/vim.basic"),
+        "usr/bin/vim.basic": "#!/bin/sh\n",
+        "etc/escape": Link("../../../../../etc/hostname"),
+        "etc/abs-escape": Link("/../../etc/hostname"),
+        "etc/loop-a": Link("loop-b"),
+        "etc/loop-b": Link("loop-a"),
+        "etc/to-esp": Link("/boot/efi/EFI/debian"),
+        "lib": Link("usr/lib"),
+        "usr/lib/modules/6.1.0-1-cloud-amd64/modules.builtin": "kernel/fs/ext4/ext4.ko\n",
+        "boot/efi": Dir(),
+        "var/empty": Dir(0o700),
+        "srv": Dir(),
+    }
+
+
+ESP_TREE = {"EFI/debian/grub.cfg": "search --fs-uuid\n", "EFI/BOOT/BOOTX64.EFI": b"MZ" * 300,
+            "EFI/debian/shimx64.efi": b"MZ" + bytes(5000)}
+
+
+def disk(tmp_path: Path, fstype: str, extra_fstab: str = "", more: tuple = ()) -> Path:
+    parts = [Part("vfat", ESP_TREE, label="EFI", uuid=ESP_ID, name="esp", guid=ESP),
+             Part(fstype, root_tree(fstype, extra_fstab), label="rootfs", uuid=ROOT_UUID,
+                  name="root"), *more]
+    return make_disk(tmp_path / f"{fstype}.raw", parts)
+
+
+@pytest.fixture(scope="module", params=["ext4", "xfs", "btrfs"])
+def image(request, tmp_path_factory) -> Path:
+    return disk(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def test_files_links_and_mounts(image: Path) -> None:
+    with ne.open_guest(str(image), "raw") as s:
+        g = s.guest
+        assert g.read_text("/etc/hostname") == "guest\n"
+        assert g.read_file("/etc/big.bin") == BIG
+        assert g.read_file("/etc/big.bin", 1000) == BIG[:1000]
+        # links resolve inside the guest: absolute targets and ".." stop at the guest's /
+        assert g.realpath("/etc/alternatives/editor") == "/usr/bin/vim.basic"
+        assert g.read_text("/etc/escape") == "guest\n"
+        assert g.read_text("/etc/abs-escape") == "guest\n"
+        assert g.readlink("/etc/escape") == "../../../../../etc/hostname"
+        assert g.lstat("/etc/escape").is_link and g.stat("/etc/escape").is_reg
+        # a loop is ELOOP: absent, not a hang
+        assert g.stat("/etc/loop-a") is None and g.read_file("/etc/loop-a") is None
+        assert g.lstat("/etc/loop-a").is_link
+        # /lib -> usr/lib in the middle of a path
+        assert g.read_text("/lib/modules/6.1.0-1-cloud-amd64/modules.builtin").startswith("kernel/")
+        assert g.list_dir("/lib/modules") == ["6.1.0-1-cloud-amd64"]
+        # the ESP is mounted on /boot/efi by its fstab UUID; FAT names keep their case
+        assert g.list_dir("/boot/efi/EFI") == ["BOOT", "debian"]
+        assert g.list_dir("/etc/to-esp") == ["grub.cfg", "shimx64.efi"]
+        assert g.read_file("/boot/efi/EFI/BOOT/BOOTX64.EFI") == b"MZ" * 300
+        assert g.read_file("/boot/efi/efi/boot/bootx64.efi") == b"MZ" * 300   # vfat: any case
+        assert g.stat("/boot/efi/EFI/debian/grub.cfg").mode == stat.S_IFREG | 0o755
+        assert g.stat("/var/empty").mode == stat.S_IFDIR | 0o700
+        assert g.stat("/etc/missing") is None and g.list_dir("/etc/hostname") == []
+        assert g.read_file("/etc") is None
+        assert "/boot/efi/EFI/debian/grub.cfg" in g.facts.bootloader_files
+        assert g.facts.distro == "debian" and g.facts.version == "12"
+
+
+def test_facts_match_blkid(image: Path) -> None:
+    with ne.open_guest(str(image), "raw") as s:
+        fss = {fs.device: fs for fs in s.filesystems}
+    assert set(fss) == {"/dev/sda1", "/dev/sda2"}
+    for dev, offset in (("/dev/sda1", 1 * MIB), ("/dev/sda2", 34 * MIB)):
+        want = blkid(image, offset)
+        got = fss[dev]
+        assert (got.fstype, got.uuid, got.label) == (want["TYPE"], want.get("UUID"),
+                                                     want.get("LABEL"))
+    assert fss["/dev/sda1"].mountpoint == "/boot/efi" and fss["/dev/sda2"].mountpoint == "/"
+    assert fss["/dev/sda1"].partlabel == "esp" and fss["/dev/sda2"].partlabel == "root"
+    out = run("sgdisk", "-i", "2", str(image))
+    guid = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                if line.startswith("Partition unique GUID"))
+    assert fss["/dev/sda2"].partuuid == guid.lower()
+
+
+def test_unreadable_mount_makes_auto_fall_back(tmp_path: Path, monkeypatch) -> None:
+    """A guest mounting a filesystem the native engine cannot read goes to libguestfs (auto)."""
+    path = disk(tmp_path, "ext4", "PARTLABEL=data /srv auto defaults 0 2\n",
+                (Part("raw", {}, name="data", size_mib=4),))
+    with open(path, "r+b") as f:      # an NTFS boot sector on /dev/sda3
+        f.seek((1 + 33 + 16) * MIB + 3)
+        f.write(b"NTFS    ")
+    chosen: list[str] = []
+    monkeypatch.setattr(AutoEngine, "_guestfs", lambda self, image, facts, why: chosen.append(why))
+    AutoEngine("auto")(str(path), None)
+    assert len(chosen) == 1 and "/srv is ntfs (/dev/sda3)" in chosen[0], chosen
+    # forced native: the rest of the guest is still read, the unreadable mount is reported
+    with ne.open_guest(str(path), "raw") as s:
+        assert s.timing.unreadable == ["/srv is ntfs (/dev/sda3)"]
+        assert s.guest.read_text("/etc/hostname") == "guest\n"
+
+
+def test_auto_prefers_native(image: Path) -> None:
+    engine = AutoEngine("auto")
+    guest = engine(str(image), None)
+    try:
+        assert isinstance(guest, Guest) and engine.choice.name == "native"
+        assert "/boot/efi" in engine.choice.reason
+    finally:
+        engine.close()
+
+
+def test_no_root_is_a_clear_error(tmp_path: Path) -> None:
+    path = make_disk(tmp_path / "data.raw", [Part("ext4", {"hello": "x"}, name="data")])
+    with pytest.raises(ne.NativeEngineError, match="no ext2/3/4, XFS or btrfs filesystem holding"):
+        ne.open_guest(str(path), "raw")
+
+
+def _walk_everything(g: Guest) -> None:
+    todo = ["/"]
+    seen = 0
+    while todo and seen < 500:
+        d = todo.pop()
+        for name in g.list_dir(d):
+            p = d.rstrip("/") + "/" + name
+            seen += 1
+            st = g.lstat(p)
+            if st is None:
+                continue
+            if st.is_dir:
+                todo.append(p)
+            elif st.is_reg:
+                g.read_file(p, 1 << 20)
+            elif st.is_link:
+                g.readlink(p)
+                g.stat(p)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs"])
+def test_mutated_filesystems_fail_clearly_and_quickly(fstype: str, tmp_path: Path) -> None:
+    """Random damage in the root's metadata: a result or NativeEngineError/GuestReadError, bounded."""
+    work = disk(tmp_path, fstype)
+    rng = random.Random(f"vhdtool-{fstype}")
+    root_start = 34 * MIB
+    outcomes = {"opened": 0, "open-error": 0, "read-error": 0}
+    with open(work, "rb") as f:        # damage only sectors in use (metadata and small files)
+        f.seek(root_start)
+        head = f.read(8 * MIB)
+    used = [root_start + i for i in range(0, len(head), 512) if head[i:i + 512].strip(b"\0")]
+    for _ in range(25):
+        undo = []
+        with open(work, "r+b") as f:
+            for _ in range(rng.randint(1, 40)):
+                at = rng.choice(used) + rng.randrange(512)
+                f.seek(at)
+                n = rng.choice((1, 2, 4, 8))
+                undo.append((at, f.read(n)))
+                f.seek(at)
+                f.write(bytes([rng.randrange(256)]) * n)
+        t0 = time.monotonic()
+        try:
+            with ne.open_guest(str(work), "raw", timeout=20) as s:
+                outcomes["opened"] += 1
+                try:
+                    _walk_everything(s.guest)
+                except ne.GuestReadError as e:
+                    assert str(work) in str(e)
+                    outcomes["read-error"] += 1
+        except ne.NativeEngineError as e:
+            assert str(work) in str(e)
+            outcomes["open-error"] += 1
+        assert time.monotonic() - t0 < 25
+        with open(work, "r+b") as f:
+            for at, data in reversed(undo):
+                f.seek(at)
+                f.write(data)
+    print(fstype, outcomes)
+    assert outcomes["open-error"] + outcomes["read-error"] > 0, "no mutation was ever noticed"
+
+
+def test_timeout_is_enforced(tmp_path: Path) -> None:
+    path = disk(tmp_path, "ext4")
+    with pytest.raises(ne.NativeEngineError, match="longer than"):
+        ne.open_guest(str(path), "raw", timeout=0.0)
