@@ -115,15 +115,21 @@ class _Readers:
         return self._loaded[key]
 
 
+#: the distributions the readers come from (checked without importing them)
+_DISTRIBUTIONS = ("dissect.extfs", "dissect.xfs", "dissect.btrfs", "dissect.fat", "dissect.volume")
+
+
 def available() -> str | None:
-    """None when the readers are installed, else why not (without importing them all)."""
-    import importlib.util
-    for module, _ in _READER_MODULES.values():
+    """None when the readers are installed, else why not (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+    missing = []
+    for dist in _DISTRIBUTIONS:
         try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not installed (pip install 'vhdtool[native]')"
-        except ImportError:
-            return f"{module} is not installed (pip install 'vhdtool[native]')"
+            version(dist)
+        except PackageNotFoundError:
+            missing.append(dist)
+    if missing:
+        return f"{', '.join(missing)} not installed (pip install 'vhdtool[native]')"
     return None
 
 
@@ -362,6 +368,8 @@ class _Fs:
         raise NotImplementedError
 
     def readlink(self, node: Any) -> str:
+        if self.stat(node).size > 4096:       # PATH_MAX: a damaged size must not allocate GiBs
+            raise OSError("symbolic link longer than PATH_MAX (4096)")
         return str(node.link)
 
     def read(self, node: Any, limit: int) -> bytes:

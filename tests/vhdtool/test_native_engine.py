@@ -213,3 +213,17 @@ def test_timeout_is_enforced(tmp_path: Path) -> None:
     path = disk(tmp_path, "ext4")
     with pytest.raises(ne.NativeEngineError, match="longer than"):
         ne.open_guest(str(path), "raw", timeout=0.0)
+
+
+@pytest.mark.parametrize("fmt,qemu", [("qcow2", ["-O", "qcow2"]), ("vhdx", ["-O", "vhdx"]),
+                                      ("vpc", ["-O", "vpc", "-o", "subformat=dynamic,force_size"])])
+def test_reads_every_image_format_directly(image: Path, tmp_path: Path, fmt: str,
+                                           qemu: list[str]) -> None:
+    """The same guest through VHD/VHDX/qcow2 (made by qemu-img from the raw disk), unconverted."""
+    other = tmp_path / f"disk.{fmt}"
+    run("qemu-img", "convert", "-f", "raw", *qemu, str(image), str(other))
+    with ne.open_guest(str(image), "raw") as a, ne.open_guest(str(other), fmt) as b:
+        assert a.filesystems == b.filesystems
+        assert a.guest.facts == b.guest.facts
+        assert b.guest.read_file("/etc/big.bin") == BIG
+        assert b.guest.list_dir("/boot/efi/EFI/debian") == ["grub.cfg", "shimx64.efi"]
