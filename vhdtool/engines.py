@@ -65,7 +65,12 @@ class AutoEngine:
         if missing is not None:
             if self.mode == "native":
                 raise ne.NativeEngineUnavailable(f"--engine native: {missing}")
-            return self._guestfs(image, facts, f"native readers unavailable: {missing}")
+            from .guestfs_engine import GuestEngineUnavailable
+            try:
+                return self._guestfs(image, facts, f"native readers unavailable: {missing}")
+            except GuestEngineUnavailable as e:
+                raise GuestEngineUnavailable(f"no guest engine: the native engine's readers are "
+                                             f"missing ({missing}) and {e}") from None
         quiet: list[str] = []
         warn = (lambda m: quiet.append(m)) if self.mode == "auto" else ne._warn
         native = ne.NativeEngine(timeout=self.native_timeout or min(self.timeout, ne.DEFAULT_TIMEOUT),
