@@ -51,8 +51,15 @@ class VhdtoolGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Prepare and validate Linux disk images offline before uploading them to Azure."""
-    logging.basicConfig(stream=sys.stderr, format="vhdtool: %(message)s",
-                        level=logging.WARNING - 10 * min(verbose, 2))
+    # the "vhdtool" logger only, to the current stderr (also when invoked again in one process)
+    for h in [h for h in log.handlers if getattr(h, "vhdtool", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.vhdtool = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("vhdtool: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    log.propagate = False
 
 
 @cli.command()
@@ -103,8 +110,9 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
-@click.option("--guest/--no-guest", default=False, show_default=True,
-              help="Open the guest read-only with libguestfs and run the guest checks.")
+@click.option("--guest/--no-guest", default=True, show_default=True,
+              help="Open the guest read-only (see --engine) and run the guest checks "
+                   "(--no-guest: disk-level checks only, no guest engine needed).")
 @click.option("--guest-timeout", type=float, default=300.0, show_default=True,
               help="Seconds allowed for the libguestfs appliance to start.")
 @click.option("--engine", "engine_name", type=click.Choice(["auto", "native", "guestfs"]),
@@ -138,9 +146,14 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     try:
         result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine)
     except (GuestEngineUnavailable, NativeEngineUnavailable) as e:
-        click.echo(f"vhdtool: error: {e}", err=True)
+        click.echo(f"vhdtool: error: {e}\nvhdtool: run `vhdtool check --no-guest {image}` for "
+                   "the disk-level checks only", err=True)
         sys.exit(Exit.MISSING_TOOL)
-    _log_guest_timing(result)
+    if engine is not None and engine.skip_reason:
+        click.echo(f"vhdtool: warning: guest checks skipped: {engine.skip_reason}", err=True)
+    timing = result.extra.get("guest_timing")
+    if timing is not None:
+        log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
     for out in outs:
         use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
         text = render(out.fmt, result, threshold, color=bool(use_color))
@@ -149,14 +162,6 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         else:
             write_atomic(out.path, text)
     sys.exit(check_exit(result.results, threshold))
-
-
-def _log_guest_timing(result: Any) -> None:
-    timing = result.extra.get("guest_timing")
-    if timing is not None:
-        logging.getLogger("vhdtool").info(
-            "guest: %s; all checks %.2f s", timing.describe().rsplit(", checks", 1)[0],
-            result.extra.get("checks_seconds", 0.0))
 
 
 @cli.group("checks")
