@@ -165,7 +165,8 @@ def _fat_root_label(head: bytes, read: Read, size: int, bps: int, spc: int, rese
 
 def probe(read: Read, size: int) -> Probe | None:
     """TYPE/UUID/LABEL of the volume of ``size`` bytes read through ``read``; None if unknown."""
-    head = read(0, min(PROBE_BYTES, size))
+    # zero-padded: a volume shorter than a superblock cannot make a prober read past its bytes
+    head = read(0, min(PROBE_BYTES, size)).ljust(PROBE_BYTES, b"\0")
     if _at(head, 0, b"XFSB"):
         return Probe("xfs", _uuid(head[32:48]), _text(head[108:120]))
     if _at(head, 0, b"LUKS\xba\xbe"):
