@@ -227,3 +227,18 @@ def test_reads_every_image_format_directly(image: Path, tmp_path: Path, fmt: str
         assert a.guest.facts == b.guest.facts
         assert b.guest.read_file("/etc/big.bin") == BIG
         assert b.guest.list_dir("/boot/efi/EFI/debian") == ["grub.cfg", "shimx64.efi"]
+
+
+def test_a_spinning_reader_is_stopped(tmp_path: Path, monkeypatch) -> None:
+    """A reader looping without reading (so no read-side deadline check) is stopped by the timer."""
+    path = disk(tmp_path, "ext4")
+    with ne.open_guest(str(path), "raw", timeout=2.0) as s:
+        def spin(self, node):
+            while True:
+                pass
+            yield  # pragma: no cover
+        monkeypatch.setattr(ne._ExtFs, "entries", spin)
+        t0 = time.monotonic()
+        with pytest.raises(ne.GuestReadError, match="longer than 2 s"):
+            s.guest.view.list_dir("/var/empty")
+        assert time.monotonic() - t0 < 5
