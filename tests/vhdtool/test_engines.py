@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -43,6 +44,9 @@ def test_native_runs_the_guest_checks(guest_disk: Path, tmp_path: Path, mode: st
     verdicts = {r["id"]: r["verdict"] for r in report["results"]}
     assert verdicts["guest.deprovision.machine-id"] == "fail"
     assert "guest engine: native" in text
+    schema = json.loads((Path(__file__).parents[2] / "docs/schemas/check-report.schema.json")
+                        .read_text())
+    jsonschema.Draft202012Validator(schema).validate(report)
     if mode == "auto":
         assert "vfat /boot/efi" in report["guest_engine"]["reason"]
 
