@@ -166,7 +166,8 @@ class _Budget:
             raise _Timeout()
 
         old = signal.signal(signal.SIGALRM, fire)
-        signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - time.monotonic()))
+        start = time.monotonic()
+        outer = signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - start))
         self._depth += 1
         try:
             yield
@@ -174,6 +175,9 @@ class _Budget:
             self._depth -= 1
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+            if outer[0] > 0:        # the caller's own timer goes on where it was
+                left = outer[0] - (time.monotonic() - start)
+                signal.setitimer(signal.ITIMER_REAL, max(0.001, left), outer[1])
 
 
 class _Source:
