@@ -305,7 +305,14 @@ def _logical_volumes(pvs: Sequence[Volume], readers: _Readers) -> list[Volume]:
     return out
 
 
-def find_volumes(path: str, fmt: str, source: _Source, readers: _Readers | None,
+def _slice(source: _Source, start: int, size: int) -> Callable[[int, int], bytes]:
+    """``read(offset, length)`` of ``[start, start + size)`` of the disk, clipped to it."""
+    def read(offset: int, length: int) -> bytes:
+        return source.read(start + offset, max(0, min(length, size - offset)))
+    return read
+
+
+def find_volumes(path: str, source: _Source, readers: _Readers | None,
                  warn: Callable[[str], None]) -> list[Volume]:
     """Partitions then logical volumes, each probed (as ``list_partitions`` + ``lvs`` + blkid)."""
     table = read_partition_table(source.read, source.size, 512, path)
@@ -313,9 +320,7 @@ def find_volumes(path: str, fmt: str, source: _Source, readers: _Readers | None,
     for p in sorted(table.partitions, key=lambda p: p.index):
         if p.size <= 0:
             continue
-        vol = Volume(f"/dev/sda{p.index}", p.size,
-                     (lambda start, size: lambda o, n: source.read(start + o, max(0, min(n, size - o))))(
-                         p.start, p.size))
+        vol = Volume(f"/dev/sda{p.index}", p.size, _slice(source, p.start, p.size))
         uuid = p.uuid.lower() if p.uuid else None
         _probe(vol, uuid, p.name if p.scheme == "gpt" else None)
         vols.append(vol)
@@ -646,7 +651,7 @@ class _LvNames:
         self.names: dict[str, str] = {}
         for fs in fss:
             parts = fs.device.split("/")
-            if len(parts) == 4 and not parts[2].startswith("sd"):
+            if len(parts) == 4:                       # /dev/VG/LV (partitions: /dev/sdaN)
                 vg, lv = parts[2], parts[3]
                 self.names[f"/dev/mapper/{_lvm_escape(vg)}-{_lvm_escape(lv)}"] = fs.device
                 self.names[fs.device] = fs.device
@@ -776,7 +781,7 @@ def open_guest(path: str, fmt: str | None = None, timeout: float = DEFAULT_TIMEO
         source = _Source(img.read, img.virtual_size, budget)
         view = NativeView(path, budget)
         with budget.guard():
-            vols = find_volumes(path, fmt or "", source, readers, warn)
+            vols = find_volumes(path, source, readers, warn)
             root = _find_root(view, vols, readers, warn)
             if root is None:
                 raise NativeEngineError(
