@@ -242,3 +242,16 @@ def test_a_spinning_reader_is_stopped(tmp_path: Path, monkeypatch) -> None:
         with pytest.raises(ne.GuestReadError, match="longer than 2 s"):
             s.guest.view.list_dir("/var/empty")
         assert time.monotonic() - t0 < 5
+
+
+def test_a_filesystem_the_reader_refuses_makes_auto_fall_back(tmp_path: Path, monkeypatch) -> None:
+    """ext4 with bigalloc (clusters bigger than blocks: dissect.extfs refuses it) mounted on /srv:
+    readable by type, not by the reader; auto goes to libguestfs and says why."""
+    parts = (Part("ext4", {"data": "x"}, name="data", size_mib=32),)
+    path = disk(tmp_path, "ext4", "PARTLABEL=data /srv ext4 defaults 0 2\n", parts)
+    run("mkfs.ext4", "-q", "-F", "-O", "bigalloc", "-C", "16384", "-E",
+        f"offset={(1 + 33 + 16) * MIB}", str(path), "32M")
+    chosen: list[str] = []
+    monkeypatch.setattr(AutoEngine, "_guestfs", lambda self, image, facts, why: chosen.append(why))
+    AutoEngine("auto")(str(path), None)
+    assert len(chosen) == 1 and "/srv (/dev/sda3, ext4)" in chosen[0], chosen
