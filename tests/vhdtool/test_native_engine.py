@@ -6,7 +6,9 @@ filesystem facts, path_resolution(7) for links (inside the guest root, ELOOP aft
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import stat
 import time
 from pathlib import Path
@@ -61,7 +63,7 @@ def disk(tmp_path: Path, fstype: str, extra_fstab: str = "", more: tuple = ()) -
     return make_disk(tmp_path / f"{fstype}.raw", parts)
 
 
-@pytest.fixture(scope="module", params=["ext4", "xfs", "btrfs"])
+@pytest.fixture(scope="module", params=["ext4", "ext2", "xfs", "btrfs"])
 def image(request, tmp_path_factory) -> Path:
     return disk(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -255,3 +257,35 @@ def test_a_filesystem_the_reader_refuses_makes_auto_fall_back(tmp_path: Path, mo
     monkeypatch.setattr(AutoEngine, "_guestfs", lambda self, image, facts, why: chosen.append(why))
     AutoEngine("auto")(str(path), None)
     assert len(chosen) == 1 and "/srv (/dev/sda3, ext4)" in chosen[0], chosen
+
+
+def test_mbr_logical_root_and_no_table(tmp_path: Path) -> None:
+    """A root on a logical partition is /dev/sda5 with PARTUUID <disk id>-05 (sfdisk numbering);
+    a disk without a partition table has no volume: a clear NativeEngineError."""
+    from .nativeimages import make_fs
+    tree = {"etc/fstab": "/dev/sda5 / ext4 defaults 0 1\n", "etc/hostname": "logical\n"}
+    fs = make_fs(Part("ext4", tree), tmp_path, 1)
+    path = tmp_path / "mbr.raw"
+    with open(path, "wb") as f:
+        f.truncate(40 * MIB)
+    run("dd", f"if={fs}", f"of={path}", "bs=1M", "seek=2", "conv=notrunc,sparse", "status=none")
+    script = "label: dos\nstart=2048, size=75776, type=5\nstart=4096, size=32768, type=83\n"
+    res = subprocess.run(["sfdisk", "-q", str(path)], input=script, text=True,
+                         capture_output=True)
+    assert res.returncode == 0, res.stderr
+    node = json_parts(path)
+    assert f"{path}5" in node
+    disk_id = run("sfdisk", "--disk-id", str(path)).strip().lower().removeprefix("0x")
+    with ne.open_guest(str(path), "raw") as s:
+        root = next(f for f in s.filesystems if f.mountpoint == "/")
+        assert root.device == "/dev/sda5" and root.partuuid == f"{disk_id}-05"
+        assert s.guest.read_text("/etc/hostname") == "logical\n"
+    bare = tmp_path / "bare.raw"
+    run("cp", "--sparse=always", str(fs), str(bare))
+    with pytest.raises(ne.NativeEngineError, match="among 0 volumes"):
+        ne.open_guest(str(bare), "raw")
+
+
+def json_parts(path: Path) -> list[str]:
+    return [p["node"] for p in json.loads(run("sfdisk", "-J", str(path)))["partitiontable"]
+            ["partitions"]]
