@@ -91,3 +91,54 @@ def test_views_agree_on_made_filesystems(fstype: str, tmp_path) -> None:
         for p in ("/etc/escape", "/etc/abs-escape", "/etc/to-esp", "/lib/modules",
                   "/boot/efi/efi/boot/bootx64.efi", "/etc/loop-a"):
             assert n.guest.stat(p) == g.guest.stat(p), p
+
+
+def _btrfs_subvolume_disk(path) -> None:
+    """A GPT disk whose btrfs root lives in subvolume ``@`` (the default subvolume, as openSUSE
+    sets it) with ``@home`` mounted by ``subvol=@home``: made in the libguestfs appliance, the only
+    way here to create subvolumes without mounting on the host."""
+    import guestfs
+    with open(path, "wb") as f:
+        f.truncate(200 << 20)
+    g = guestfs.GuestFS(python_return_dict=True)
+    g.set_backend_settings(["force_tcg"])
+    g.add_drive_opts(str(path), format="raw", readonly=False)
+    g.launch()
+    try:
+        g.part_disk("/dev/sda", "gpt")
+        g.mkfs_btrfs(["/dev/sda1"], label="broot")
+        uuid = g.vfs_uuid("/dev/sda1")
+        g.mount("/dev/sda1", "/")
+        for sub in ("/@", "/@home", "/@home/nested"):
+            g.btrfs_subvolume_create(sub)
+        ids = {s["btrfssubvolume_path"]: s["btrfssubvolume_id"] for s in g.btrfs_subvolume_list("/")}
+        g.btrfs_subvolume_set_default(ids["@"], "/")
+        g.mkdir_p("/@/etc")
+        g.mkdir_p("/@/home")
+        g.write("/@/etc/fstab", f"UUID={uuid} / btrfs subvol=@ 0 0\n"
+                                f"UUID={uuid} /home btrfs subvol=@home 0 0\n")
+        g.write("/@/etc/os-release", "ID=opensuse-leap\nVERSION_ID=15.6\n")
+        g.write("/@home/user.txt", "in @home\n")
+        g.write("/@home/nested/deep.txt", "in a nested subvolume\n")
+        g.ln_s("/home/user.txt", "/@/etc/to-home")
+        g.write("/top-level-only.txt", "not in any mounted subvolume\n")
+        g.umount_all()
+        g.shutdown()
+    finally:
+        g.close()
+
+
+def test_btrfs_default_and_named_subvolumes(tmp_path) -> None:
+    from vhdtool import guestfs_engine as ge
+    from vhdtool import native_engine as ne
+    path = tmp_path / "btrfs-subvol.raw"
+    _btrfs_subvolume_disk(path)
+    with ge.open_guest(str(path), "raw", progress=False) as g, ne.open_guest(str(path), "raw") as n:
+        assert n.guest.read_text("/home/user.txt") == "in @home\n"
+        assert n.guest.read_text("/etc/to-home") == "in @home\n"
+        assert n.guest.read_text("/home/nested/deep.txt") == "in a nested subvolume\n"
+        assert n.guest.stat("/top-level-only.txt") is None
+        assert n.guest.facts == g.guest.facts
+        ref, got = _walk(g.guest.view, "/"), _walk(n.guest.view, "/")
+        assert sorted(got) == sorted(ref)
+        assert [p for p in ref if ref[p] != got[p]] == []
