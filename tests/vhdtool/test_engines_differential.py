@@ -93,7 +93,7 @@ def test_views_agree_on_made_filesystems(fstype: str, tmp_path) -> None:
             assert n.guest.stat(p) == g.guest.stat(p), p
 
 
-def _btrfs_subvolume_disk(path) -> None:
+def _btrfs_subvolume_disk(path, set_default: bool = True) -> None:
     """A GPT disk whose btrfs root lives in subvolume ``@`` (the default subvolume, as openSUSE
     sets it) with ``@home`` mounted by ``subvol=@home``: made in the libguestfs appliance, the only
     way here to create subvolumes without mounting on the host."""
@@ -112,7 +112,8 @@ def _btrfs_subvolume_disk(path) -> None:
         for sub in ("/@", "/@home", "/@home/nested"):
             g.btrfs_subvolume_create(sub)
         ids = {s["btrfssubvolume_path"]: s["btrfssubvolume_id"] for s in g.btrfs_subvolume_list("/")}
-        g.btrfs_subvolume_set_default(ids["@"], "/")
+        if set_default:
+            g.btrfs_subvolume_set_default(ids["@"], "/")
         g.mkdir_p("/@/etc")
         g.mkdir_p("/@/home")
         g.write("/@/etc/fstab", f"UUID={uuid} / btrfs subvol=@ 0 0\n"
@@ -142,3 +143,19 @@ def test_btrfs_default_and_named_subvolumes(tmp_path) -> None:
         ref, got = _walk(g.guest.view, "/"), _walk(n.guest.view, "/")
         assert sorted(got) == sorted(ref)
         assert [p for p in ref if ref[p] != got[p]] == []
+
+
+def test_btrfs_root_outside_the_default_subvolume_falls_back(tmp_path, monkeypatch) -> None:
+    """Fedora's layout (root in a subvolume, the default one the top level): no /etc/fstab in the
+    default subvolume, so the native engine finds no root and auto hands over to libguestfs
+    (whose inspection mounts the subvolume), saying why."""
+    from vhdtool import native_engine as ne
+    from vhdtool.engines import AutoEngine
+    path = tmp_path / "btrfs-fedora.raw"
+    _btrfs_subvolume_disk(path, set_default=False)
+    with pytest.raises(ne.NativeEngineError, match="holding /etc/fstab"):
+        ne.open_guest(str(path), "raw")
+    chosen: list[str] = []
+    monkeypatch.setattr(AutoEngine, "_guestfs", lambda self, image, facts, why: chosen.append(why))
+    AutoEngine("auto")(str(path), None)
+    assert len(chosen) == 1 and "cannot open the guest" in chosen[0]
