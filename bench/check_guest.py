@@ -14,6 +14,7 @@ the image named by --peer.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ def images(names: list[str], build: bool) -> list[tuple[str, Path, str]]:
         raw, meta = paths(RECIPES[name], cache_dir())
         if not raw.exists():
             if not build:
-                log(f"{name}: not in the fixture cache (python -m fixtures.build {name}, or --build)")
+                log(f"{name}: not in the fixture cache "
+                    f"(python -m fixtures.build {name}, or --build)")
                 continue
             raw = image(name)
         out.append((name, raw, json.loads(meta.read_text())["recipe"]["os_state"]))
@@ -62,10 +64,15 @@ def main() -> None:
             f"{failed} failed)  checks/launch {timing.checks / timing.launch:5.3f}  "
             f"total {total:5.1f} s")
         if name == args.peer:
+            env = dict(os.environ)       # the peer on the backend vhdtool ended up using
+            if timing.backend == "TCG":
+                env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
             t0 = time.perf_counter()
-            subprocess.run(["virt-inspector", "--no-applications", "--format=raw", "-a",
-                            str(path)], check=True, capture_output=True)
+            proc = subprocess.run(["virt-inspector", "--no-applications", "--format=raw", "-a",
+                                   str(path)], capture_output=True, text=True, env=env)
             peer = time.perf_counter() - t0
+            if proc.returncode:
+                raise SystemExit(f"virt-inspector failed: {proc.stderr.strip()[-300:]}")
             log(f"{'':18} peer virt-inspector (launch + inspection, no checks): {peer:5.1f} s; "
                 f"vhdtool guest run / virt-inspector = {total / peer:4.2f}")
     if not rows:

@@ -151,7 +151,12 @@ def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool) -> Any:
     g = guestfs.GuestFS(python_return_dict=True)
     if tcg:
         g.set_backend_settings(["force_tcg"])
-    g.add_drive_opts(path, readonly=True, format=fmt)
+    try:
+        g.add_drive_opts(path, readonly=True, format=fmt)   # qemu-img makes the overlay here
+    except RuntimeError as e:
+        g.close()
+        raise GuestEngineError(f"{path}: qemu cannot open the image as {fmt} for libguestfs "
+                               f"({str(e).splitlines()[0]})") from None
     return g
 
 
@@ -461,8 +466,13 @@ class GuestfsEngine:
         fmt = getattr(facts, "format", None) or "raw"
         try:
             self.session = open_guest(image, fmt, self.progress, self.timeout)
+        except GuestEngineUnavailable:
+            raise
         except GuestEngineError as e:
             self.skip_reason = str(e)
+            return None
+        except RuntimeError as e:     # libguestfs failed after the launch (appliance died...)
+            self.skip_reason = f"{image}: libguestfs failed: {str(e).splitlines()[0]}"
             return None
         self.timing = self.session.timing
         return self.session.guest

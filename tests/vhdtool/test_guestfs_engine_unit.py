@@ -44,7 +44,7 @@ def test_missing_appliance_is_exit_4(monkeypatch, tmp_path) -> None:
         ge.run_guest_checks(str(img), "raw", Profile(), progress=False, timeout=60)
 
 
-# -- `vhdtool check`: the guest engine is on by default ---------------------------------------------
+# -- `vhdtool check`: the guest engine is on by default -----------------------------------------
 
 @pytest.fixture
 def no_appliance(monkeypatch, tmp_path):
@@ -84,3 +84,60 @@ def test_no_launch_when_no_guest_check_applies(no_appliance, hybrid_vhd, args) -
     res = CliRunner().invoke(cli, ["check", hybrid_vhd, *args])
     assert res.exit_code == Exit.OK, res.output
     assert ge.LAUNCHES == before and "appliance" not in res.output
+
+
+def test_pipeline_engine_protocol(hybrid_vhd) -> None:
+    """The pipeline calls the engine once, closes it once, passes its skip reason on (no Linux
+    root) and fills the timing's checks seconds."""
+    from checks.catalog import Verdict
+    from vhdtool.pipeline import run
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls, self.closed = [], 0
+            self.skip_reason = None
+            self.timing = ge.Timing(launch=9.0, inspect=1.0, backend="TCG")
+
+        def __call__(self, path, facts):
+            self.calls.append((path, facts.format))
+            self.skip_reason = f"{path}: no Linux root filesystem found on the disk"
+            return None
+
+        def close(self) -> None:
+            self.closed += 1
+
+    eng = Engine()
+    r = run(hybrid_vhd, Profile(), guest_engine=eng)
+    assert eng.calls == [(hybrid_vhd, "vpc")] and eng.closed == 1
+    guest = [x for x in r.results if x.check.needs == "guest"
+             and x.check.applies.why_not(r.profile, r.generations) is None]
+    assert guest and all(x.verdict is Verdict.SKIP and "no Linux root" in x.reason for x in guest)
+    assert r.extra["guest_timing"] is eng.timing
+    assert eng.timing.checks == r.extra["checks_seconds"] > 0
+    assert "appliance launch 9.0 s (TCG)" in eng.timing.describe()
+
+
+def test_image_qemu_cannot_open_is_a_clear_error(tmp_path) -> None:
+    """qemu-img refuses the drive when libguestfs adds it (before any launch): a GuestEngineError
+    naming the file and the format, never a bare RuntimeError."""
+    img = tmp_path / "zero.qcow2"
+    img.write_bytes(b"\0" * (1 << 20))
+    with pytest.raises(ge.GuestEngineError, match=r"zero\.qcow2: qemu cannot open the image as "
+                                                  r"qcow2"):
+        ge.run_guest_checks(str(img), "qcow2", Profile(), progress=False, timeout=60)
+
+
+@pytest.mark.parametrize("exc, skipped", [
+    (ge.NoLinuxRoot("d.raw: no Linux root filesystem found on the disk"), "no Linux root"),
+    (RuntimeError("guestfsd: appliance died\ndetails"), "libguestfs failed: guestfsd: appliance"),
+    (ge.GuestEngineUnavailable("no appliance"), None)])
+def test_engine_failures_skip_or_exit_4(monkeypatch, exc, skipped) -> None:
+    def fail(*a, **kw):
+        raise exc
+    monkeypatch.setattr(ge, "open_guest", fail)
+    eng = ge.GuestfsEngine(progress=False)
+    if skipped is None:
+        with pytest.raises(ge.GuestEngineUnavailable):
+            eng("d.raw", None)
+        return
+    assert eng("d.raw", None) is None and skipped in eng.skip_reason
