@@ -111,17 +111,21 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
               help="File for the first --format that names none.")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
 @click.option("--guest/--no-guest", default=True, show_default=True,
-              help="Open the guest read-only with libguestfs and run the guest checks "
-                   "(--no-guest: disk-level checks only, no libguestfs needed).")
+              help="Open the guest read-only (see --engine) and run the guest checks "
+                   "(--no-guest: disk-level checks only, no guest engine needed).")
 @click.option("--guest-timeout", type=float, default=300.0, show_default=True,
               help="Seconds allowed for the libguestfs appliance to start.")
+@click.option("--engine", "engine_name", type=click.Choice(["auto", "native", "guestfs"]),
+              default="auto", show_default=True,
+              help="Guest engine: native (in-process readers, no appliance), guestfs (libguestfs), "
+                   "auto (native when it reads every filesystem the guest mounts).")
 def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None,
-              guest: bool, guest_timeout: float) -> None:
+              guest: bool, guest_timeout: float, engine_name: str) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
-    from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
+    from .guestfs_engine import GuestEngineUnavailable
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
@@ -136,10 +140,12 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         if not any(selected(cid, [pattern], []) for cid in known):
             raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
     threshold = Severity.parse(fail_on)
-    engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
+    from .engines import AutoEngine
+    from .native_engine import NativeEngineUnavailable
+    engine = AutoEngine(engine_name, timeout=guest_timeout) if guest else None
     try:
         result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine)
-    except GuestEngineUnavailable as e:
+    except (GuestEngineUnavailable, NativeEngineUnavailable) as e:
         click.echo(f"vhdtool: error: {e}\nvhdtool: run `vhdtool check --no-guest {image}` for "
                    "the disk-level checks only", err=True)
         sys.exit(Exit.MISSING_TOOL)

@@ -84,6 +84,8 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
         close = getattr(guest_engine, "close", None) if use_guest else None
         if close is not None:
             close()
+    if use_guest and getattr(guest_engine, "choice", None) is not None:
+        extra["guest_engine"] = guest_engine.choice  # type: ignore[union-attr]
     timing = getattr(guest_engine, "timing", None) if use_guest else None
     if timing is not None:
         timing.checks = extra["checks_seconds"]

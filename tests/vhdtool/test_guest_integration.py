@@ -52,7 +52,8 @@ RECIPES = ["good", "not-deprovisioned", "udf-blacklisted", "fstab-devname", "swa
 def vhdtool_check(path: Path, *args: str) -> tuple[int, dict, str]:
     """`vhdtool -v check PATH --format json ARGS`: (exit code, report, stderr); one launch."""
     before = ge.LAUNCHES
-    res = CliRunner().invoke(cli, ["-v", "check", str(path), "--format", "json", *args])
+    res = CliRunner().invoke(cli, ["-v", "check", "--engine", "guestfs", str(path), "--format",
+                                   "json", *args])
     assert ge.LAUNCHES - before == 1, "one appliance launch per vhdtool check"
     return res.exit_code, json.loads(res.stdout), res.stderr
 
