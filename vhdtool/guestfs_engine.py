@@ -54,6 +54,10 @@ class GuestEngineError(RuntimeError):
     """The guest could not be opened or inspected (no OS found, timeout)."""
 
 
+class NoLinuxRoot(GuestEngineError):
+    """The disk holds no Linux root filesystem: the guest checks have nothing to read."""
+
+
 @dataclass
 class Timing:
     launch: float = 0.0
@@ -265,9 +269,13 @@ def _mount_fstab(g: Any, root: str, fss: Sequence[Filesystem]) -> dict[str, str]
 def mount_guest(g: Any, path: str) -> tuple[str, dict[str, str]]:
     """Inspect and mount every filesystem of the (first) OS read-only; (root, mountpoints)."""
     roots = g.inspect_os()
-    if not roots:
-        raise GuestEngineError(f"{path}: libguestfs inspection found no operating system")
-    root = sorted(roots)[0]
+    linux = [r for r in sorted(roots) if g.inspect_get_type(r) == "linux"]
+    if not linux:
+        found = ", ".join(f"{g.inspect_get_type(r)} on {r}" for r in sorted(roots))
+        raise NoLinuxRoot(f"{path}: no Linux root filesystem found on the disk (no filesystem "
+                          "holds /etc/fstab; libguestfs inspection found "
+                          f"{found or 'no operating system'})")
+    root = linux[0]
     mps = g.inspect_get_mountpoints(root)
     mounted = {}
     for mp, dev in sorted(mps.items(), key=lambda kv: (kv[0].count("/"), len(kv[0]))):
@@ -478,5 +486,6 @@ def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequen
         return results, s.timing
 
 
-__all__ = ["open_guest", "run_guest_checks", "GuestfsEngine", "GuestSession", "GuestfsView", "Timing",
-           "GuestEngineUnavailable", "GuestEngineError", "LAUNCHES", "QEMU_FORMATS"]
+__all__ = ["open_guest", "run_guest_checks", "GuestfsEngine", "GuestSession", "GuestfsView",
+           "Timing", "GuestEngineUnavailable", "GuestEngineError", "NoLinuxRoot", "LAUNCHES",
+           "QEMU_FORMATS"]
