@@ -234,7 +234,10 @@ def _blockers(doc: dict[str, Any], run: CheckRun) -> list[str]:
     gated = [cid for cid, r in doc["checks"]["results"].items() if r["gate"]]
     if gated:
         out.append("checks failed: " + ", ".join(gated))
-    if doc["gallery"]["osState"]["value"] is None and run.extra["guest"]["opened"]:
+    if not run.extra["guest"]["opened"]:
+        out.append(f"the guest was not opened ({run.extra['guest']['reason']}): osState, "
+                   f"architecture and features are not verified")
+    elif doc["gallery"]["osState"]["value"] is None:
         out.append("the OS state could not be derived (see gallery.osState)")
     if not doc["gallery"]["register"]:
         out.append("the disk boots no Hyper-V generation")
