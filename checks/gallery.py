@@ -521,7 +521,9 @@ def _gen2_only(ctx: Context, want: str, feature: str,
             continue
         d = derived.definition(g)
         if d is None:
-            continue        # a generation the disk does not boot is gallery.generation's finding
+            out.append(Finding(f"{g}: declared {want}, but the disk does not boot {g}: "
+                               f"{derived.generations.why_not(g)}", feature))
+            continue
         p = prop(d)
         have = ",".join(p.value) if isinstance(p.value, tuple) else str(p.value)
         if not (needs in p.value if isinstance(p.value, tuple) else p.value in SIGNED_TYPES):

@@ -157,6 +157,13 @@ def test_declared_nvme_with_explicit_gen1_is_refused_even_on_hybrid() -> None:
     assert v is Verdict.FAIL and "needs Gen2: it cannot be combined with V1" in why
 
 
+def test_declared_trusted_launch_on_a_generation_the_disk_does_not_boot() -> None:
+    v, why = verdict("gallery.security-type", disk={"partitions": without_partition(2)},
+                     profile=Profile(generations=frozenset({V2})),
+                     security_type="TrustedLaunchSupported")
+    assert v is Verdict.FAIL and "does not boot V2" in why and "boot.g2.esp" in why
+
+
 def test_declared_nvme_on_hybrid_auto_targets_v2() -> None:
     assert verdict("gallery.disk-controller", disk_controllers=("SCSI", "NVMe"))[0] is Verdict.PASS
 
