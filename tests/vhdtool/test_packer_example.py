@@ -39,16 +39,17 @@ def test_example_runs_convert_check_manifest_in_order() -> None:
     lines = post_processor_lines(EXAMPLE.read_text(), {"output_dir": "out", "vhdtool": "vhdtool"})
     assert [line.split()[1] for line in lines] == ["convert", "check", "manifest"]
     assert "out/disk.raw out/disk.vhd" in lines[0]
-    assert "sarif:out/check.sarif" in lines[1] and "junit:out/check.junit.xml" in lines[1]
+    assert "--format text " in lines[1] and "sarif:out/check.sarif" in lines[1] and "junit:out/check.junit.xml" in lines[1]
     assert "-o out/manifest.json --commands" in lines[2]
 
 
-def build(image: Path, out: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+def build(image: Path, out: Path, tmp: Path,
+          keep: bool = False) -> subprocess.CompletedProcess[str]:
     """``packer build`` of the example (or its post-processor's commands when Packer is absent)."""
     variables = {"source_image": str(image), "output_dir": str(out), "accelerator": "tcg",
                  "vhdtool": VHDTOOL}
     if shutil.which("packer"):
-        argv = ["packer", "build", "-color=false"]
+        argv = ["packer", "build", "-color=false"] + (["-on-error=abort"] if keep else [])
         for k, v in variables.items():
             argv += ["-var", f"{k}={v}"]
         return subprocess.run(argv + [str(EXAMPLE)], capture_output=True, text=True, cwd=tmp,
@@ -90,7 +91,9 @@ def test_packer_example_end_to_end(fixture_image, tmp_path: Path) -> None:
 def test_packer_example_fails_the_build_on_a_failing_check(fixture_image, tmp_path: Path) -> None:
     """udf-blacklisted fails guest.drivers.udf (an error): check exits 1, the build fails there."""
     out = tmp_path / "out"
-    res = build(fixture_image("udf-blacklisted"), out, tmp_path)
+    res = build(fixture_image("udf-blacklisted"), out, tmp_path, keep=True)
     assert res.returncode != 0
-    assert "guest.drivers.udf" in (out / "check.txt").read_text()
+    assert "guest.drivers.udf" in res.stdout + res.stderr       # the text report, in the log
+    junit = (out / "check.junit.xml").read_text()
+    assert 'name="guest.drivers.udf"' in junit and "<failure" in junit
     assert not (out / "manifest.json").exists()       # the step after the failing check never ran

@@ -5,8 +5,10 @@
 #
 #   packer build -var source_image=debian-12.raw docs/examples/packer/azure-debian.pkr.hcl
 #
-# Outputs in var.output_dir: disk.vhd (upload it), check.sarif and check.junit.xml (CI reports),
-# check.txt, manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
+# Packer deletes the output directory of a failed build: add -on-error=abort to keep the reports.
+#
+# The check's text report is printed in the build log. Outputs in var.output_dir: disk.vhd (upload
+# it), check.sarif and check.junit.xml (CI reports), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
 # upload.sh (az disk create / azcopy / az sig commands from the manifest).
 
 variable "source_image" {
@@ -69,7 +71,7 @@ build {
   post-processor "shell-local" {
     inline = [
       "${var.vhdtool} convert --force --no-progress ${var.output_dir}/disk.raw ${var.output_dir}/disk.vhd",
-      "${var.vhdtool} check ${var.output_dir}/disk.vhd --format text:${var.output_dir}/check.txt --format sarif:${var.output_dir}/check.sarif --format junit:${var.output_dir}/check.junit.xml ${var.gallery_args}",
+      "${var.vhdtool} check ${var.output_dir}/disk.vhd --format text --format sarif:${var.output_dir}/check.sarif --format junit:${var.output_dir}/check.junit.xml ${var.gallery_args}",
       "${var.vhdtool} manifest ${var.output_dir}/disk.vhd --md5 -o ${var.output_dir}/manifest.json --commands ${var.gallery_args} > ${var.output_dir}/upload.sh",
     ]
   }
