@@ -51,8 +51,15 @@ class VhdtoolGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Prepare and validate Linux disk images offline before uploading them to Azure."""
-    logging.basicConfig(stream=sys.stderr, format="vhdtool: %(message)s",
-                        level=logging.WARNING - 10 * min(verbose, 2))
+    # the "vhdtool" logger only, to the current stderr (also when invoked again in one process)
+    for h in [h for h in log.handlers if getattr(h, "vhdtool", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.vhdtool = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("vhdtool: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    log.propagate = False
 
 
 @cli.command()
