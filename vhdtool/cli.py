@@ -179,9 +179,10 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         if not any(selected(cid, [pattern], []) for cid in known):
             raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
     threshold = Severity.parse(fail_on)
+    # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
+    # --manifest) gallery.accelerated-networking reads it from there
     profile, digests, collect = _manifest_setup(image, profile, manifest_path, md5,
-                                                _declaration(declared, accelerated_networking
-                                                             or None))
+                                                _declaration(declared, None))
     engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
     try:
         result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine,

@@ -233,3 +233,12 @@ def test_cli_check_writes_the_manifest_of_the_same_run(vhd: Path, tmp_path: Path
 def test_cli_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["manifest", str(tmp_path / "nope.vhd"), "--no-guest"])
     assert res.exit_code == 3 and "nope.vhd" in res.output and "Traceback" not in res.output
+
+
+def test_cli_check_without_gallery_options_runs_no_gallery_check(vhd: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["check", str(vhd), "--no-guest", "--accelerated-networking",
+                                   "--format", f"json:{rep}"])
+    assert res.exit_code == 0, res.output
+    gallery = [r for r in json.loads(rep.read_text())["results"] if r["id"].startswith("gallery.")]
+    assert gallery and all(r["verdict"] == "skip" for r in gallery)
