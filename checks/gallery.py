@@ -173,11 +173,17 @@ class Definition:
     disk_controllers: Property
 
     def features(self, accelerated: Property) -> dict[str, str]:
-        out = {"SecurityType": str(self.security_type.value),
-               "DiskControllerTypes": ",".join(self.disk_controllers.value)}
-        if accelerated.value is not None:
-            out["IsAcceleratedNetworkSupported"] = "True" if accelerated.value else "False"
-        return out
+        return feature_values(self.security_type.value, self.disk_controllers.value,
+                              accelerated.value)
+
+
+def feature_values(security: str, controllers: Iterable[str],
+                   accelerated: bool | None) -> dict[str, str]:
+    """The image definition's features as Azure spells them (``az sig ... --features``)."""
+    out = {"SecurityType": str(security), "DiskControllerTypes": ",".join(controllers)}
+    if accelerated is not None:
+        out["IsAcceleratedNetworkSupported"] = "True" if accelerated else "False"
+    return out
 
 
 @dataclass(frozen=True)
@@ -822,5 +828,5 @@ def end_of_life(ctx: Context) -> list[Finding]:
 
 
 __all__ = ["Declaration", "Derivation", "Definition", "Evidence", "Property", "Provisioner",
-           "declare", "derive", "provisioners", "dpkg_versions", "version_problems",
+           "declare", "derive", "feature_values", "provisioners", "dpkg_versions", "version_problems",
            "identifier_problems", "parse_date"]

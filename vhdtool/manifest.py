@@ -30,13 +30,14 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from checks.catalog import V1, V2, Context, Severity, Verdict
+from checks.catalog import V2, Context, Severity, Verdict
 from checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, declared_accelerated,
-                            declared_controllers, declared_security_type, derive, provisioners)
+                            declared_controllers, declared_security_type, derive, feature_values,
+                            provisioners)
 
 from . import __version__
 from .exitcodes import trips
@@ -169,10 +170,8 @@ def effective(run: CheckRun, derivation: Derivation) -> list[dict[str, Any]]:
         controllers = ctl if ctl and use_declared else (d.disk_controllers.value if d
                                                          else ("SCSI",))
         accel = acc if acc is not None else derivation.accelerated_networking.value
-        features = {"SecurityType": security, "DiskControllerTypes": ",".join(controllers)}
-        if accel is not None:
-            features["IsAcceleratedNetworkSupported"] = "True" if accel else "False"
-        out.append({"hyperVGeneration": g, "features": features})
+        out.append({"hyperVGeneration": g,
+                    "features": feature_values(security, controllers, accel)})
     return out
 
 
@@ -280,12 +279,12 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
     security = ["--security-type", "TrustedLaunch"] \
         if primary["features"]["SecurityType"] in SIGNED_TYPES else []
     lines += [
-        _join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name", '"$DISK"',
+        " ".join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name", '"$DISK"',
                "--location", '"$LOCATION"', "--os-type", "Linux", "--upload-type", "Upload",
                "--upload-size-bytes", str(doc["file"]["upload_size_bytes"]),
                "--sku", target.storage_sku, "--hyper-v-generation", primary["hyperVGeneration"],
                "--architecture", arch, *security]),
-        _join(['SAS="$(az', "disk", "grant-access", "--resource-group", '"$RESOURCE_GROUP"',
+        " ".join(['SAS="$(az', "disk", "grant-access", "--resource-group", '"$RESOURCE_GROUP"',
                "--name", '"$DISK"', "--access-level", "Write", "--duration-in-seconds",
                str(SAS_SECONDS), "--query", "accessSas", "--output", 'tsv)"']),
         'azcopy copy "$VHD" "$SAS" --blob-type PageBlob',
@@ -298,7 +297,7 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
         source = '"$DISK_ID"'
         if i > 0:       # a hybrid disk: a snapshot marked with the other generation
-            lines.append(_join(["az", "snapshot", "create", "--resource-group",
+            lines.append(" ".join(["az", "snapshot", "create", "--resource-group",
                                 '"$RESOURCE_GROUP"', "--name", f'"$DISK{suffix}"', "--location",
                                 '"$LOCATION"', "--source", '"$DISK_ID"', "--hyper-v-generation",
                                 gen]))
@@ -307,23 +306,19 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
             source = '"$SNAPSHOT_ID"'
         features = " ".join(f"{k}={v}" for k, v in definition["features"].items())
         eol = ["--end-of-life-date", decl.end_of_life] if decl.end_of_life else []
-        lines.append(_join(["az", "sig", "image-definition", "create", "--resource-group",
+        lines.append(" ".join(["az", "sig", "image-definition", "create", "--resource-group",
                             '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
                             "--gallery-image-definition", f'"$DEFINITION{suffix}"',
                             "--publisher", '"$PUBLISHER"', "--offer", '"$OFFER"',
                             "--sku", f'"$SKU{suffix}"', "--os-type", "Linux",
                             "--os-state", os_state, "--hyper-v-generation", gen,
                             "--architecture", arch, "--features", shlex.quote(features), *eol]))
-        lines.append(_join(["az", "sig", "image-version", "create", "--resource-group",
+        lines.append(" ".join(["az", "sig", "image-version", "create", "--resource-group",
                             '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
                             "--gallery-image-definition", f'"$DEFINITION{suffix}"',
                             "--gallery-image-version", '"$VERSION"', "--location",
                             '"$LOCATION"', "--os-snapshot", source]))
     return lines
-
-
-def _join(argv: Sequence[str]) -> str:
-    return " ".join(argv)
 
 
 def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:

@@ -5,7 +5,8 @@
 #
 #   packer build -var source_image=debian-12.raw docs/examples/packer/azure-debian.pkr.hcl
 #
-# Packer deletes the output directory of a failed build: add -on-error=abort to keep the reports.
+# A failing step fails the build, and Packer then deletes the build's artifacts: the findings are
+# in the build log (the check's text report).
 #
 # The check's text report is printed in the build log. Outputs in var.output_dir: disk.vhd (upload
 # it), check.sarif and check.junit.xml (CI reports), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
