@@ -77,6 +77,10 @@ class Declaration:
             if c not in CONTROLLERS:
                 raise ValueError(f"disk controller {c!r} is not SCSI or NVMe")
 
+    def __repr__(self) -> str:       # only what is declared (docs and reports show examples)
+        given = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        return f"Declaration({given})"
+
     def features(self) -> frozenset[str]:
         """The catalog features the declaration intends (so the checks behind them run)."""
         out = set()
