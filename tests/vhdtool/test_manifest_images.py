@@ -21,8 +21,7 @@ from vhdtool.pipeline import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.guestfs]
 
-IMAGES = ["good", "gen1-mbr", "specialized", "not-deprovisioned", "no-provisioner",
-          "fstab-devname"]
+IMAGES = sorted(RECIPES)
 #: a recipe flaw -> what the os-state reason must name (the leftover or the check that saw it)
 LEFTOVER = {"deprov.waagent-state": "/var/lib/waagent", "deprov.ci-state": "/var/lib/cloud",
             "prov.agent": "guest.provisioner.present"}
