@@ -276,8 +276,13 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         _var("OFFER", decl.offer), _var("SKU", decl.sku),
         _var("VHD", doc["file"]["path"]),
     ]
-    security = ["--security-type", "TrustedLaunch"] \
-        if primary["features"]["SecurityType"] in SIGNED_TYPES else []
+    trusted = primary["features"]["SecurityType"] in SIGNED_TYPES
+    # a hybrid disk's upload stays Standard: its V1 snapshot cannot carry a Trusted Launch type
+    security = ["--security-type", "TrustedLaunch"] if trusted and len(register) == 1 else []
+    if trusted and not security:
+        lines.append("# hybrid disk: the upload disk stays Standard so that a V1 snapshot can be "
+                     "made from it; the V2 definition still says SecurityType="
+                     f"{primary['features']['SecurityType']}")
     lines += [
         " ".join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name", '"$DISK"',
                "--location", '"$LOCATION"', "--os-type", "Linux", "--upload-type", "Upload",

@@ -133,7 +133,7 @@ def test_commands_hybrid_disk(vhd: Path) -> None:
     assert option(create, "--upload-type") == "Upload"
     assert int(option(create, "--upload-size-bytes")) == vhd.stat().st_size
     assert option(create, "--hyper-v-generation") == V2
-    assert option(create, "--security-type") == "TrustedLaunch"
+    assert "--security-type" not in create       # its V1 snapshot could not be made otherwise
     assert option(cmds[2], "--blob-type") == "PageBlob"
     v2_def, v1_def = cmds[4], cmds[7]
     assert option(v2_def, "--hyper-v-generation") == V2
@@ -163,6 +163,14 @@ def test_arm_fragment_matches_the_definitions(vhd: Path) -> None:
     versions = [r for r in arm["resources"] if r["type"].endswith("/versions")]
     assert [v["properties"]["storageProfile"]["osDiskImage"]["source"]["id"] for v in versions] \
         == ["[parameters('sourceDiskId')]", "[parameters('sourceSnapshotIdV1')]"]
+
+
+def test_gen2_only_upload_disk_is_trusted_launch(vhd: Path) -> None:
+    doc = manifest(vhd, Profile(generations=frozenset({V2})))
+    assert [r["hyperVGeneration"] for r in doc["gallery"]["register"]] == [V2]
+    create = parse(doc["upload"]["commands"])[0]
+    assert option(create, "--hyper-v-generation") == V2
+    assert option(create, "--security-type") == "TrustedLaunch"
 
 
 def test_declared_generation_gives_one_definition(vhd: Path) -> None:
