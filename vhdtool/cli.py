@@ -157,12 +157,15 @@ def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the upload manifest (JSON) of this run to FILE.")
 @click.option("--md5", is_flag=True, help="Manifest: also MD5 (hex and Azure's base64 form).")
+@click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="Manifest: take the digests from `vhdtool convert --json` output when it "
+                   "provably describes IMAGE as it is (else they are computed).")
 def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None,
               guest: bool, guest_timeout: float, manifest_path: str | None, md5: bool,
-              **declared: Any) -> None:
+              digests_from: str | None, **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
     from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
@@ -182,7 +185,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
     # --manifest) gallery.accelerated-networking reads it from there
     profile, digests, collect = _manifest_setup(image, profile, manifest_path, md5,
-                                                _declaration(declared, None))
+                                                _declaration(declared, None), digests_from)
     engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
     try:
         result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine,
@@ -210,7 +213,8 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
 
 
 def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5: bool,
-                    declaration: Any) -> tuple[Profile, Any, Any]:
+                    declaration: Any, digests_from: str | None = None
+                    ) -> tuple[Profile, Any, Any]:
     """(profile with the declaration, digests started in a thread, collect hook) for a run.
 
     A manifest implies a (possibly empty) declaration, so the gallery.* checks run.
@@ -222,7 +226,7 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
     if manifest_path is None:
         return profile, None, None
     from .manifest import Digests, collect
-    return profile, Digests(image, md5), collect
+    return profile, Digests(image, md5, digests_from), collect
 
 
 @cli.command("manifest")
@@ -237,6 +241,9 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.option("--accelerated-networking/--no-accelerated-networking", default=None,
               help="Declared IsAcceleratedNetworkSupported (default: derived).")
 @click.option("--md5", is_flag=True, help="Also MD5 (hex and Azure's Content-MD5 base64 form).")
+@click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="Take the digests from `vhdtool convert --json` output when it provably "
+                   "describes IMAGE as it is (same file, size, not modified since); else compute.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the manifest to FILE (atomically) instead of stdout.")
 @click.option("--commands", "show_commands", is_flag=True,
@@ -251,7 +258,8 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.option("--guest-timeout", type=float, default=300.0, show_default=True,
               help="Seconds allowed for the libguestfs appliance to start.")
 def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
-                 accelerated_networking: bool | None, md5: bool, output: str | None,
+                 accelerated_networking: bool | None, md5: bool, digests_from: str | None,
+                 output: str | None,
                  show_commands: bool, resource_group: str | None, location: str | None,
                  disk_name: str | None, fail_on: str, guest: bool, guest_timeout: float,
                  **declared: Any) -> None:
@@ -268,7 +276,7 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     threshold = Severity.parse(fail_on)
     profile, digests, collect = _manifest_setup(
         image, _profile(os_state, generation, "os", {}), output or "-", md5,
-        _declaration(declared, accelerated_networking))
+        _declaration(declared, accelerated_networking), digests_from)
     engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
     try:
         result = run_checks(image, profile, fmt, guest_engine=engine, collect=collect)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import shlex
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ from checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, d
 from . import __version__
 from .exitcodes import trips
 from .pipeline import CheckRun
+
+log = logging.getLogger(__name__)
 
 #: bump on any incompatible change of the manifest's shape (and update the schema file)
 SCHEMA_VERSION = 1
@@ -75,12 +78,21 @@ def guest_section(ctx: Context, derivation: Derivation) -> dict[str, Any]:
 # -- digests, in a thread beside the check run ---------------------------------------------------
 
 class Digests:
-    """SHA-256 (and MD5 on request) of every byte of the file, computed in a background thread."""
+    """SHA-256 (and MD5 on request) of every byte of the file, computed in a background thread,
+    or taken from ``vhdtool convert --json`` output that provably describes the file as it is."""
 
-    def __init__(self, path: str, md5: bool) -> None:
+    def __init__(self, path: str, md5: bool, convert_json: str | None = None) -> None:
         self.path, self.names = path, ("sha256", "md5") if md5 else ("sha256",)
         self._out: dict[str, str] = {}
         self._error: BaseException | None = None
+        self.source = "computed"
+        if convert_json is not None:
+            known = convert_digests(path, convert_json, self.names)
+            if isinstance(known, dict):
+                self._out, self.source = known, f"vhdtool convert --json ({convert_json})"
+                self._thread = None
+                return
+            log.warning("%s: digests computed again: %s", convert_json, known)
         self._thread = threading.Thread(target=self._run, name="manifest-digests", daemon=True)
         self._thread.start()
 
@@ -93,10 +105,39 @@ class Digests:
             self._error = e
 
     def result(self) -> dict[str, str]:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._out
+        return {**self._out, "source": self.source}
+
+
+def convert_digests(image: str, convert_json: str, names: Sequence[str]) -> dict[str, str] | str:
+    """The digests recorded by ``vhdtool convert --json`` for ``image``, or why they cannot be used.
+
+    Usable only when that output names this very file (same inode), the size matches, the file
+    has not been modified since the JSON was written, and it holds every digest asked for.
+    """
+    try:
+        with open(convert_json, encoding="utf-8") as f:
+            doc = json.load(f)
+        out, digests = doc["output"], doc["digests"]
+        recorded = str(out["path"])
+        json_mtime = os.stat(convert_json).st_mtime_ns
+        st = os.stat(image)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"not a readable vhdtool convert --json output ({type(e).__name__}: {e})"
+    if not os.path.exists(recorded) or not os.path.samefile(recorded, image):
+        return f"it describes {recorded}, not {image}"
+    if out.get("file_size") != st.st_size:
+        return f"it records {out.get('file_size')} bytes, the file has {st.st_size}"
+    if st.st_mtime_ns > json_mtime or st.st_ctime_ns > json_mtime:
+        return f"{image} was modified after it was written"
+    missing = [n for n in names if not isinstance(digests.get(n), str)]
+    if missing:
+        return f"it has no {', '.join(missing)} (vhdtool convert --digest {missing[0]})"
+    wanted = [*names, *(["md5_base64"] if "md5" in names else [])]
+    return {k: str(digests.get(k)) for k in wanted}
 
 
 # -- the document ---------------------------------------------------------------------------------
@@ -213,7 +254,8 @@ def build(run: CheckRun, digests: Mapping[str, str], fail_on: Severity,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "file": {"name": os.path.basename(run.image), "path": os.path.abspath(run.image),
                  "size": size, "upload_size_bytes": size, "sha256": digests.get("sha256"),
-                 "md5": digests.get("md5"), "md5_base64": digests.get("md5_base64")},
+                 "md5": digests.get("md5"), "md5_base64": digests.get("md5_base64"),
+                 "digests_from": digests.get("source", "computed")},
         "container": _container(run),
         "partitions": _partitions(run),
         "guest": run.extra["guest"],

@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import jsonschema
@@ -250,3 +251,35 @@ def test_cli_check_without_gallery_options_runs_no_gallery_check(vhd: Path, tmp_
     assert res.exit_code == 0, res.output
     gallery = [r for r in json.loads(rep.read_text())["results"] if r["id"].startswith("gallery.")]
     assert gallery and all(r["verdict"] == "skip" for r in gallery)
+
+
+def test_digests_from_convert_json_only_when_it_describes_the_file(tmp_path: Path) -> None:
+    raw = gpt_hybrid(tmp_path / "d.raw", 32 * MiB)
+    vhd, cj = tmp_path / "d.vhd", tmp_path / "convert.json"
+    res = CliRunner().invoke(cli, ["convert", str(raw), str(vhd), "--digest", "sha256",
+                                   "--digest", "md5", "--json"])
+    assert res.exit_code == 0, res.output
+    cj.write_text(res.stdout)
+    sha, md5 = tool("sha256sum", vhd).split()[0], tool("md5sum", vhd).split()[0]
+
+    def manifest_with(*extra: str) -> dict:
+        out = tmp_path / "m.json"
+        r = CliRunner().invoke(cli, ["manifest", str(vhd), "--no-guest", "-o", str(out),
+                                     "--digests-from", str(cj), *extra])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(out.read_text())
+        valid(doc)
+        assert doc["file"]["sha256"] == sha
+        return doc["file"]
+
+    f = manifest_with("--md5")
+    assert f["digests_from"].startswith("vhdtool convert --json") and f["md5"] == md5
+    assert base64.b64decode(f["md5_base64"]).hex() == md5
+    time.sleep(0.01)
+    with open(vhd, "r+b") as fh:          # the same bytes written again: modified after the JSON
+        sector = fh.read(512)
+        fh.seek(0)
+        fh.write(sector)
+    assert manifest_with()["digests_from"] == "computed"
+    cj.write_text(res.stdout.replace(str(vhd), str(raw)))       # describes another file
+    assert manifest_with()["digests_from"] == "computed"

@@ -77,6 +77,9 @@ def test_packer_example_end_to_end(fixture_image, tmp_path: Path) -> None:
     sha = subprocess.run(["sha256sum", str(vhd)], capture_output=True, text=True).stdout.split()[0]
     assert manifest["file"]["sha256"] == sha
     assert manifest["upload"]["ready"] and manifest["gallery"]["osState"]["value"] == "Generalized"
+    assert manifest["file"]["digests_from"].startswith("vhdtool convert --json")   # not re-hashed
+    md5 = subprocess.run(["md5sum", str(vhd)], capture_output=True, text=True).stdout.split()[0]
+    assert manifest["file"]["md5"] == md5
     sarif = json.loads((out / "check.sarif").read_text())
     assert sarif["version"] == "2.1.0" and sarif["runs"][0]["results"] is not None
     assert (out / "check.junit.xml").read_text().startswith("<?xml")

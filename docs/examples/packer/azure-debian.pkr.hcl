@@ -9,7 +9,8 @@
 # in the build log (the check's text report).
 #
 # The check's text report is printed in the build log. Outputs in var.output_dir: disk.vhd (upload
-# it), check.sarif and check.junit.xml (CI reports), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
+# it), convert.json (the conversion, with the digests computed in the same pass and reused by the
+# manifest), check.sarif and check.junit.xml (CI reports), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
 # upload.sh (az disk create / azcopy / az sig commands from the manifest).
 
 variable "source_image" {
@@ -71,9 +72,9 @@ build {
 
   post-processor "shell-local" {
     inline = [
-      "${var.vhdtool} convert --force --no-progress ${var.output_dir}/disk.raw ${var.output_dir}/disk.vhd",
+      "${var.vhdtool} convert --force --no-progress --digest sha256 --digest md5 --json ${var.output_dir}/disk.raw ${var.output_dir}/disk.vhd > ${var.output_dir}/convert.json",
       "${var.vhdtool} check ${var.output_dir}/disk.vhd --format text --format sarif:${var.output_dir}/check.sarif --format junit:${var.output_dir}/check.junit.xml ${var.gallery_args}",
-      "${var.vhdtool} manifest ${var.output_dir}/disk.vhd --md5 -o ${var.output_dir}/manifest.json --commands ${var.gallery_args} > ${var.output_dir}/upload.sh",
+      "${var.vhdtool} manifest ${var.output_dir}/disk.vhd --md5 --digests-from ${var.output_dir}/convert.json -o ${var.output_dir}/manifest.json --commands ${var.gallery_args} > ${var.output_dir}/upload.sh",
     ]
   }
 }
