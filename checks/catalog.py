@@ -60,6 +60,8 @@ class Profile:
     generations: frozenset[str] | None = None
     role: str = "os"                      #: "os" or "data" disk
     features: frozenset[str] = frozenset()
+    #: checks.gallery.Declaration: the gallery definition the author declares (None: none)
+    gallery: Any = None
 
     def __post_init__(self) -> None:
         if self.os_state not in (GENERALIZED, SPECIALIZED):

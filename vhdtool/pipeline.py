@@ -59,11 +59,14 @@ def wants_guest(catalog: Mapping[str, Check], ctx: Context, select: Sequence[str
 
 
 def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[str] = (),
-        ignore: Sequence[str] = (), guest_engine: GuestEngine | None = None) -> CheckRun:
+        ignore: Sequence[str] = (), guest_engine: GuestEngine | None = None,
+        collect: Callable[[Context], Mapping[str, Any]] | None = None) -> CheckRun:
     """Check ``image`` for ``profile``. FormatError propagates for unreadable images.
 
     The guest engine is called (one appliance launch) only when a selected guest check applies;
     ``extra["checks_seconds"]`` is the time of the checks alone, after the guest was opened.
+    ``collect(ctx)``, when given, runs after the checks while the guest is still open; what it
+    returns is added to ``extra`` (the manifest gathers its guest facts and derivation so).
     """
     t0 = time.perf_counter()
     catalog = checks.load()
@@ -80,6 +83,8 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
         t1 = time.perf_counter()
         results = run_catalog(ctx, select, ignore, catalog)
         extra["checks_seconds"] = time.perf_counter() - t1
+        if collect is not None:
+            extra.update(collect(ctx))
     finally:
         close = getattr(guest_engine, "close", None) if use_guest else None
         if close is not None:
