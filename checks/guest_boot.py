@@ -43,6 +43,31 @@ def _missing_args(ctx: Context, wanted: list[tuple[str, str | None]]) -> list[Fi
     return out
 
 
+@check(id="guest.opened", title="The guest was opened, so the guest checks ran",
+       severity=Severity.ERROR, needs="disk",
+       rationale="An OS disk whose guest cannot be read (no Linux root filesystem holding "
+                 "/etc/fstab, a filesystem the engines cannot mount, an appliance that never "
+                 "started) has had none of its guest checks run; a gate must not pass it as if "
+                 "it had. An OS disk without a Linux root does not boot on Azure either.",
+       source="GEN (azure-requirements.md section 1: the guest checks need a readable root)",
+       remediation="Check the disk holds the OS (the root filesystem with /etc/fstab); see the "
+                   "reason; --no-guest runs the disk-level checks only, deliberately.",
+       passes=[Example("the guest engine opened the Debian root")],
+       fails=[Example("a disk with no Linux root", unopened="disk.raw: no Linux root filesystem "
+                      "found on the disk"),
+              Example("the appliance did not start in time",
+                      unopened="libguestfs appliance did not start within 300 s")])
+def guest_opened(ctx: Context) -> list[Finding]:
+    if not ctx.guest_requested:
+        raise NotApplicable(ctx.guest_skip_reason)
+    if ctx.guest is not None:
+        return []
+    path = getattr(ctx.disk, "path", None)
+    return [Finding(f"the guest checks could not run: {ctx.guest_skip_reason}", path,
+                    fix="see the reason; vhdtool check --no-guest IMAGE for the disk-level "
+                        "checks only")]
+
+
 @check(id="guest.cmdline.console", title="The kernel logs to the serial console",
        severity=Severity.WARNING, error_when=("marketplace",),
        rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "

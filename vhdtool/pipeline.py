@@ -78,6 +78,7 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
     use_guest = guest_engine is not None and wants_guest(catalog, ctx, select, ignore)
     try:
         if use_guest:
+            ctx.guest_requested = True
             ctx.guest = guest_engine(image, facts)  # type: ignore[misc]
             ctx.guest_skip_reason = getattr(guest_engine, "skip_reason", None) or NO_GUEST
         t1 = time.perf_counter()

@@ -111,12 +111,18 @@ def test_good_image_as_trusted_launch(fixture_image) -> None:
 
 def test_disk_without_linux_root_says_so(tmp_path: Path) -> None:
     """A partitioned, formatted disk with no Linux system on it: said on stderr, guest checks
-    skipped with that reason, the disk-level verdict unchanged."""
+    skipped with that reason, and guest.opened fails the gate (nothing of the guest was checked)."""
     from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
     vhd = wrap_fixed(gpt_hybrid(tmp_path / "d.raw", 64 * MiB), tmp_path / "d.vhd")
     code, report, err = vhdtool_check(vhd)
     assert "guest checks skipped" in err and "no Linux root filesystem found" in err
-    guest = [r for r in report["results"] if r["id"].startswith("guest.")]
+    guest = [r for r in report["results"]
+             if r["id"].startswith("guest.") and r["id"] != "guest.opened"]
     assert guest and all(r["verdict"] == "skip" for r in guest)
     assert any("no Linux root filesystem found" in r["reason"] for r in guest)
-    assert code == Exit.OK
+    opened = next(r for r in report["results"] if r["id"] == "guest.opened")
+    assert opened["verdict"] == "fail"
+    assert "no Linux root filesystem found" in opened["findings"][0]["message"]
+    failed = {r["id"] for r in report["results"] if r["verdict"] == "fail"}
+    assert failed == {"guest.opened"}, failed
+    assert code == Exit.FINDINGS

@@ -112,6 +112,8 @@ def test_pipeline_engine_protocol(hybrid_vhd) -> None:
     guest = [x for x in r.results if x.check.needs == "guest"
              and x.check.applies.why_not(r.profile, r.generations) is None]
     assert guest and all(x.verdict is Verdict.SKIP and "no Linux root" in x.reason for x in guest)
+    opened = next(x for x in r.results if x.check.id == "guest.opened")
+    assert opened.verdict is Verdict.FAIL and "no Linux root" in opened.findings[0].message
     assert r.extra["guest_timing"] is eng.timing
     assert eng.timing.checks == r.extra["checks_seconds"] > 0
     assert "appliance launch 9.0 s (TCG)" in eng.timing.describe()
