@@ -5,9 +5,10 @@ from __future__ import annotations
 from importlib import import_module
 
 from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity, Verdict
+from .disk import DiskFacts, supported_generations
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks",)
 
 
 def load() -> dict[str, Check]:
@@ -16,5 +17,5 @@ def load() -> dict[str, Check]:
     return CATALOG
 
 
-__all__ = ["CATALOG", "Check", "Context", "Finding", "Profile", "Result", "Severity", "Verdict",
-           "load"]
+__all__ = ["CATALOG", "Check", "Context", "DiskFacts", "Finding", "Profile", "Result", "Severity",
+           "Verdict", "load", "supported_generations"]

@@ -151,6 +151,8 @@ class Context:
     guest: Any = None
     #: the generations this run targets (the profile's, or what the disk layout supports)
     generations: frozenset[str] = frozenset({V1, V2})
+    #: why guest checks are skipped when ``guest`` is None
+    guest_skip_reason: str = "the guest was not opened"
     #: facts derived once and shared by checks (cache)
     memo: dict[str, Any] = field(default_factory=dict)
 
@@ -244,7 +246,7 @@ def run_check(chk: Check, ctx: Context) -> Result:
     if why:
         return Result(chk, Verdict.SKIP, sev, reason=why)
     if chk.needs == "guest" and ctx.guest is None:
-        return Result(chk, Verdict.SKIP, sev, reason="the guest was not opened")
+        return Result(chk, Verdict.SKIP, sev, reason=ctx.guest_skip_reason)
     if chk.needs == "disk" and ctx.disk is None:
         return Result(chk, Verdict.SKIP, sev, reason="no disk facts (guest-only run)")
     try:

@@ -12,11 +12,13 @@ from typing import Any
 
 import click
 
+import checks
+from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2, Profile, Severity, selected
 from formats import FormatError, open_image
 
 from . import __version__
-from .exitcodes import Exit
-from .info import describe, render_info
+from .convert import ConvertError, convert, convert_in_place
+from .exitcodes import Exit, check_exit
 
 log = logging.getLogger("vhdtool")
 
@@ -29,6 +31,9 @@ class VhdtoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConvertError as e:
+            click.echo(f"vhdtool: error: {e}", err=True)
+            sys.exit(Exit.FINDINGS)
         except FormatError as e:
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.BAD_IMAGE)
@@ -57,12 +62,164 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def info(image: str, fmt: str | None, as_json: bool) -> None:
     """Describe IMAGE: format, sizes as each reader sees them, allocation, partitions, problems."""
+    from .info import describe, render_info   # imported here: convert need not pay for it
+
     with open_image(image, fmt) as img:
         facts = describe(img)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
     else:
         click.echo(render_info(facts))
+
+
+GENERATIONS = {"1": frozenset({V1}), "2": frozenset({V2}), "both": frozenset({V1, V2}),
+               "auto": None}
+
+
+def _profile(os_state: str, generation: str, role: str, features: dict[str, bool]) -> Profile:
+    return Profile(os_state=os_state, generations=GENERATIONS[generation], role=role,
+                   features=frozenset(name for name, on in features.items() if on))
+
+
+@cli.command("check")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Image format (probed from magic bytes when omitted).")
+@click.option("--os-state", type=click.Choice([GENERALIZED, SPECIALIZED]), default=GENERALIZED,
+              show_default=True, help="How the image will be registered.")
+@click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
+              show_default=True, help="Hyper-V generation(s) intended; auto = what the disk boots.")
+@click.option("--role", type=click.Choice(["os", "data"]), default="os", show_default=True)
+@click.option("--marketplace", is_flag=True, help="Intended for the Azure Marketplace.")
+@click.option("--trusted-launch", is_flag=True, help="Intended for Trusted Launch VMs.")
+@click.option("--nvme", is_flag=True, help="Intended for NVMe disk controllers.")
+@click.option("--accelerated-networking", is_flag=True, help="Intended for Accelerated Networking.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error",
+              show_default=True, help="Exit 1 when a finding is at or above this severity.")
+@click.option("--select", multiple=True, metavar="ID", help="Run only these ids or prefixes.")
+@click.option("--ignore", multiple=True, metavar="ID", help="Skip these ids or prefixes.")
+@click.option("--format", "formats", multiple=True, metavar="NAME[:FILE]",
+              help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File for the first --format that names none.")
+@click.option("--color/--no-color", default=None,
+              help="Colour the text report (default: on a TTY).")
+def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
+              marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
+              fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
+              formats: tuple[str, ...], output: str | None, color: bool | None) -> None:
+    """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .pipeline import run as run_checks    # imported here: convert need not pay for it
+    from .report import parse_outputs, render, write_atomic
+    try:
+        outs = parse_outputs(formats, output)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    profile = _profile(os_state, generation, role,
+                       {"marketplace": marketplace, "trusted_launch": trusted_launch,
+                        "nvme": nvme, "accelerated_networking": accelerated_networking})
+    known = checks.load()
+    for pattern in select + ignore:
+        if not any(selected(cid, [pattern], []) for cid in known):
+            raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
+    threshold = Severity.parse(fail_on)
+    result = run_checks(image, profile, fmt, select, ignore)
+    for out in outs:
+        use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
+        text = render(out.fmt, result, threshold, color=bool(use_color))
+        if out.path is None:
+            click.echo(text, nl=False)
+        else:
+            write_atomic(out.path, text)
+    sys.exit(check_exit(result.results, threshold))
+
+
+@cli.group("checks")
+def checks_group() -> None:
+    """The check catalog."""
+
+
+@checks_group.command("list")
+def checks_list() -> None:
+    """List every check: id, severity, subject, title."""
+    from .catalogdoc import list_line
+    for _cid, c in sorted(checks.load().items()):
+        click.echo(list_line(c))
+
+
+@checks_group.command("show")
+@click.argument("check_id")
+def checks_show(check_id: str) -> None:
+    """Show one check's declaration."""
+    from .catalogdoc import show
+    catalog = checks.load()
+    if check_id not in catalog:
+        raise click.UsageError(f"no check {check_id!r} (see vhdtool checks list)")
+    click.echo(show(catalog[check_id]), nl=False)
+
+
+@checks_group.command("docs")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+def checks_docs(output: str | None) -> None:
+    """The catalog reference page (docs/checks.md) in Markdown."""
+    from .catalogdoc import markdown
+    from .report import write_atomic
+    text = markdown(checks.load())
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+@cli.command("convert")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False), required=False)
+@click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Source format (probed from magic bytes when omitted).")
+@click.option("--digest", "digests", type=click.Choice(["sha256", "md5", "none"]), multiple=True,
+              default=["sha256"], show_default=True,
+              help="Digest of the whole output file, footer included (repeatable; md5 is also "
+                   "given in Azure's Content-MD5 base64 form).")
+@click.option("--in-place", is_flag=True,
+              help="Raw or fixed-VHD SRC only: grow it to a whole MiB and write the footer, "
+                   "without copying data (no DST).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--no-sync", is_flag=True,
+              help="Do not fsync DST before returning (faster; not crash-safe).")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Progress on stderr (default: only when stderr is a terminal).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, ...],
+                in_place: bool, force: bool, no_sync: bool, show_progress: bool | None, quiet: bool,
+                as_json: bool) -> None:
+    """Convert SRC (raw, VHD, VHDX, qcow2) to a fixed VHD at DST whose size is a whole MiB."""
+    show = False if quiet else show_progress
+    if in_place:
+        if dst is not None:
+            raise click.UsageError("--in-place takes SRC only")
+        result = convert_in_place(src, fmt=fmt, digests=digests, progress=show)
+    else:
+        if dst is None:
+            raise click.UsageError("missing DST (or use --in-place)")
+        result = convert(src, dst, fmt=fmt, digests=digests, force=force, progress=show,
+                         sync=not no_sync)
+    facts = result.as_dict()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    elif not quiet:
+        click.echo(render_convert(facts))
+
+
+def render_convert(facts: dict[str, Any]) -> str:
+    out, src = facts["output"], facts["source"]
+    lines = [f"{out['path']}: fixed VHD, {out['virtual_size']} bytes "
+             f"({src['format']} source of {src['virtual_size']} bytes, rounded up by "
+             f"{out['rounded_by']}), file {out['file_size']} bytes, {out['allocated']} allocated"]
+    lines += [f"{name}: {value}" for name, value in facts["digests"].items() if name != "covers"]
+    if facts["gpt_backup_relocated"]:
+        lines.append("GPT backup header and entries moved to the new last LBA")
+    lines += [f"warning: {w}" for w in facts["warnings"]]
+    return "\n".join(lines)
 
 
 def main() -> None:

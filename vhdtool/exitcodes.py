@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
+
+from checks.catalog import Result, Severity, Verdict
 
 
 class Exit(enum.IntEnum):
@@ -12,3 +15,16 @@ class Exit(enum.IntEnum):
     BAD_IMAGE = 3        #: unreadable, corrupt or unsupported image
     MISSING_TOOL = 4     #: a required tool is missing (libguestfs for guest checks...)
     INTERRUPTED = 130    #: Ctrl-C / SIGINT
+
+
+def check_exit(results: Iterable[Result], fail_on: Severity) -> Exit:
+    """The exit code of ``vhdtool check``: FINDINGS if any result trips the --fail-on gate.
+
+    A result trips it when it failed at or above ``fail_on``, or when the check itself crashed
+    (its verdict is unknown, so a gate must not pass it silently).
+    """
+    return Exit.FINDINGS if any(trips(r.verdict, r.severity, fail_on) for r in results) else Exit.OK
+
+
+def trips(verdict: Verdict, severity: Severity, fail_on: Severity) -> bool:
+    return verdict is Verdict.ERROR or (verdict is Verdict.FAIL and severity >= fail_on)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from formats import DiskImage, Kind
+from formats.partitions import read_partition_table
 
 INFO_SCHEMA_VERSION = 1
 
@@ -19,6 +20,7 @@ def describe(img: DiskImage) -> dict[str, Any]:
         chain.append({"path": layer.path, "format": layer.format_name,
                       "subformat": layer.subformat, "virtual_size": layer.virtual_size})
         layer = layer.backing
+    table = read_partition_table(img.read, img.virtual_size, img.logical_sector_size, img.path)
     return {
         "schema_version": INFO_SCHEMA_VERSION,
         "path": img.path,
@@ -31,7 +33,8 @@ def describe(img: DiskImage) -> dict[str, Any]:
                        "unallocated_bytes": counts["unallocated"]},
         "details": img.info(),
         "backing_chain": chain,
-        "problems": [p.as_dict() for p in img.all_problems()],
+        "partitions": table.as_dict(),
+        "problems": [p.as_dict() for p in img.all_problems() + table.problems],
     }
 
 
@@ -58,6 +61,7 @@ def render_info(f: dict[str, Any]) -> str:
         lines.append(f"{key.replace('_', ' ') + ':':<16}{value}")
     for layer in f["backing_chain"]:
         lines.append(f"backing file:   {layer['path']} ({layer['format']})")
+    lines += _render_partitions(f["partitions"])
     if f["problems"]:
         lines.append("problems:")
         for p in f["problems"]:
@@ -66,3 +70,15 @@ def render_info(f: dict[str, Any]) -> str:
     else:
         lines.append("problems:       none found")
     return "\n".join(lines)
+
+
+def _render_partitions(t: dict[str, Any]) -> list[str]:
+    lines = [f"partitions:     {t['scheme']}"
+             + (f", {len(t['partitions'])} partition(s)" if t["partitions"] else "")]
+    if t["partitions"]:
+        lines.append(f"  {'#':>3}  {'start':>14}  {'size':>14}  {'type':<28}  {'aligned':<7}  name")
+    for p in t["partitions"]:
+        aligned = "yes" if p["aligned_1mib"] else "no"
+        lines.append(f"  {p['index']:>3}  {p['start']:>14}  {p['size']:>14}  "
+                     f"{p['type_name'][:28]:<28}  {aligned:<7}  {p['name']}".rstrip())
+    return lines

@@ -1,0 +1,512 @@
+"""``vhdtool convert``: every source format to a fixed whole-MiB VHD, checked against qemu-img.
+
+Oracles: ``qemu-img compare -f FMT -F vpc`` (the padding past the source's end must read as zeros:
+without ``-s`` qemu-img accepts a size mismatch only if the extra area is all zeros),
+``qemu-img info -f vpc`` for the size qemu 7.2 reads, ``hashlib`` over the output file for the
+digests, ``sgdisk -v`` for the relocated GPT, ``st_blocks`` for sparseness.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from formats import open_image
+from tests.oracle import needs_qemu, qemu_img, qemu_to_raw, qemu_virtual_size, write_pattern
+
+vhd = pytest.importorskip("formats.vhd", reason="formats.vhd (branch vhd) not merged yet")
+
+from vhdtool import convert as conv  # noqa: E402
+from vhdtool.cli import cli  # noqa: E402
+
+pytestmark = needs_qemu
+
+MiB = 1 << 20
+#: not a whole MiB, not even a whole 4 KiB; runs at odd offsets, one straddling the end
+SIZE = 9 * MiB + 7 * 512
+RUNS = [(3 * 4096 + 512, 100_000), (2 * MiB + 777 * 512, 1 * MiB + 3 * 512),
+        (SIZE - 5 * 512, 5 * 512)]
+
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "raw": ("raw", []),
+    "vpc-fixed": ("vpc", ["-O", "vpc", "-o", "subformat=fixed,force_size"]),
+    "vpc-dynamic": ("vpc", ["-O", "vpc", "-o", "subformat=dynamic,force_size"]),
+    "vhdx": ("vhdx", ["-O", "vhdx", "-o", "subformat=dynamic"]),
+    "vhdx-fixed": ("vhdx", ["-O", "vhdx", "-o", "subformat=fixed"]),
+    "vhdx-1m-blocks": ("vhdx", ["-O", "vhdx", "-o",
+                                   "subformat=dynamic,block_size=1M,log_size=1M"]),
+    "qcow2": ("qcow2", ["-O", "qcow2"]),
+    "qcow2-compressed": ("qcow2", ["-O", "qcow2", "-c"]),
+    "qcow2-v2": ("qcow2", ["-O", "qcow2", "-o", "compat=0.10"]),
+    "qcow2-extended-l2": ("qcow2", ["-O", "qcow2", "-o", "extended_l2=on,cluster_size=128k"]),
+    "qcow2-backing": ("qcow2", []),      # an overlay over the raw file, see make_source
+}
+
+
+def make_source(tmp: Path, recipe: str, size: int = SIZE, runs=RUNS) -> tuple[Path, str, Path]:
+    """(source image, its qemu format name, the raw file it was made from)."""
+    raw = write_pattern(tmp / "pattern.raw", size, runs)
+    fmt, args = RECIPES[recipe]
+    if recipe == "qcow2-backing":
+        out = tmp / "src.overlay.qcow2"
+        qemu_img("create", "-f", "qcow2", "-b", raw.name, "-F", "raw", out)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 5M 70k", "-c",
+                        "write -z 2M 64k", str(out)], check=True, capture_output=True)
+        return out, fmt, raw
+    if not args:
+        return raw, fmt, raw
+    out = tmp / f"src.{recipe}"
+    qemu_img("convert", "-f", "raw", *args, raw, out)
+    return out, fmt, raw
+
+
+def allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            sha.update(chunk)
+            md5.update(chunk)
+    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest(),
+            "md5_base64": base64.b64encode(md5.digest()).decode()}
+
+
+def assert_same_disk(src: Path, fmt: str, dst: Path) -> None:
+    res = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", "vpc", str(src), str(dst)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Images are identical" in res.stdout
+
+
+def assert_valid_vhd(dst: Path, size: int) -> None:
+    assert qemu_virtual_size(dst, "vpc") == size
+    assert dst.stat().st_size == size + 512
+    data = dst.read_bytes()[-512:] if dst.stat().st_size < 64 * MiB else _tail(dst)
+    footer = vhd.parse_footer(data, str(dst), size, verify=True)
+    assert footer.current_size == size
+    # vhdtool's own reader: a fixed VHD every reader sees as ``size``, with nothing to report
+    with open_image(dst) as img:
+        assert (img.format_name, img.subformat, img.virtual_size) == ("vpc", "fixed", size)
+        assert vhd.sizes_by_reader(img.footer)["qemu"] == size
+        assert img.all_problems() == []
+
+
+def _tail(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-512, os.SEEK_END)
+        return f.read()
+
+
+def no_leftovers(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".part")]
+
+
+# -- every source format ---------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
+    src, fmt, raw = make_source(tmp_path, recipe)
+    before = file_digests(src)["sha256"]
+    dst = tmp_path / "out.vhd"
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["sha256", "md5"]).as_dict()
+
+    want = -(-SIZE // MiB) * MiB
+    assert res["output"]["virtual_size"] == want
+    assert res["output"]["rounded_by"] == want - SIZE
+    assert res["source"]["virtual_size"] == qemu_virtual_size(src, fmt)
+    assert res["source"]["format"] == fmt
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, want)
+    # sparse: no more than the source's data plus one MiB
+    assert allocated(dst) <= allocated(raw) + MiB
+    assert res["output"]["allocated"] == allocated(dst)
+    # digests cover the whole output file, footer included
+    truth = file_digests(dst)
+    assert {k: res["digests"][k] for k in truth} == truth
+    assert str(dst.stat().st_size) in res["digests"]["covers"]
+    # the source is untouched, and no temporary file is left
+    assert file_digests(src)["sha256"] == before
+    no_leftovers(tmp_path)
+
+
+def test_cli_in_place_and_usage(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    src, _, _ = make_source(tmp_path, "raw")
+    r = CliRunner().invoke(cli, ["convert", "--in-place", str(src), str(tmp_path / "x.vhd")])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(cli, ["convert", str(src)])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(cli, ["convert", "--in-place", "--digest", "none", "--json", str(src)])
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.stdout)
+    assert facts["in_place"] is True and facts["digests"] == {}
+    assert qemu_virtual_size(src, "vpc") == facts["output"]["virtual_size"] == 10 * MiB
+
+
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_kernel_copy_path(tmp_path: Path, recipe: str) -> None:
+    """No digest to compute: raw and fixed-VHD data runs are copied by copy_file_range."""
+    src, fmt, raw = make_source(tmp_path, recipe)
+    dst = tmp_path / "out.vhd"
+    calls = []
+    real = os.copy_file_range
+
+    def spy(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(conv.os, "copy_file_range", spy):
+        res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    assert calls and sum(calls) <= allocated(src)     # only the data runs were copied
+    want = -(-SIZE // MiB) * MiB
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, want)
+    assert res["output"]["allocated"] <= allocated(raw) + MiB
+
+
+def test_convert_raw_not_sector_multiple(tmp_path: Path) -> None:
+    size = 3 * MiB + 1001
+    raw = write_pattern(tmp_path / "odd.raw", size, [(size - 3000, 3000), (5, 70_000)])
+    dst = tmp_path / "odd.vhd"
+    res = conv.convert(str(raw), str(dst), digests=["none"]).as_dict()
+    assert res["output"]["virtual_size"] == 4 * MiB
+    assert res["digests"] == {}
+    assert_same_disk(raw, "raw", dst)
+    assert_valid_vhd(dst, 4 * MiB)
+
+
+def test_whole_mib_source_is_not_grown(tmp_path: Path) -> None:
+    raw = write_pattern(tmp_path / "mib.raw", 4 * MiB, [(MiB, 4096)])
+    dst = tmp_path / "mib.vhd"
+    res = conv.convert(str(raw), str(dst)).as_dict()
+    assert res["output"]["rounded_by"] == 0
+    assert_valid_vhd(dst, 4 * MiB)
+    assert_same_disk(raw, "raw", dst)
+
+
+def test_zero_blocks_inside_data_are_holes(tmp_path: Path) -> None:
+    """A qcow2 whose clusters are allocated but hold zeros: the output stays sparse."""
+    raw = write_pattern(tmp_path / "z.raw", 8 * MiB, [(0, 4096)])
+    with open(raw, "r+b") as f:             # allocated zeros (not a hole) in the raw file
+        f.seek(2 * MiB)
+        f.write(bytes(4 * MiB))
+    src = tmp_path / "z.qcow2"
+    qemu_img("create", "-f", "qcow2", src, str(8 * MiB))
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0 2M 4M", "-c",
+                    "write -P 7 0 4k", str(src)], check=True, capture_output=True)
+    dst = tmp_path / "z.vhd"
+    res = conv.convert(str(src), str(dst), fmt="qcow2").as_dict()
+    assert res["output"]["zero_bytes_skipped_in_data"] >= 4 * MiB - 64 * 1024
+    assert allocated(dst) <= 1 * MiB
+    assert_same_disk(src, "qcow2", dst)
+
+
+@pytest.mark.parametrize("name", ["hyperv2012r2-dynamic.vhd", "iotest-dynamic-1G.vhdx"])
+def test_samples(tmp_path: Path, sample, name: str) -> None:
+    src = sample(name)
+    fmt = "vpc" if name.endswith(".vhd") else "vhdx"
+    dst = tmp_path / "out.vhd"
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    size = qemu_virtual_size(src, fmt)
+    want = -(-size // MiB) * MiB
+    assert res["output"]["virtual_size"] == want
+    assert_same_disk(src, fmt, dst)
+    assert_valid_vhd(dst, want)
+
+
+# -- GPT -------------------------------------------------------------------------------------------
+GPT_SIZE = 21 * MiB + 17 * 512
+
+
+def make_gpt_raw(path: Path) -> Path:
+    """A raw disk that is not a whole MiB, with a GPT filling it to the last usable LBA."""
+    with open(path, "wb") as f:
+        f.truncate(GPT_SIZE)
+    subprocess.run(["sgdisk", "-n", "1:2048:+4M", "-n", "2:0:0", str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
+def assert_gpt_clean(vhd_path: Path, orig_raw: Path, tmp: Path) -> None:
+    """``sgdisk -v`` finds nothing wrong with the converted disk and the partitions are the
+    same (the backup header now sits at the new last LBA)."""
+    out = qemu_to_raw(vhd_path, "vpc", tmp / "gpt.out.raw")
+    verify = subprocess.run(["sgdisk", "-v", str(out)], capture_output=True, text=True)
+    assert "No problems found" in verify.stdout, verify.stdout
+    table = subprocess.run(["sgdisk", "-p", str(out)], capture_output=True, text=True).stdout
+    orig = subprocess.run(["sgdisk", "-p", str(orig_raw)], capture_output=True, text=True).stdout
+    assert table.split("Number")[1] == orig.split("Number")[1]
+    out.unlink()
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+@pytest.mark.parametrize("digests", [["sha256"], ["none"]])
+def test_gpt_backup_moves_to_new_end(tmp_path: Path, digests) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    keep = tmp_path / "orig.raw"
+    shutil.copyfile(raw, keep)
+    dst = tmp_path / "gpt.vhd"
+    res = conv.convert(str(raw), str(dst), digests=digests).as_dict()
+    assert res["gpt_backup_relocated"] is True
+    assert_valid_vhd(dst, 22 * MiB)
+    if digests != ["none"]:
+        assert res["digests"]["sha256"] == file_digests(dst)["sha256"]
+    assert_gpt_clean(dst, keep, tmp_path)
+    assert file_digests(raw) == file_digests(keep)        # the source is untouched
+    # control: merely padding the disk leaves a GPT that sgdisk complains about
+    naive = tmp_path / "naive.raw"
+    shutil.copyfile(raw, naive)
+    os.truncate(naive, 22 * MiB)
+    verify = subprocess.run(["sgdisk", "-v", str(naive)], capture_output=True, text=True)
+    assert "No problems found" not in verify.stdout
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+def test_damaged_gpt_is_copied_with_a_warning(tmp_path: Path) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    with open(raw, "r+b") as f:            # break the primary header's CRC
+        f.seek(512 + 16)
+        f.write(b"\xde\xad\xbe\xef")
+    dst = tmp_path / "gpt.vhd"
+    res = conv.convert(str(raw), str(dst), digests=["none"]).as_dict()
+    assert res["gpt_backup_relocated"] is False
+    assert any("GPT backup not moved" in w for w in res["warnings"])
+    assert_same_disk(raw, "raw", dst)
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed")
+def test_gpt_in_place(tmp_path: Path) -> None:
+    raw = make_gpt_raw(tmp_path / "gpt.raw")
+    keep = tmp_path / "orig.raw"
+    shutil.copyfile(raw, keep)
+    res = conv.convert_in_place(str(raw), digests=["none"]).as_dict()
+    assert res["gpt_backup_relocated"] is True
+    assert_valid_vhd(raw, 22 * MiB)
+    assert_gpt_clean(raw, keep, tmp_path)
+
+
+# -- failures leave nothing ------------------------------------------------------------------------
+def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
+    real = conv.Pipeline._write
+    count = {"n": 0}
+
+    def failing(self, data, off):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise exc
+        return real(self, data, off)
+
+    monkeypatch.setattr(conv.Pipeline, "_write", failing)
+
+
+@pytest.mark.parametrize("digests", [["sha256"], ["none"]])
+def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch, digests) -> None:
+    src, fmt, _ = make_source(tmp_path, "qcow2")
+    before = file_digests(src)
+    _fail_after(monkeypatch, KeyboardInterrupt())
+    dst = tmp_path / "out.vhd"
+    with pytest.raises(KeyboardInterrupt):
+        conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
+    assert not dst.exists()
+    no_leftovers(tmp_path)
+    assert file_digests(src) == before
+
+
+def test_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
+    src, fmt, _ = make_source(tmp_path, "raw")
+    before = file_digests(src)
+    dst = tmp_path / "out.vhd"
+    dst.write_bytes(b"old content")
+    _fail_after(monkeypatch, OSError(28, "No space left on device"))
+    with pytest.raises(conv.ConvertError, match=str(dst)):
+        conv.convert(str(src), str(dst), fmt=fmt, force=True)
+    assert dst.read_bytes() == b"old content"      # the old file is untouched too
+    no_leftovers(tmp_path)
+    assert file_digests(src) == before
+
+
+def test_write_error_names_destination(tmp_path: Path, monkeypatch) -> None:
+    src, fmt, _ = make_source(tmp_path, "vhdx")
+    _fail_after(monkeypatch, OSError(5, "Input/output error"), calls=0)
+    dst = tmp_path / "out.vhd"
+    with pytest.raises(conv.ConvertError, match=f"{dst}: writing failed"):
+        conv.convert(str(src), str(dst), fmt=fmt)
+    assert not dst.exists()
+    no_leftovers(tmp_path)
+    with pytest.raises(conv.ConvertError, match="cannot create"):
+        conv.convert(str(src), str(tmp_path / "no" / "such" / "dir.vhd"), fmt=fmt)
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_kernel_copy_failure_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
+    src, _, _ = make_source(tmp_path, "raw")
+    before = file_digests(src)
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(conv.os, "copy_file_range", boom)
+    dst = tmp_path / "out.vhd"
+    with pytest.raises(conv.ConvertError if isinstance(exc, OSError) else KeyboardInterrupt):
+        conv.convert(str(src), str(dst), digests=["none"])
+    assert not dst.exists()
+    no_leftovers(tmp_path)
+    assert file_digests(src) == before
+
+
+# -- refusals -------------------------------------------------------------------------------------
+def test_refuses_existing_destination_without_force(tmp_path: Path) -> None:
+    src, _, _ = make_source(tmp_path, "raw")
+    dst = tmp_path / "out.vhd"
+    dst.write_bytes(b"keep me")
+    with pytest.raises(conv.ConvertError, match="--force"):
+        conv.convert(str(src), str(dst))
+    assert dst.read_bytes() == b"keep me"
+    conv.convert(str(src), str(dst), force=True)
+    assert_same_disk(src, "raw", dst)
+
+
+def test_destination_appearing_meanwhile_is_not_overwritten(tmp_path: Path, monkeypatch) -> None:
+    src, _, _ = make_source(tmp_path, "raw")
+    dst = tmp_path / "out.vhd"
+    real = conv.make_footer
+
+    def racing(size, unique_id=None):      # someone creates DST while we copy
+        dst.write_bytes(b"theirs")
+        return real(size, unique_id)
+
+    monkeypatch.setattr(conv, "make_footer", racing)
+    with pytest.raises(conv.ConvertError, match="appeared"):
+        conv.convert(str(src), str(dst))
+    assert dst.read_bytes() == b"theirs"
+    no_leftovers(tmp_path)
+
+
+def test_refuses_source_as_destination(tmp_path: Path) -> None:
+    src, _, _ = make_source(tmp_path, "raw")
+    before = file_digests(src)
+    link = tmp_path / "hardlink.raw"
+    os.link(src, link)
+    for dst in (src, link):
+        with pytest.raises(conv.ConvertError, match="in-place"):
+            conv.convert(str(src), str(dst), force=True)
+    assert file_digests(src) == before
+
+
+def test_refuses_past_azure_limit(tmp_path: Path) -> None:
+    big = tmp_path / "big.qcow2"
+    qemu_img("create", "-f", "qcow2", big, str(conv.AZURE_MAX_SIZE + 512))
+    with pytest.raises(conv.ConvertError, match="32 TiB"):
+        conv.convert(str(big), str(tmp_path / "big.vhd"), fmt="qcow2")
+    no_leftovers(tmp_path)
+    assert not (tmp_path / "big.vhd").exists()
+
+
+def test_above_2040_gib_is_supported(tmp_path: Path) -> None:
+    """qemu-img refuses VHDs over 2040 GiB; Azure takes up to 32 TiB.  Sparse, so cheap."""
+    size = 2100 * (1 << 30) + 4096
+    src = tmp_path / "big.qcow2"
+    qemu_img("create", "-f", "qcow2", src, str(size))
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 9 {size - 4096} 4096", str(src)],
+                   check=True, capture_output=True)
+    dst = tmp_path / "big.vhd"
+    res = conv.convert(str(src), str(dst), fmt="qcow2", digests=["none"]).as_dict()
+    want = -(-size // MiB) * MiB
+    assert res["output"]["virtual_size"] == want
+    assert any("2040 GiB" in w for w in res["warnings"])
+    footer = vhd.parse_footer(_tail(dst), str(dst), want, verify=True)
+    assert footer.current_size == want
+    with open(dst, "rb") as f:
+        f.seek(size - 4096)
+        assert f.read(4096) == bytes([9]) * 4096
+    assert allocated(dst) <= MiB
+
+
+# -- in place --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_in_place(tmp_path: Path, recipe: str) -> None:
+    src, fmt, raw = make_source(tmp_path, recipe)
+    keep = tmp_path / "original.raw"
+    shutil.copyfile(raw, keep)
+    res = conv.convert_in_place(str(src), fmt=fmt, digests=["sha256"]).as_dict()
+    want = -(-SIZE // MiB) * MiB
+    assert res["in_place"] is True
+    assert res["output"]["rounded_by"] == want - SIZE
+    assert_valid_vhd(src, want)
+    assert_same_disk(keep, "raw", src)
+    assert res["digests"]["sha256"] == file_digests(src)["sha256"]
+
+
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
+def test_in_place_failure_restores_the_file(tmp_path: Path, monkeypatch, recipe: str) -> None:
+    src, fmt, _ = make_source(tmp_path, recipe)
+    before = file_digests(src)
+    size_before = src.stat().st_size
+    real = conv.pwrite_all
+    failed = []
+
+    def full(fd, data, off):          # the new footer's write finds the disk full, once
+        if len(data) == 512 and off > SIZE and not failed:
+            failed.append(off)
+            raise OSError(28, "No space left on device")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(conv, "pwrite_all", full)
+    with pytest.raises(conv.ConvertError, match="restored"):
+        conv.convert_in_place(str(src), fmt=fmt)
+    assert failed
+    assert src.stat().st_size == size_before
+    assert file_digests(src) == before
+
+
+def test_in_place_whole_mib_raw(tmp_path: Path) -> None:
+    raw = write_pattern(tmp_path / "mib.raw", 3 * MiB, [(0, 4096)])
+    res = conv.convert_in_place(str(raw), digests=["md5"]).as_dict()
+    assert res["output"]["rounded_by"] == 0
+    assert raw.stat().st_size == 3 * MiB + 512
+    assert_valid_vhd(raw, 3 * MiB)
+    assert res["digests"]["md5_base64"] == file_digests(raw)["md5_base64"]
+
+
+def test_in_place_refuses_other_formats(tmp_path: Path) -> None:
+    src, fmt, _ = make_source(tmp_path, "qcow2")
+    before = file_digests(src)
+    with pytest.raises(conv.ConvertError, match="in-place"):
+        conv.convert_in_place(str(src), fmt=fmt)
+    assert file_digests(src) == before
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_cli_json(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    src, fmt, _ = make_source(tmp_path, "qcow2")
+    dst = tmp_path / "cli.vhd"
+    r = CliRunner().invoke(cli, ["convert", "-f", fmt, "--digest", "md5", "--json", str(src),
+                                 str(dst)])
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.stdout)
+    assert facts["digests"]["md5_base64"] == file_digests(dst)["md5_base64"]
+    assert "sha256" not in facts["digests"]
+    assert facts["output"]["file_size"] == dst.stat().st_size
+    assert set(facts["timings"]) >= {"total"}
+    # refusal: exit 1 and a message naming DST; bad source: exit 3 (FormatError)
+    r = CliRunner().invoke(cli, ["convert", str(src), str(dst)])
+    assert r.exit_code == 1 and str(dst) in r.stderr
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(b"QFI\xfb" + bytes(100))
+    r = CliRunner().invoke(cli, ["convert", "-f", "qcow2", str(bad), str(tmp_path / "x.vhd")])
+    assert r.exit_code == 3, r.output
+    no_leftovers(tmp_path)

@@ -1,0 +1,198 @@
+"""Reports: JSON against its published schema, SARIF against the OASIS 2.1.0 schema, JUnit
+parsed as XML; the CLI's --format/-o pairing, exit codes, --select/--ignore, checks list/show."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+import checks
+from checks.catalog import V1, Finding, Profile, Severity, Verdict
+from tests.oracle import qemu_img
+from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
+from vhdtool.catalogdoc import markdown
+from vhdtool.cli import cli
+from vhdtool.exitcodes import Exit
+from vhdtool.report import parse_outputs, render
+from vhdtool.pipeline import run
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT_SCHEMA = json.loads((ROOT / "docs/schemas/check-report.schema.json").read_text())
+SARIF_SCHEMA = json.loads((Path(__file__).parent / "schemas/sarif-schema-2.1.0.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("rep")
+    raw = gpt_hybrid(d / "d.raw", 40 * MiB)     # a bootable layout: only the container varies
+    nf = d / "nf.vhd"
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", raw, nf)
+    qcow = d / "d.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow)
+    return {"raw": raw, "nf": nf, "good": wrap_fixed(raw, d / "good.vhd"), "qcow2": qcow}
+
+
+def _crashing_run(path: Path):
+    """A run in which one check crashes and Gen2 checks are skipped (Gen1 only), to exercise the
+    error and skip paths of every report."""
+    r = run(str(path), Profile(generations=frozenset({V1})))
+    from checks.catalog import Result
+    c = r.results[0].check
+    r.results[0] = Result(c, Verdict.ERROR, c.severity, reason="KeyError: 'x'")
+    return r
+
+
+@pytest.mark.parametrize("name", ["nf", "good", "qcow2", "crash"])
+def test_json_validates(images, name: str) -> None:
+    r = _crashing_run(images["nf"]) if name == "crash" else run(str(images[name]), Profile())
+    doc = json.loads(render("json", r, Severity.ERROR))
+    jsonschema.Draft202012Validator(REPORT_SCHEMA).validate(doc)
+    assert doc["passed"] is (name == "good")
+
+
+@pytest.mark.parametrize("name", ["nf", "qcow2", "crash"])
+def test_sarif_validates(images, name: str) -> None:
+    r = _crashing_run(images["nf"]) if name == "crash" else run(str(images[name]), Profile())
+    doc = json.loads(render("sarif", r, Severity.ERROR))
+    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+    rules = doc["runs"][0]["tool"]["driver"]["rules"]
+    assert [x["id"] for x in rules] == sorted(checks.load())
+    for res in doc["runs"][0]["results"]:
+        assert rules[res["ruleIndex"]]["id"] == res["ruleId"]
+    failing = {x.check.id for x in r.results if x.verdict is Verdict.FAIL}
+    assert {res["ruleId"] for res in doc["runs"][0]["results"]} == failing
+    if name == "crash":
+        assert doc["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+
+
+def test_junit_structure(images) -> None:
+    r = _crashing_run(images["nf"])
+    root = ET.fromstring(render("junit", r, Severity.ERROR))
+    assert root.tag == "testsuites"
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == len(r.results) == int(suite.get("tests"))
+    by_id = {c.get("name"): c for c in cases}
+    assert by_id["disk.size.mib"].find("failure").get("type") == "error"
+    assert by_id[r.results[0].check.id].find("error") is not None
+    skipped = [c for c in cases if c.find("skipped") is not None]
+    assert skipped and all(c.find("skipped").get("message") for c in skipped)
+    for tag, attr in (("failure", "failures"), ("error", "errors"), ("skipped", "skipped")):
+        assert int(suite.get(attr)) == sum(c.find(tag) is not None for c in cases)
+
+
+def test_parse_outputs() -> None:
+    assert parse_outputs((), None)[0].fmt == "text"
+    outs = parse_outputs(("text", "sarif:a.sarif", "json"), "b.json")
+    assert [(o.fmt, o.path) for o in outs] == [("text", "b.json"), ("sarif", "a.sarif"),
+                                              ("json", None)]
+    for bad in ((("text", "json"), None), (("xml",), None), (("json:a", "sarif:a"), None),
+                (("json:a",), "b")):
+        with pytest.raises(ValueError):
+            parse_outputs(*bad)
+
+
+def test_cli_exit_codes_and_outputs(images, tmp_path: Path) -> None:
+    cli_run = CliRunner().invoke
+    # -o goes to the first format naming no file (junit); json is left for stdout
+    res = cli_run(cli, ["check", str(images["nf"]), "--format", "junit",
+                        "--format", f"sarif:{tmp_path / 'r.sarif'}", "--format", "json",
+                        "-o", str(tmp_path / "r.xml")])
+    assert res.exit_code == Exit.FINDINGS, res.output
+    doc = json.loads(res.output)
+    assert any(x["id"] == "disk.size.mib" and x["verdict"] == "fail" for x in doc["results"])
+    assert json.loads((tmp_path / "r.sarif").read_text())["version"] == "2.1.0"
+    ET.parse(tmp_path / "r.xml")
+    assert not list(tmp_path.glob(".vhdtool-*"))        # no temp files left
+    assert (tmp_path / "r.xml").stat().st_mode & 0o044   # readable by others, like any file
+    assert cli_run(cli, ["check", str(images["good"])]).exit_code == Exit.OK
+    ignored = cli_run(cli, ["check", str(images["nf"]), "--ignore", "disk.size"])
+    assert ignored.exit_code == Exit.OK, ignored.output
+    only = cli_run(cli, ["check", str(images["nf"]), "--select", "disk.vhd", "--format", "json"])
+    assert {x["id"].rsplit(".", 1)[0] for x in json.loads(only.output)["results"]} == {"disk.vhd"}
+    assert cli_run(cli, ["check", str(images["nf"]), "--select", "nope"]).exit_code == Exit.USAGE
+    assert cli_run(cli, ["check", str(images["nf"]), "--format", "json",
+                         "--format", "sarif"]).exit_code == Exit.USAGE
+    assert cli_run(cli, ["check", str(tmp_path / "missing.vhd")]).exit_code == Exit.BAD_IMAGE
+    assert cli_run(cli, ["check", str(images["qcow2"])]).exit_code == Exit.FINDINGS
+
+
+def test_fail_on_threshold(images, tmp_path: Path) -> None:
+    chs = tmp_path / "chs.vhd"
+    from formats.vhd import chs_geometry
+    wrap_fixed(images["raw"], chs, geometry=chs_geometry(40 * MiB))   # a warning only
+    cli_run = CliRunner().invoke
+    assert cli_run(cli, ["check", str(chs)]).exit_code == Exit.OK
+    warn = cli_run(cli, ["check", str(chs), "--fail-on", "warning"])
+    assert warn.exit_code == Exit.FINDINGS and "disk.vhd.chs-size" in warn.output
+
+
+def test_checks_list_show_and_docs_up_to_date() -> None:
+    cli_run = CliRunner().invoke
+    listed = cli_run(cli, ["checks", "list"]).output.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(checks.load())
+    shown = cli_run(cli, ["checks", "show", "disk.size.mib"])
+    assert shown.exit_code == 0 and "remediation:" in shown.output and "fails when:" in shown.output
+    assert cli_run(cli, ["checks", "show", "no.such"]).exit_code == Exit.USAGE
+    doc = (ROOT / "docs/checks.md").read_text()
+    assert doc == markdown(checks.load()), \
+        "docs/checks.md is stale: run `vhdtool checks docs -o docs/checks.md`"
+
+
+def test_text_report_lines(images) -> None:
+    r = run(str(images["nf"]), Profile())
+    out = render("text", r, Severity.ERROR)
+    line = next(x for x in out.splitlines() if "disk.size.mib" in x)
+    assert "[footer @ " in line and "\x1b[" not in out
+    assert "\x1b[" in render("text", r, Severity.ERROR, color=True)
+    assert out.rstrip().splitlines()[-1].startswith("FAILED")
+
+
+def test_guest_checks_skip_with_reason(images) -> None:
+    from checks.catalog import CATALOG, check
+    saved = dict(CATALOG)
+    try:
+        check(id="test.guest-only", title="t", severity=Severity.ERROR, rationale="r",
+              source="s", remediation="f", passes=[], fails=[], needs="guest")(
+                  lambda ctx: [Finding("x")])
+        r = {x.check.id: x for x in run(str(images["good"]), Profile()).results}
+        assert r["test.guest-only"].verdict is Verdict.SKIP
+        assert "guest" in r["test.guest-only"].reason
+    finally:
+        CATALOG.clear()
+        CATALOG.update(saved)
+
+
+def test_guest_engine_seam(images) -> None:
+    """A guest engine, when given, receives the image and its disk facts; its view reaches
+    the guest checks."""
+    from checks.catalog import CATALOG, check
+    seen = {}
+
+    def engine(path, facts):
+        seen["args"] = (path, facts.format)
+        return {"etc/hostname": "x"}
+
+    saved = dict(CATALOG)
+    try:
+        check(id="test.guest-view", title="t", severity=Severity.ERROR, rationale="r",
+              source="s", remediation="f", passes=[], fails=[], needs="guest")(
+                  lambda ctx: [Finding(ctx.guest["etc/hostname"])])
+        res = {x.check.id: x for x in run(str(images["good"]), Profile(),
+                                           guest_engine=engine).results}
+    finally:
+        CATALOG.clear()
+        CATALOG.update(saved)
+    assert seen["args"] == (str(images["good"]), "vpc")
+    assert res["test.guest-view"].findings[0].message == "x"
+
+
+def test_docs_command_writes_the_page(tmp_path: Path) -> None:
+    out = tmp_path / "checks.md"
+    assert CliRunner().invoke(cli, ["checks", "docs", "-o", str(out)]).exit_code == 0
+    assert out.read_text() == (ROOT / "docs/checks.md").read_text()

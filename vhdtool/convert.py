@@ -1,0 +1,727 @@
+"""``vhdtool convert``: any supported image to a fixed, whole-MiB VHD that Azure accepts.
+
+The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
+zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
+that is all zeros is skipped too.  For raw and fixed-VHD sources with no digest to compute, data
+runs are copied by the kernel (``copy_file_range``, two threads).  Otherwise the main thread reads
+while a writer thread writes the previous block and one thread per digest hashes the one before
+(hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not
+grow with the image.  Digests cover every byte of the output file — the virtual disk with its
+holes and padding, then the 512-byte footer — in the same pass.
+
+The output is written to a temporary file in the destination's folder, its footer re-read and
+verified, fsynced (unless ``sync=False``), then renamed to the destination: an error, a full disk
+or Ctrl-C leaves no half-written VHD under the final name and the source is never modified —
+except with ``in_place``, which only grows a raw or fixed-VHD file to a whole MiB and (re)writes
+its footer without copying data, and puts the file back as it was if that fails.
+
+When the disk grows to reach a whole MiB and carries a GPT, the backup header and entries move to
+the new last LBA (what ``sgdisk -e`` does), patched into the same single pass so digests match.
+
+References:
+- Microsoft Virtual Hard Disk Image Format Specification (fixed disk footer: the last 512 bytes).
+- qemu block/vpc.c (``force_size``, the 2040 GiB limit) and qemu-img.c (``convert``: zero
+  detection, sparse output) — for the behaviour this command improves on.
+- Azure: learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic (virtual size
+  aligned to 1 MiB, fixed VHD only); .../disks-upload-vhd-to-managed-disk-cli (upload size between
+  20 MiB + 512 and 32 TiB + 512 bytes) — /work/shared/reference/azure-requirements.md
+  ``disk.size.*``.
+- UEFI 2.10 §5.3 (GPT backup header at the last LBA), sgdisk(8) ``-e``.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import functools
+import hashlib
+import heapq
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from formats import DiskImage, FormatError, Kind, open_image
+
+from .progress import Progress
+
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+FOOTER_SIZE = 512
+#: largest read/hash unit; NBUF of them are in flight at once (memory: NBUF * BLOCK)
+BLOCK = 8 * MiB
+NBUF = 4
+#: granularity of zero detection inside data runs (and of output allocation)
+CHUNK = 64 * 1024
+#: kernel copies (copy_file_range) run in this many threads, in pieces of KERNEL_STEP
+KERNEL_THREADS = 2
+KERNEL_STEP = 32 * MiB
+#: data runs closer than this are read as one window
+GAP = 1 * MiB
+#: Azure direct upload: UploadSizeBytes between 20 MiB + 512 and 32 TiB + 512 (UPL, MKT)
+AZURE_MIN_SIZE = 20 * MiB
+AZURE_MAX_SIZE = 32 * TiB
+DIGESTS = ("sha256", "md5")
+
+_ZEROS = bytes(BLOCK)
+_ZERO_CHUNK = bytes(CHUNK)
+
+Patch = tuple[int, bytes]
+
+
+class ConvertError(Exception):
+    """The conversion was refused or failed; the message names the file concerned."""
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+def rounded_size(virtual_size: int) -> int:
+    """``virtual_size`` rounded up to a whole MiB (never down, never 0)."""
+    return max(MiB, -(-virtual_size // MiB) * MiB)
+
+
+def size_warnings(size: int, sector_size: int = 512) -> list[str]:
+    """Azure limits a size of ``size`` bytes meets (the hard 32 TiB limit is an error instead),
+    and a source sector size a VHD cannot keep."""
+    out = []
+    if size < AZURE_MIN_SIZE:
+        out.append(f"{size} bytes is below Azure's 20 MiB minimum upload size")
+    if size > 4 * TiB:
+        out.append("larger than 4 TiB: usable as a data disk only, not as an OS disk")
+    elif size > 2 * TiB:
+        out.append("larger than 2 TiB: as an OS disk it needs a Generation 2 VM")
+    elif size > 1023 * GiB:
+        out.append("larger than 1,023 GiB: the Marketplace and Azure's generic Linux guide cap "
+                   "OS disk VHDs there")
+    if size > 2040 * GiB:
+        out.append("larger than 2040 GiB: qemu refuses to open VHDs this big (Azure accepts up "
+                   "to 32 TiB)")
+    if sector_size != 512:
+        out.append(f"the source has {sector_size}-byte logical sectors; a VHD has 512-byte "
+                   "sectors, so a partition table laid out for the source's sectors will not be "
+                   "found at the same LBAs")
+    return out
+
+
+def check_size(size: int, dst: str) -> None:
+    if size > AZURE_MAX_SIZE:
+        raise ConvertError(f"{dst}: a {size}-byte disk exceeds Azure's upload limit of "
+                           f"{AZURE_MAX_SIZE} bytes (32 TiB) for a VHD")
+
+
+# -- the footer and the GPT (from the format core) -------------------------------------------------
+def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
+    """Writes that move a GPT's backup to the last LBA of a disk grown to ``size`` (as
+    ``sgdisk -e``), and warnings: a damaged primary GPT is copied as it is, not relocated."""
+    if size <= img.virtual_size:
+        return [], []
+    from formats.partitions import read_partition_table, relocate_gpt_backup  # only when growing
+
+    ss = img.logical_sector_size
+    table = read_partition_table(img.read, img.virtual_size, ss, img.path)
+    if table.gpt is None or table.gpt.primary is None:
+        return [], []
+    try:
+        return list(relocate_gpt_backup(img.read, img.virtual_size, size, ss)), []
+    except FormatError as e:
+        return [], [f"GPT backup not moved to the new last LBA ({e.structure}: {e.message}); "
+                    f"repair the table with sgdisk -e"]
+
+
+def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
+    from formats.vhd import build_fixed_footer
+
+    footer = build_fixed_footer(size, unique_id=unique_id)
+    if len(footer) != FOOTER_SIZE:
+        raise AssertionError("build_fixed_footer must give 512 bytes")
+    return footer
+
+
+def verify_footer(fd: int, path: str, size: int) -> Any:
+    """Re-read the footer just written at ``size`` and check that it reads back as ``size``."""
+    from formats.vhd import parse_footer
+
+    data = os.pread(fd, FOOTER_SIZE, size)
+    footer = parse_footer(data, path, size, verify=True)
+    if (footer.current_size != size or footer.disk_type_name != "fixed"
+            or os.fstat(fd).st_size != size + FOOTER_SIZE):
+        raise ConvertError(f"{path}: the footer written reads back as {footer.current_size} "
+                           f"bytes, not {size}")
+    return footer
+
+
+# -- digests --------------------------------------------------------------------------------------
+def digest_names(names: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for n in names:
+        if n == "none":
+            return ()
+        if n not in DIGESTS:
+            raise ConvertError(f"unknown digest {n!r}; known: sha256, md5, none")
+        if n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+def digest_report(hashes: Sequence[Any], file_size: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not hashes:
+        return out
+    out["covers"] = (f"every byte of the output file: {file_size} bytes = the virtual disk "
+                     f"(holes and padding as zeros) followed by the 512-byte VHD footer; the "
+                     f"same bytes Azure's page-blob Content-MD5 covers")
+    for h in hashes:
+        d = h.digest()
+        out[h.name] = d.hex()
+        if h.name == "md5":
+            out["md5_base64"] = base64.b64encode(d).decode("ascii")
+    return out
+
+
+class _Stage:
+    """A worker thread applying ``work`` to queued items in order, then handing each to ``done``
+    (the next stage); its first error is kept for the main thread and later items are only
+    passed on, so buffers always go back to the pool."""
+
+    def __init__(self, name: str, work: Callable[[Item], None], done: Callable[[Item], None],
+                 stop: threading.Event):
+        self.work, self.done, self.stop = work, done, stop
+        self.error: BaseException | None = None
+        self.q: queue.Queue[Item | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            try:
+                if self.error is None and not self.stop.is_set():
+                    self.work(item)
+            except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                self.error = e
+            finally:
+                self.done(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+
+#: (buffer or None for a run of zeros, length, output offset, non-zero runs to write)
+Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
+
+
+class Pipeline:
+    """Ordered output of one pass: a writer thread ``pwrite``s the non-zero runs of each block
+    while the main thread reads the next, then one thread per digest hashes every byte (zeros
+    included) in order — a chain of stages working on different blocks at once.  Buffers come
+    from a pool of ``NBUF`` (memory stays ``NBUF * BLOCK``)."""
+
+    def __init__(self, out_fd: int | None, names: Sequence[str], writeback: bool = False) -> None:
+        self.out_fd = out_fd
+        #: start writeback of each block once written, so the final fsync has little left to do
+        self.writeback = writeback
+        self.hashes = [hashlib.new(n) for n in names]
+        self.written = 0
+        self._pool: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(NBUF):
+            self._pool.put(bytearray(BLOCK))
+        self._stop = threading.Event()
+        self._stages: list[_Stage] = []
+        forward: Callable[[Item], None] = self._release
+        for h in reversed(self.hashes):
+            self._stages.insert(0, _Stage(f"vhdtool-{h.name}", functools.partial(self._digest, h),
+                                          forward, self._stop))
+            forward = self._stages[0].q.put
+        if out_fd is not None:
+            self._stages.insert(0, _Stage("vhdtool-write", self._write_item, forward, self._stop))
+            forward = self._stages[0].q.put
+        self._entry = forward
+
+    # -- main thread --
+    def buffer(self) -> bytearray:
+        self.check()
+        return self._pool.get()
+
+    def put(self, buf: bytearray | None, n: int, off: int,
+            runs: Sequence[tuple[int, int]] = ()) -> None:
+        """Queue ``buf[:n]`` (or ``n`` zeros when ``buf`` is None) at output offset ``off``;
+        ``runs`` are the ranges of ``buf`` to write (the rest is left as a hole)."""
+        self.check()
+        self._entry((buf, n, off, runs))
+
+    def give_back(self, buf: bytearray) -> None:
+        self._pool.put(buf)
+
+    def check(self) -> None:
+        for stage in self._stages:
+            if stage.error is not None:
+                raise stage.error
+
+    def finish(self) -> list[Any]:
+        for stage in self._stages:
+            stage.close()
+        self.check()
+        return self.hashes
+
+    def abort(self) -> None:
+        """Stop the threads and wait for them: none may touch ``out_fd`` once this returns."""
+        self._stop.set()
+        for stage in self._stages:
+            stage.close()
+
+    # -- writer thread --
+    def _write_item(self, item: Item) -> None:
+        buf, _, off, runs = item
+        if buf is None:
+            return
+        for a, b in runs:
+            self._write(memoryview(buf)[a:b], off + a)
+
+    def _write(self, data: bytes | memoryview, off: int) -> None:
+        assert self.out_fd is not None
+        pwrite_all(self.out_fd, data, off)
+        self.written += len(data)
+        if self.writeback:
+            _start_writeback(self.out_fd, off, len(data))
+
+    # -- hash threads --
+    def _digest(self, h: Any, item: Item) -> None:
+        buf, n, _, _ = item
+        if buf is not None:
+            h.update(memoryview(buf)[:n])
+            return
+        zmv = memoryview(_ZEROS)
+        while n > 0 and not self._stop.is_set():
+            k = min(n, BLOCK)
+            h.update(zmv[:k])
+            n -= k
+
+    def _release(self, item: Item) -> None:
+        if item[0] is not None:
+            self._pool.put(item[0])
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], off + done)
+
+
+@functools.cache
+def _libc_sync_file_range() -> Callable[..., int] | None:
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, off: int, n: int) -> None:
+    """Start (not wait for) writeback of what was just written, so the final fsync is short."""
+    fn = _libc_sync_file_range()
+    if fn is not None:
+        fn(fd, off, n, SYNC_FILE_RANGE_WRITE)
+
+
+# -- planning --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A range of the output to materialise; ``solid``: made only of DATA, read fills it all."""
+
+    start: int
+    end: int
+    solid: bool
+
+
+def windows(img: DiskImage, size: int, patches: Sequence[Patch], align: int = CHUNK,
+            gap: int = GAP) -> Iterator[Window]:
+    """Ranges of ``[0, size)`` to materialise (data runs and GPT patches), ``align``-aligned,
+    merged when closer than ``gap``, ascending; everything between them is a hole.  Streams the
+    map, so memory does not grow with the number of extents."""
+    data = ((e.offset, e.end, True) for e in img.extents() if e.kind is Kind.DATA)
+    spans = heapq.merge(data, sorted((o, o + len(b), False) for o, b in patches))
+    cur: Window | None = None
+    for a0, b0, is_data in spans:
+        a, b = a0 // align * align, min(size, -(-b0 // align) * align)
+        solid = is_data and (a, b) == (a0, b0)
+        if cur is not None and a <= cur.end + gap:
+            cur = Window(cur.start, max(cur.end, b), cur.solid and solid and a == cur.end)
+            continue
+        if cur is not None:
+            yield cur
+        cur = Window(a, b, solid)
+    if cur is not None:
+        yield cur
+
+
+def _kernel_copy_ok(img: DiskImage) -> bool:
+    return img.format_name == "raw" or (img.format_name == "vpc" and img.subformat == "fixed")
+
+
+# -- the pass over the virtual disk ----------------------------------------------------------------
+@dataclass
+class Copier:
+    """One ordered pass over ``[0, size)`` of ``img`` into ``pipe``: holes skipped, data blocks
+    read here and written/hashed by the pipeline's threads, GPT ``patches`` applied on the way."""
+
+    img: DiskImage
+    size: int
+    pipe: Pipeline
+    progress: Progress
+    patches: Sequence[Patch] = ()
+    kernel_copy: bool = False
+    zero_skipped: int = 0
+
+    def run(self) -> None:
+        if self.kernel_copy:
+            self._run_kernel()
+            return
+        pos = 0
+        for w in windows(self.img, self.size, self.patches):
+            self._hole(pos, w.start)
+            for off in range(w.start, w.end, BLOCK):
+                self._block(off, min(BLOCK, w.end - off), w.solid)
+            pos = w.end
+        self._hole(pos, self.size)
+
+    def _hole(self, a: int, b: int) -> None:
+        if b > a:
+            self.pipe.put(None, b - a, a)
+            self.progress.advance(b - a)
+
+    def _run_kernel(self) -> None:
+        """copy_file_range the data runs exactly (a kernel copy cannot skip zeros, so holes stay
+        holes), in KERNEL_STEP pieces shared by KERNEL_THREADS threads; then the GPT patches."""
+        work: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=4 * KERNEL_THREADS)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            while (item := work.get()) is not None:
+                if errors:
+                    continue
+                try:
+                    self._kernel(*item)
+                except BaseException as e:  # noqa: BLE001 — re-raised in the main thread
+                    errors.append(e)
+
+        threads = [threading.Thread(target=worker, name="vhdtool-copy", daemon=True)
+                   for _ in range(KERNEL_THREADS)]
+        for t in threads:
+            t.start()
+        try:
+            for w in windows(self.img, self.size, [], align=1, gap=0):
+                end = min(w.end, self.img.virtual_size)
+                for off in range(w.start, end, KERNEL_STEP):
+                    if errors:
+                        raise errors[0]
+                    work.put((off, min(end, off + KERNEL_STEP)))
+                    self.progress.advance(min(end, off + KERNEL_STEP) - off)
+                self.pipe.written += max(0, end - w.start)
+        except BaseException:
+            errors.append(ConvertError("stopped"))    # the workers skip what is left
+            raise
+        finally:
+            for _ in threads:
+                work.put(None)
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        self.progress.advance(self.size - self.progress.done)
+        for off, data in self.patches:
+            self.pipe._write(data, off)
+
+    def _kernel(self, a: int, b: int) -> None:
+        out = self.pipe.out_fd
+        assert out is not None
+        pos = a
+        while pos < b:
+            n = os.copy_file_range(self.img.fileno(), out, b - pos, pos, pos)
+            if n <= 0:
+                raise ConvertError(f"{self.img.path}: short read at {pos:#x} while copying")
+            pos += n
+        if self.pipe.writeback:
+            _start_writeback(out, a, b - a)
+
+    def _block(self, off: int, n: int, solid: bool) -> None:
+        buf = self.pipe.buffer()
+        try:
+            view = memoryview(buf)[:n]
+            vs = self.img.virtual_size
+            if not solid or off + n > vs:       # readinto fills only the DATA parts
+                view[:] = _ZEROS[:n]
+            if off < vs:
+                self.img.readinto(off, view[:min(n, vs - off)])
+            for p_off, p_data in self.patches:
+                lo, hi = max(off, p_off), min(off + n, p_off + len(p_data))
+                if lo < hi:
+                    view[lo - off:hi - off] = p_data[lo - p_off:hi - p_off]
+            runs = self._nonzero_runs(buf, n) if self.pipe.out_fd is not None else ()
+        except BaseException:
+            self.pipe.give_back(buf)
+            raise
+        self.pipe.put(buf, n, off, runs)
+        self.progress.advance(n)
+
+    def _nonzero_runs(self, buf: bytearray, n: int) -> list[tuple[int, int]]:
+        """Ranges of ``buf[:n]`` made of non-zero CHUNKs (block offsets are CHUNK-aligned)."""
+        runs: list[tuple[int, int]] = []
+        start = -1
+        for i in range(0, n, CHUNK):
+            k = min(CHUNK, n - i)
+            if buf.startswith(_ZERO_CHUNK[:k], i):
+                self.zero_skipped += k
+                if start >= 0:
+                    runs.append((start, i))
+                    start = -1
+            elif start < 0:
+                start = i
+        if start >= 0:
+            runs.append((start, n))
+        return runs
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass
+class ConvertResult:
+    source: dict[str, Any]
+    output: dict[str, Any]
+    digests: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str]
+    gpt_relocated: bool
+    in_place: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "output": self.output, "digests": self.digests,
+                "gpt_backup_relocated": self.gpt_relocated, "in_place": self.in_place,
+                "warnings": self.warnings, "timings": self.timings}
+
+
+def _source_facts(img: DiskImage) -> dict[str, Any]:
+    return {"path": img.path, "format": img.format_name, "subformat": img.subformat,
+            "virtual_size": img.virtual_size}
+
+
+def _output_facts(path: str, size: int, source_size: int, written: int,
+                  zero_skipped: int) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"path": path, "format": "vpc", "subformat": "fixed", "virtual_size": size,
+            "file_size": st.st_size, "rounded_by": size - source_size,
+            "allocated": st.st_blocks * 512, "data_written": written,
+            "zero_bytes_skipped_in_data": zero_skipped}
+
+
+# -- convert ---------------------------------------------------------------------------------------
+def _refuse(src: str, dst: str, force: bool) -> None:
+    if os.path.lexists(dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
+            raise ConvertError(f"{dst}: is the source itself; use --in-place to convert in place")
+        if not force:
+            raise ConvertError(f"{dst}: exists; use --force to replace it")
+        if os.path.isdir(dst):
+            raise ConvertError(f"{dst}: is a directory")
+
+
+def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
+            force: bool = False, progress: bool | None = None, sync: bool = True) -> ConvertResult:
+    """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
+
+    ``sync``: make the data durable (fsync the file, then its folder after the rename) before
+    returning; without it a crash soon after may leave DST with missing data."""
+    t0 = time.perf_counter()
+    names = digest_names(digests)
+    _refuse(src, dst, force)
+    with open_image(src, fmt) as img:
+        size = rounded_size(img.virtual_size)
+        check_size(size, dst)
+        patches, warnings = gpt_patches(img, size)
+        sector_size = img.logical_sector_size
+        t_plan = time.perf_counter()
+        folder = os.path.dirname(os.path.abspath(dst))
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
+                                       suffix=".part")
+        except OSError as e:
+            raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
+        pipe: Pipeline | None = None
+        try:
+            pipe = Pipeline(fd, names, writeback=sync)
+            os.fchmod(fd, 0o644 & ~_umask())
+            os.ftruncate(fd, size + FOOTER_SIZE)
+            bar = Progress(size, "convert: ", enabled=progress)
+            copier = Copier(img, size, pipe, bar, patches,
+                            kernel_copy=not names and _kernel_copy_ok(img))
+            copier.run()
+            buf = pipe.buffer()
+            buf[:FOOTER_SIZE] = make_footer(size)
+            pipe.put(buf, FOOTER_SIZE, size, [(0, FOOTER_SIZE)])
+            t_copy = time.perf_counter()
+            hashes = pipe.finish()
+            t_hash = time.perf_counter()
+            if sync:
+                os.fsync(fd)
+            verify_footer(fd, tmp, size)
+            bar.finish()
+            os.close(fd)
+            fd = -1
+            _publish(tmp, dst, force)
+            if sync:
+                _fsync_dir(folder)
+        except BaseException as e:
+            if pipe is not None:
+                pipe.abort()
+            if fd >= 0:
+                os.close(fd)
+            _unlink(tmp)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ConvertError(f"{dst}: no space left on the device for the "
+                                   f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
+                                   f"that name") from e
+            if isinstance(e, OSError) and not e.filename:   # pwrite/fsync on the output
+                raise ConvertError(f"{dst}: writing failed ({e.strerror or e}); nothing was "
+                                   f"written under that name") from e
+            raise
+        source = _source_facts(img)
+    t_end = time.perf_counter()
+    assert pipe is not None
+    return ConvertResult(
+        source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
+                                            copier.zero_skipped),
+        digests=digest_report(hashes, size + FOOTER_SIZE),
+        warnings=size_warnings(size, sector_size) + warnings,
+        gpt_relocated=bool(patches),
+        timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
+                 "total": t_end - t0})
+
+
+def _publish(tmp: str, dst: str, force: bool) -> None:
+    """Give the finished file its name: atomically replacing DST with ``force``, else only if
+    DST still does not exist (a hard link fails rather than overwrite what appeared meanwhile)."""
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise ConvertError(f"{dst}: appeared during the conversion; use --force to replace "
+                           "it") from None
+    except OSError:                 # no hard links on this file system: rename, re-checked
+        if os.path.lexists(dst):
+            raise ConvertError(f"{dst}: appeared during the conversion") from None
+        os.replace(tmp, dst)
+        return
+    os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(folder: str) -> None:
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# -- in place --------------------------------------------------------------------------------------
+def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
+                     progress: bool | None = None) -> ConvertResult:
+    """Make a raw or fixed-VHD file an Azure fixed VHD without copying its data: grow it to a whole
+    MiB (holes), move a GPT backup, (re)write the footer.  Digests, if asked, re-read the result."""
+    t0 = time.perf_counter()
+    names = digest_names(digests)
+    with open_image(src, fmt) as img:
+        if not _kernel_copy_ok(img):
+            raise ConvertError(f"{src}: --in-place needs a raw or fixed VHD source, not "
+                               f"{img.format_name} {img.subformat}".rstrip())
+        old_size = img.virtual_size
+        size = rounded_size(old_size)
+        check_size(size, src)
+        patches, warnings = gpt_patches(img, size)
+        sector_size = img.logical_sector_size
+        unique_id = _old_unique_id(img)
+        source = _source_facts(img)
+    footer = make_footer(size, unique_id)
+    fd = os.open(src, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    old_len = os.fstat(fd).st_size
+    # what an error must put back: the bytes the GPT patches and the old footer cover
+    saved = [(off, os.pread(fd, len(data), off)) for off, data in patches if off < old_len]
+    if old_len > old_size:
+        saved.append((old_size, os.pread(fd, old_len - old_size, old_size)))
+    try:
+        if old_len > old_size and size != old_size:
+            os.ftruncate(fd, old_size)          # the old footer must not become guest data
+        os.ftruncate(fd, size)
+        for off, data in patches:
+            pwrite_all(fd, data, off)
+        pwrite_all(fd, footer, size)
+        os.fsync(fd)
+        verify_footer(fd, src, size)
+    except BaseException as e:
+        _restore(fd, old_len, saved)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ConvertError(f"{src}: no space left on the device to grow it in place; "
+                               f"the file was restored as it was") from e
+        raise
+    finally:
+        os.close(fd)
+    t_write = time.perf_counter()
+    hashes = hash_file(src, names, progress) if names else []
+    t_end = time.perf_counter()
+    return ConvertResult(
+        source=source, output=_output_facts(src, size, old_size, 0, 0),
+        digests=digest_report(hashes, size + FOOTER_SIZE),
+        warnings=size_warnings(size, sector_size) + warnings,
+        gpt_relocated=bool(patches), in_place=True,
+        timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
+
+
+def _restore(fd: int, length: int, saved: list[Patch]) -> None:
+    """Undo an in-place conversion: the original length, then the original bytes."""
+    os.ftruncate(fd, length)
+    for off, data in saved:
+        pwrite_all(fd, data, off)
+    os.fsync(fd)
+
+
+def _old_unique_id(img: DiskImage) -> bytes | None:
+    """A fixed VHD converted in place keeps its identity."""
+    footer = getattr(img, "footer", None)
+    return getattr(footer, "unique_id", None)
+
+
+def hash_file(path: str, names: Sequence[str], progress: bool | None = None) -> list[Any]:
+    """Digests of every byte of the file at ``path``, holes hashed as zeros."""
+    pipe = Pipeline(None, names)
+    try:
+        with open_image(path, "raw") as whole:
+            bar = Progress(whole.virtual_size, "hash: ", enabled=progress)
+            Copier(whole, whole.virtual_size, pipe, bar).run()
+            bar.finish()
+        return pipe.finish()
+    except BaseException:
+        pipe.abort()
+        raise

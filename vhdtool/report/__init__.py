@@ -1,0 +1,83 @@
+"""Reports of a ``vhdtool check`` run: text, JSON, JUnit XML and SARIF 2.1.0.
+
+``--format NAME[:FILE]`` picks a report and where it goes (stdout without a file); ``-o FILE``
+sends the first report that names no file there.  Files are written atomically.
+
+References:
+  JUnit XML as read by Jenkins/GitLab/Azure DevOps (testsuites/testsuite/testcase with failure,
+  error, skipped); OASIS SARIF 2.1.0 (errata01); docs/schemas/check-report.schema.json.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from checks.catalog import Severity
+
+from ..convert import _umask
+from ..pipeline import CheckRun
+
+FORMATS = ("text", "json", "junit", "sarif")
+
+
+@dataclass(frozen=True)
+class Output:
+    fmt: str
+    path: str | None        #: None = stdout
+
+
+def parse_outputs(specs: Sequence[str], output: str | None) -> list[Output]:
+    """``--format`` values (``NAME`` or ``NAME:FILE``) and ``-o`` into outputs; ValueError if bad.
+
+    ``-o FILE`` goes to the first format without a file (``text`` when no --format is given);
+    at most one report may go to stdout.
+    """
+    outs: list[Output] = []
+    for spec in specs or ("text",):
+        name, _, path = spec.partition(":")
+        if name not in FORMATS:
+            raise ValueError(f"unknown report format {name!r} (choose from {', '.join(FORMATS)})")
+        outs.append(Output(name, path or None))
+    if output is not None:
+        i = next((i for i, o in enumerate(outs) if o.path is None), None)
+        if i is None:
+            raise ValueError("-o FILE given but every --format already names its file")
+        outs[i] = Output(outs[i].fmt, output)
+    if sum(o.path is None for o in outs) > 1:
+        raise ValueError("only one report can go to stdout: give the others a file "
+                         "(--format json:report.json)")
+    paths = [o.path for o in outs if o.path]
+    if len(set(paths)) != len(paths):
+        raise ValueError("two reports name the same file")
+    return outs
+
+
+def render(fmt: str, run: CheckRun, fail_on: Severity, color: bool = False) -> str:
+    from . import jsonreport, junit, sarif, text
+    renderers: dict[str, Callable[..., str]] = {
+        "text": lambda: text.render(run, fail_on, color),
+        "json": lambda: jsonreport.render(run, fail_on),
+        "junit": lambda: junit.render(run, fail_on),
+        "sarif": lambda: sarif.render(run),
+    }
+    return renderers[fmt]()
+
+
+def write_atomic(path: str, data: str) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".vhdtool-", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o644 & ~_umask())        # mkstemp makes 0600; a report is for sharing
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

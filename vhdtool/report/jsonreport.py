@@ -1,0 +1,60 @@
+"""The JSON report; its shape is published as docs/schemas/check-report.schema.json.
+
+References:
+  JSON Schema draft 2020-12 (the published schema); docs/exit-codes.md (``passed``/``gate``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from checks.catalog import Severity, Verdict
+
+from .. import __version__
+from ..pipeline import CheckRun
+from ..exitcodes import trips
+
+#: bump on any incompatible change of the report's shape (and update the schema file)
+SCHEMA_VERSION = 1
+
+
+def _disk(run: CheckRun) -> dict[str, Any]:
+    d = run.facts
+    return {
+        "format": d.format, "subformat": d.subformat, "file_size": d.file_size,
+        "virtual_size": d.virtual_size, "logical_sector_size": d.logical_sector_size,
+        "scheme": d.scheme, "unreadable": d.unreadable,
+        "partitions": [{"index": p.index, "start": p.start, "size": p.size,
+                        "type_id": p.type_id, "type_name": p.type_name, "fs": p.fs}
+                       for p in d.partitions],
+    }
+
+
+def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
+    results = []
+    for r in run.results:
+        item = r.as_dict()
+        item["source"] = r.check.source
+        item["gate"] = trips(r.verdict, r.severity, fail_on)
+        results.append(item)
+    summary = {v.value: sum(r.verdict is v for r in run.results) for v in Verdict}
+    p = run.profile
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "vhdtool", "version": __version__},
+        "image": run.image,
+        "profile": {"os_state": p.os_state, "role": p.role,
+                    "generations": sorted(p.generations) if p.generations is not None else None,
+                    "features": sorted(p.features)},
+        "generations": {"targeted": sorted(run.generations), "supported": sorted(run.supported)},
+        "disk": _disk(run),
+        "fail_on": str(fail_on),
+        "passed": not any(item["gate"] for item in results),
+        "summary": summary,
+        "results": results,
+    }
+
+
+def render(run: CheckRun, fail_on: Severity) -> str:
+    return json.dumps(report_dict(run, fail_on), indent=2) + "\n"

@@ -1,0 +1,55 @@
+"""JUnit XML: one test case per check (failure, error for a crashed check, skipped with reason).
+
+A failure below ``--fail-on`` is reported in the test case's ``system-out`` and does not fail it,
+so the JUnit view agrees with the exit code.
+
+References:
+  The de-facto JUnit XML format read by Jenkins, GitLab CI and Azure DevOps (testsuites >
+  testsuite[tests, failures, errors, skipped, time] > testcase[classname, name] with failure,
+  error, skipped, system-out children).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from checks.catalog import Result, Severity, Verdict
+
+from ..pipeline import CheckRun
+from ..exitcodes import trips
+
+
+def _finding_text(r: Result) -> str:
+    return "\n".join(f"{f.message}" + (f" [{f.evidence}]" if f.evidence else "")
+                     + f"\nfix: {f.fix or r.check.remediation}" for f in r.findings)
+
+
+def _case(r: Result, fail_on: Severity) -> ET.Element:
+    case = ET.Element("testcase", classname=r.check.id.rsplit(".", 1)[0], name=r.check.id)
+    if r.verdict is Verdict.ERROR:
+        ET.SubElement(case, "error", message=r.reason or "crashed", type="crash").text = r.reason
+    elif r.verdict is Verdict.SKIP:
+        ET.SubElement(case, "skipped", message=r.reason or "")
+    elif r.verdict is Verdict.FAIL:
+        text = _finding_text(r)
+        if trips(r.verdict, r.severity, fail_on):
+            first = r.findings[0].message
+            ET.SubElement(case, "failure", message=f"{r.severity}: {first}",
+                          type=str(r.severity)).text = text
+        else:
+            ET.SubElement(case, "system-out").text = f"{r.severity} (below --fail-on): {text}"
+    return case
+
+
+def render(run: CheckRun, fail_on: Severity) -> str:
+    cases = [_case(r, fail_on) for r in run.results]
+    n = {tag: sum(c.find(tag) is not None for c in cases)
+         for tag in ("failure", "error", "skipped")}
+    suites = ET.Element("testsuites", name="vhdtool check")
+    suite = ET.SubElement(suites, "testsuite", name=f"vhdtool check {run.image}",
+                          tests=str(len(cases)), failures=str(n["failure"]),
+                          errors=str(n["error"]), skipped=str(n["skipped"]),
+                          time=f"{run.seconds:.3f}")
+    suite.extend(cases)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

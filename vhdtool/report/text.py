@@ -1,0 +1,66 @@
+"""The human report: failures grouped by severity, one line per finding with evidence and fix.
+
+References:
+  click.style (ANSI colours, only on a terminal or with --color); docs/check.md.
+"""
+
+from __future__ import annotations
+
+import click
+
+from checks.catalog import Result, Severity, Verdict
+
+from ..pipeline import CheckRun
+from ..exitcodes import trips
+
+_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def _paint(text: str, color: bool, **style: object) -> str:
+    return click.style(text, **style) if color else text  # type: ignore[arg-type]
+
+
+def _finding_lines(r: Result, color: bool) -> list[str]:
+    sev = f"{r.severity!s:<7}"
+    head = _paint(sev, color, fg=_STYLE[r.severity], bold=True)
+    lines = []
+    for f in r.findings:
+        where = f" [{f.evidence}]" if f.evidence else ""
+        lines.append(f"  {head} {r.check.id}: {f.message}{where} -- fix: "
+                     f"{f.fix or r.check.remediation}")
+    return lines
+
+
+def render(run: CheckRun, fail_on: Severity, color: bool = False) -> str:
+    d = run.facts
+    what = f"{d.format} ({d.subformat})" if d.subformat else d.format
+    gens = "/".join(sorted(run.generations))
+    size = f", {d.virtual_size:,} bytes" if d.virtual_size is not None else ""
+    lines = [f"vhdtool check {run.image}: {what}{size}",
+             f"profile: {run.profile.os_state}, {run.profile.role} disk, generation {gens}"
+             + (f" (layout boots {'/'.join(sorted(run.supported)) or 'none'})"
+                if run.facts.scheme is not None else "")
+             + (f", {', '.join(sorted(run.profile.features))}" if run.profile.features else "")]
+    failed = sorted((r for r in run.results if r.verdict is Verdict.FAIL),
+                    key=lambda r: (-r.severity, r.check.id))
+    crashed = [r for r in run.results if r.verdict is Verdict.ERROR]
+    skipped = [r for r in run.results if r.verdict is Verdict.SKIP]
+    passed = [r for r in run.results if r.verdict is Verdict.PASS]
+    for sev in sorted(Severity, reverse=True):
+        group = [r for r in failed if r.severity is sev]
+        if group:
+            title = f"{sev}s" if sev is not Severity.INFO else "info"
+            lines.append(_paint(f"{title} ({len(group)}):", color, bold=True))
+            for r in group:
+                lines.extend(_finding_lines(r, color))
+    for r in crashed:
+        lines.append(_paint(f"  crashed {r.check.id}: {r.reason}", color, fg="magenta"))
+    if skipped:
+        lines.append("skipped:")
+        lines.extend(f"  {r.check.id}: {r.reason}" for r in skipped)
+    gate = [r for r in run.results if trips(r.verdict, r.severity, fail_on)]
+    verdict = _paint("FAILED", color, fg="red", bold=True) if gate else \
+        _paint("OK", color, fg="green", bold=True)
+    lines.append(f"{verdict}: {len(passed)} passed, {len(failed)} failed, "
+                 f"{len(skipped)} skipped, {len(crashed)} crashed (--fail-on {fail_on})")
+    return "\n".join(lines) + "\n"
