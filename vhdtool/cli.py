@@ -51,8 +51,15 @@ class VhdtoolGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Prepare and validate Linux disk images offline before uploading them to Azure."""
-    logging.basicConfig(stream=sys.stderr, format="vhdtool: %(message)s",
-                        level=logging.WARNING - 10 * min(verbose, 2))
+    # the "vhdtool" logger only, to the current stderr (also when invoked again in one process)
+    for h in [h for h in log.handlers if getattr(h, "vhdtool", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.vhdtool = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("vhdtool: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    log.propagate = False
 
 
 @cli.command()
@@ -102,13 +109,19 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
               help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
-@click.option("--color/--no-color", default=None,
-              help="Colour the text report (default: on a TTY).")
+@click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@click.option("--guest/--no-guest", default=True, show_default=True,
+              help="Open the guest read-only with libguestfs and run the guest checks "
+                   "(--no-guest: disk-level checks only, no libguestfs needed).")
+@click.option("--guest-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds allowed for the libguestfs appliance to start.")
 def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
-              formats: tuple[str, ...], output: str | None, color: bool | None) -> None:
+              formats: tuple[str, ...], output: str | None, color: bool | None,
+              guest: bool, guest_timeout: float) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
+    from .guestfs_engine import GuestEngineUnavailable, GuestfsEngine
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import parse_outputs, render, write_atomic
     try:
@@ -123,7 +136,18 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         if not any(selected(cid, [pattern], []) for cid in known):
             raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
     threshold = Severity.parse(fail_on)
-    result = run_checks(image, profile, fmt, select, ignore)
+    engine = GuestfsEngine(progress=True, timeout=guest_timeout) if guest else None
+    try:
+        result = run_checks(image, profile, fmt, select, ignore, guest_engine=engine)
+    except GuestEngineUnavailable as e:
+        click.echo(f"vhdtool: error: {e}\nvhdtool: run `vhdtool check --no-guest {image}` for "
+                   "the disk-level checks only", err=True)
+        sys.exit(Exit.MISSING_TOOL)
+    if engine is not None and engine.skip_reason:
+        click.echo(f"vhdtool: warning: guest checks skipped: {engine.skip_reason}", err=True)
+    timing = result.extra.get("guest_timing")
+    if timing is not None:
+        log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
     for out in outs:
         use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
         text = render(out.fmt, result, threshold, color=bool(use_color))
@@ -170,6 +194,8 @@ def checks_docs(output: str | None) -> None:
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+
+
 @cli.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)
