@@ -8,7 +8,8 @@ from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity
 from .disk import DiskFacts, supported_generations
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks",)
+CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.guest_prov", "checks.guest_boot",
+                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery")
 
 
 def load() -> dict[str, Check]:

@@ -60,6 +60,8 @@ class Profile:
     generations: frozenset[str] | None = None
     role: str = "os"                      #: "os" or "data" disk
     features: frozenset[str] = frozenset()
+    #: checks.gallery.Declaration: the gallery definition the author declares (None: none)
+    gallery: Any = None
 
     def __post_init__(self) -> None:
         if self.os_state not in (GENERALIZED, SPECIALIZED):
@@ -121,6 +123,8 @@ class Example:
     disk: Mapping[str, Any] | None = None
     files: Mapping[str, str | bytes | None] | None = None
     profile: Mapping[str, Any] | None = None
+    #: the guest engine ran but could not open the guest, for this reason (the guest is then None)
+    unopened: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ class Context:
     generations: frozenset[str] = frozenset({V1, V2})
     #: why guest checks are skipped when ``guest`` is None
     guest_skip_reason: str = "the guest was not opened"
+    #: a guest engine was asked to open the guest (False for a disk-only run such as --no-guest)
+    guest_requested: bool = False
     #: facts derived once and shared by checks (cache)
     memo: dict[str, Any] = field(default_factory=dict)
 

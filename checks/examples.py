@@ -31,4 +31,8 @@ def context_for(example: Example | None = None) -> Context:
     disk = BASELINES["disk"](ex.disk) if "disk" in BASELINES else None
     guest = BASELINES["guest"](ex.files) if "guest" in BASELINES else None
     gens = profile.generations or frozenset({V1, V2})
-    return Context(profile=profile, disk=disk, guest=guest, generations=gens)
+    ctx = Context(profile=profile, disk=disk, guest=guest, generations=gens,
+                  guest_requested=guest is not None)
+    if ex.unopened is not None:
+        ctx.guest, ctx.guest_skip_reason = None, ex.unopened
+    return ctx

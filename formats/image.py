@@ -44,8 +44,9 @@ class Extent:
     host_offset: int | None = None
     #: DATA only: the image whose file holds the bytes (a backing or parent layer); None = this one.
     source: DiskImage | None = field(default=None, compare=False)
-    #: qcow2 compressed cluster: ``host_offset`` is the cluster's descriptor, not a plain offset,
-    #: and ``inner`` is where this run starts inside the decompressed cluster.
+    #: a run of qcow2 compressed clusters: ``host_offset`` is not a file offset but the guest offset
+    #: where the run starts (the format finds each cluster's stream from it), and ``inner`` is the
+    #: distance from there to ``offset`` (non-zero once the run has been clipped).
     compressed: bool = False
     inner: int = 0
 

@@ -2,11 +2,23 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
+
+def _samples_dir() -> Path:
+    """The real images made by Hyper-V and others: $VHDTOOL_SAMPLES, else ../shared/samples beside
+    the clone, else /work/shared/samples (where this project's machines keep them)."""
+    here = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
+    for cand in (os.environ.get("VHDTOOL_SAMPLES"), here, "/work/shared/samples"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return here
+
+
+SAMPLES = _samples_dir()
 
 
 @pytest.fixture
@@ -24,5 +36,81 @@ def sample(tmp_path: Path):
         if sha256 is not None:
             assert hashlib.sha256(out.read_bytes()).hexdigest() == sha256
         return out
+
+    return get
+
+
+# --- fixture images (fixtures/; see fixtures/README.md) ---------------------------------------------
+
+
+def _fixture_build_skip_reason() -> str | None:
+    """Why real images cannot be built here (debootstrap, chroot and libguestfs need root)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "building fixture images needs root (debootstrap, chroot)"
+    missing = [t for t in ("debootstrap", "tar", "chroot") if shutil.which(t) is None]
+    if missing:
+        return f"missing tools for fixture images: {missing}"
+    try:
+        import guestfs  # noqa: F401
+    except ImportError:
+        return "python3-guestfs not importable"
+    return None
+
+
+@pytest.fixture(scope="session")
+def fixture_image():
+    """fixture_image(name) -> Path of the read-only raw image of recipe `name` (built or reused)."""
+    reason = _fixture_build_skip_reason()
+    from fixtures.build import image
+
+    def get(name: str) -> Path:
+        if reason:
+            pytest.skip(reason)
+        return image(name)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def fixture_info(fixture_image):
+    """fixture_info(name) -> the image's JSON sidecar (recipe, flaws, partitions, UUIDs, fstab)."""
+    import json
+
+    def get(name: str) -> dict:
+        return json.loads(fixture_image(name).with_suffix(".json").read_text())
+
+    return get
+
+
+@pytest.fixture
+def fixture_image_rw(fixture_image, tmp_path: Path):
+    """fixture_image_rw(name) -> Path of a private writable (reflinked or sparse) copy."""
+    from fixtures.images import sparse_copy
+
+    def get(name: str) -> Path:
+        dst = tmp_path / f"{name}.raw"
+        sparse_copy(fixture_image(name), dst)
+        return dst
+
+    return get
+
+
+@pytest.fixture
+def synthetic_image(tmp_path: Path):
+    """synthetic_image(files, **kw) -> Path of a small raw disk whose ext4 root holds `files`.
+
+    Seconds, no appliance: see fixtures/synthetic.py for the keyword arguments (table, esp_files…).
+    """
+    from fixtures.synthetic import synthetic_image as make
+
+    count = 0
+
+    def get(files, **kw) -> Path:
+        nonlocal count
+        count += 1
+        return make(tmp_path / f"synthetic-{count}.raw", files, **kw)
 
     return get

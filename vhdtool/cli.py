@@ -49,8 +49,15 @@ class VhdtoolGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Prepare and validate Linux disk images offline before uploading them to Azure."""
-    logging.basicConfig(stream=sys.stderr, format="vhdtool: %(message)s",
-                        level=logging.WARNING - 10 * min(verbose, 2))
+    # the "vhdtool" logger only, to the current stderr (also when invoked again in one process)
+    for h in [h for h in log.handlers if getattr(h, "vhdtool", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.vhdtool = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("vhdtool: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    log.propagate = False
 
 
 @cli.command()
@@ -86,6 +93,81 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
                    role=role, features=frozenset(name for name, on in features.items() if on))
 
 
+def guest_options(func: Any) -> Any:
+    """--guest/--no-guest, --guest-timeout and --engine, shared by check and manifest."""
+    opts = [
+        click.option("--guest/--no-guest", default=True, show_default=True,
+                     help="Open the guest read-only (see --engine) and run the guest checks "
+                          "(--no-guest: disk-level checks only, no guest engine needed)."),
+        click.option("--guest-timeout", type=float, default=300.0, show_default=True,
+                     help="Seconds allowed for the libguestfs appliance to start."),
+        click.option("--engine", "engine_name", type=click.Choice(["auto", "native", "guestfs"]),
+                     default="auto", show_default=True,
+                     help="Guest engine: native (in-process readers, no appliance), guestfs "
+                          "(libguestfs), auto (native when it reads every filesystem the guest "
+                          "mounts)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _run_with_engine(command: str, image: str, guest: bool, engine_name: str, timeout: float,
+                     run: Any) -> Any:
+    """``run(engine)`` with the chosen guest engine; exit 4 when no engine can open the guest."""
+    from .engines import AutoEngine
+    from .guestfs_engine import GuestEngineUnavailable
+    from .native_engine import NativeEngineUnavailable
+    engine = AutoEngine(engine_name, timeout=timeout) if guest else None
+    try:
+        result = run(engine)
+    except (GuestEngineUnavailable, NativeEngineUnavailable) as e:
+        click.echo(f"vhdtool: error: {e}\nvhdtool: run `vhdtool {command} --no-guest {image}` for "
+                   "the disk-level facts and checks only", err=True)
+        sys.exit(Exit.MISSING_TOOL)
+    if engine is not None and engine.skip_reason:
+        click.echo(f"vhdtool: warning: guest checks skipped: {engine.skip_reason}", err=True)
+    return result
+
+
+def gallery_options(func: Any) -> Any:
+    """Declared gallery values; the gallery.* checks compare them with what the disk supports."""
+    from checks.gallery import SECURITY_TYPES
+    opts = [
+        click.option("--security-type", type=click.Choice(SECURITY_TYPES), default=None,
+                     help="Declared features SecurityType (TrustedLaunchSupported needs a "
+                          "Microsoft-signed shim and Gen2)."),
+        click.option("--disk-controller", type=click.Choice(["SCSI", "SCSI,NVMe", "NVMe"]),
+                     default=None, help="Declared DiskControllerTypes."),
+        click.option("--publisher", default=None, help="Image definition publisher."),
+        click.option("--offer", default=None, help="Image definition offer."),
+        click.option("--sku", default=None, help="Image definition SKU."),
+        click.option("--gallery", default=None, help="Azure Compute Gallery name."),
+        click.option("--definition", default=None, help="Image definition name."),
+        click.option("--image-version", default=None, help="Image version (MAJOR.MINOR.PATCH)."),
+        click.option("--end-of-life", default=None, metavar="DATE",
+                     help="Image definition end-of-life date (ISO-8601, in the future)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
+    """A checks.gallery.Declaration of the gallery options, or None when none was given."""
+    from checks.gallery import Declaration
+    values = {"security_type": opts.get("security_type"),
+              "disk_controllers": tuple(opts["disk_controller"].split(","))
+              if opts.get("disk_controller") else None,
+              "accelerated_networking": accelerated,
+              **{k: opts.get(k) for k in ("publisher", "offer", "sku", "gallery", "definition",
+                                           "end_of_life")},
+              "version": opts.get("image_version")}
+    if all(v is None for v in values.values()):
+        return None
+    return Declaration(**values)
+
+
 @cli.command("check")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
@@ -107,12 +189,22 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
               help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
-@click.option("--color/--no-color", default=None,
-              help="Colour the text report (default: on a TTY).")
+@click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@guest_options
+@gallery_options
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the upload manifest (JSON) of this run to FILE.")
+@click.option("--md5", is_flag=True, help="Manifest: also MD5 (hex and Azure's base64 form).")
+@click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="Manifest: take the digests from `vhdtool convert --json` output when it "
+                   "provably describes IMAGE as it is (else they are computed).")
 def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role: str,
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
-              formats: tuple[str, ...], output: str | None, color: bool | None) -> None:
+              formats: tuple[str, ...], output: str | None, color: bool | None,
+              guest: bool, guest_timeout: float, engine_name: str,
+              manifest_path: str | None, md5: bool, digests_from: str | None,
+              **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
     import checks
     from checks.catalog import Severity, selected
@@ -131,7 +223,17 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         if not any(selected(cid, [pattern], []) for cid in known):
             raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
     threshold = Severity.parse(fail_on)
-    result = run_checks(image, profile, fmt, select, ignore)
+    # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
+    # --manifest) gallery.accelerated-networking reads it from there
+    profile, digests, collect = _manifest_setup(image, profile, manifest_path, md5,
+                                                _declaration(declared, None), digests_from)
+    result = _run_with_engine(
+        "check", image, guest, engine_name, guest_timeout,
+        lambda engine: run_checks(image, profile, fmt, select, ignore, guest_engine=engine,
+                                  collect=collect))
+    timing = result.extra.get("guest_timing")
+    if timing is not None:
+        log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
     for out in outs:
         use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
         text = render(out.fmt, result, threshold, color=bool(use_color))
@@ -139,6 +241,87 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
             click.echo(text, nl=False)
         else:
             write_atomic(out.path, text)
+    if manifest_path and digests is not None:
+        from .manifest import build, render as render_manifest
+        write_atomic(manifest_path, render_manifest(build(result, digests.result(), threshold)))
+    sys.exit(check_exit(result.results, threshold))
+
+
+def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5: bool,
+                    declaration: Any, digests_from: str | None = None
+                    ) -> tuple[Profile, Any, Any]:
+    """(profile with the declaration, digests started in a thread, collect hook) for a run.
+
+    A manifest implies a (possibly empty) declaration, so the gallery.* checks run.
+    """
+    from checks.gallery import Declaration, declare
+    if declaration is None and manifest_path is None:
+        return profile, None, None
+    profile = declare(profile, declaration or Declaration())
+    if manifest_path is None:
+        return profile, None, None
+    from .manifest import Digests, collect
+    return profile, Digests(image, md5, digests_from), collect
+
+
+@cli.command("manifest")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Image format (probed from magic bytes when omitted).")
+@click.option("--os-state", type=click.Choice([GENERALIZED, SPECIALIZED]), default=GENERALIZED,
+              show_default=True, help="Declared osState (checked against the disk).")
+@click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
+              show_default=True, help="Declared hyperVGeneration(s); auto = what the disk boots.")
+@gallery_options
+@click.option("--accelerated-networking/--no-accelerated-networking", default=None,
+              help="Declared IsAcceleratedNetworkSupported (default: derived).")
+@click.option("--md5", is_flag=True, help="Also MD5 (hex and Azure's Content-MD5 base64 form).")
+@click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="Take the digests from `vhdtool convert --json` output when it provably "
+                   "describes IMAGE as it is (same file, size, not modified since); else compute.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the manifest to FILE (atomically) instead of stdout.")
+@click.option("--commands", "show_commands", is_flag=True,
+              help="Print the upload commands (bash) on stdout; the manifest goes to -o FILE.")
+@click.option("--resource-group", default=None, help="Upload commands: resource group.")
+@click.option("--location", default=None, help="Upload commands: Azure region.")
+@click.option("--disk-name", default=None, help="Upload commands: managed disk name.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error",
+              show_default=True, help="Exit 1 when a finding is at or above this severity.")
+@guest_options
+def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
+                 accelerated_networking: bool | None, md5: bool, digests_from: str | None,
+                 output: str | None,
+                 show_commands: bool, resource_group: str | None, location: str | None,
+                 disk_name: str | None, fail_on: str, guest: bool, guest_timeout: float,
+                 engine_name: str,
+                 **declared: Any) -> None:
+    """The upload manifest of IMAGE (JSON): file, digests, container, partitions, guest, check
+    results, the gallery definition the disk supports with evidence, upload commands and an ARM
+    fragment. Exit codes as for check (docs/exit-codes.md)."""
+    from .manifest import Target, build, render as render_manifest, script
+    from .pipeline import run as run_checks
+    from .report import write_atomic
+    if show_commands and output is None:
+        raise click.UsageError("--commands prints the commands on stdout: give the manifest "
+                               "a file with -o FILE")
+    threshold = Severity.parse(fail_on)
+    profile, digests, collect = _manifest_setup(
+        image, _profile(os_state, generation, "os", {}), output or "-", md5,
+        _declaration(declared, accelerated_networking), digests_from)
+    result = _run_with_engine(
+        "manifest", image, guest, engine_name, guest_timeout,
+        lambda engine: run_checks(image, profile, fmt, guest_engine=engine, collect=collect))
+    doc = build(result, digests.result(), threshold, Target(resource_group, location, disk_name))
+    text = render_manifest(doc)
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    if show_commands:
+        click.echo(script(doc), nl=False)
+    for blocker in doc["upload"]["blockers"]:
+        click.echo(f"vhdtool: not ready to upload: {blocker}", err=True)
     sys.exit(check_exit(result.results, threshold))
 
 
@@ -184,6 +367,8 @@ def checks_docs(output: str | None) -> None:
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+
+
 @cli.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)

@@ -58,7 +58,7 @@ def render_info(f: dict[str, Any]) -> str:
     for key, value in f["details"].items():
         if isinstance(value, (dict, list)):
             continue
-        lines.append(f"{key.replace('_', ' ') + ':':<16}{value}")
+        lines.append(f"{key.replace('_', ' ') + ':':<15} {value}")
     for layer in f["backing_chain"]:
         lines.append(f"backing file:   {layer['path']} ({layer['format']})")
     lines += _render_partitions(f["partitions"])

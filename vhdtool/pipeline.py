@@ -11,12 +11,12 @@ References:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import checks
-from checks.catalog import V1, V2, Context, Profile, Result, run_catalog
+from checks.catalog import V1, V2, Check, Context, Profile, Result, run_catalog, selected
 from checks.disk import DiskFacts, supported_generations
 
 from .facts import build_disk_facts
@@ -24,7 +24,7 @@ from .facts import build_disk_facts
 #: (image path, disk facts) -> guest view; supplied by the guest engine when guest checks run
 GuestEngine = Callable[[str, DiskFacts], Any]
 
-NO_GUEST = "guest checks were not requested (the guest engine is not enabled)"
+NO_GUEST = "disk-only run (--no-guest): the guest was not opened"
 
 
 @dataclass
@@ -50,17 +50,51 @@ def target_generations(profile: Profile, supported: frozenset[str]) -> frozenset
     return supported or frozenset({V1, V2})
 
 
+def wants_guest(catalog: Mapping[str, Check], ctx: Context, select: Sequence[str],
+                ignore: Sequence[str]) -> bool:
+    """Whether a selected guest check applies to the run (else the guest is never opened)."""
+    return any(c.needs == "guest" and selected(cid, select, ignore)
+               and c.applies.why_not(ctx.profile, ctx.generations) is None
+               for cid, c in catalog.items())
+
+
 def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[str] = (),
-        ignore: Sequence[str] = (), guest_engine: GuestEngine | None = None) -> CheckRun:
-    """Check ``image`` for ``profile``. FormatError propagates for unreadable images."""
+        ignore: Sequence[str] = (), guest_engine: GuestEngine | None = None,
+        collect: Callable[[Context], Mapping[str, Any]] | None = None) -> CheckRun:
+    """Check ``image`` for ``profile``. FormatError propagates for unreadable images.
+
+    The guest engine is called (one appliance launch) only when a selected guest check applies;
+    ``extra["checks_seconds"]`` is the time of the checks alone, after the guest was opened.
+    ``collect(ctx)``, when given, runs after the checks while the guest is still open; what it
+    returns is added to ``extra`` (the manifest gathers its guest facts and derivation so).
+    """
     t0 = time.perf_counter()
     catalog = checks.load()
     facts, nbytes = build_disk_facts(image, fmt)
     supported = supported_generations(facts) if facts.scheme is not None else frozenset()
     gens = target_generations(profile, supported)
-    guest = guest_engine(image, facts) if guest_engine is not None else None
-    ctx = Context(profile=profile, disk=facts, guest=guest, generations=gens,
-                  guest_skip_reason=NO_GUEST)
-    results = run_catalog(ctx, select, ignore, catalog)
+    extra: dict[str, Any] = {}
+    ctx = Context(profile=profile, disk=facts, generations=gens, guest_skip_reason=NO_GUEST)
+    use_guest = guest_engine is not None and wants_guest(catalog, ctx, select, ignore)
+    try:
+        if use_guest:
+            ctx.guest_requested = True
+            ctx.guest = guest_engine(image, facts)  # type: ignore[misc]
+            ctx.guest_skip_reason = getattr(guest_engine, "skip_reason", None) or NO_GUEST
+        t1 = time.perf_counter()
+        results = run_catalog(ctx, select, ignore, catalog)
+        extra["checks_seconds"] = time.perf_counter() - t1
+        if collect is not None:
+            extra.update(collect(ctx))
+    finally:
+        close = getattr(guest_engine, "close", None) if use_guest else None
+        if close is not None:
+            close()
+    if use_guest and getattr(guest_engine, "choice", None) is not None:
+        extra["guest_engine"] = guest_engine.choice  # type: ignore[union-attr]
+    timing = getattr(guest_engine, "timing", None) if use_guest else None
+    if timing is not None:
+        timing.checks = extra["checks_seconds"]
+        extra["guest_timing"] = timing
     return CheckRun(image, profile, facts, gens, supported, results, nbytes,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, extra)

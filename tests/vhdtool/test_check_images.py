@@ -13,7 +13,7 @@ from tests.oracle import qemu_img
 from tests.vhdtool.images import (MiB, chs_geometry, gpt_hybrid, patch_footer, raw_disk,
                                   sparse_fixed, wrap_fixed)
 from tests.vhdtool.images import run as sh
-from vhdtool.pipeline import run
+from vhdtool.pipeline import NO_GUEST, run
 
 GiB = 1 << 30
 
@@ -122,10 +122,20 @@ def hybrid(tmp_path_factory) -> Path:
 
 
 def test_hybrid_layout_passes_and_boots_both(hybrid: Path) -> None:
+    """Disk-only run (no guest engine): every disk check passes; every guest check is skipped,
+    with the reason that the guest was not opened unless the profile already rules it out."""
     r = run(str(hybrid), Profile())
     assert r.supported == {V1, V2}
-    bad = {x.check.id: x.findings for x in r.results if x.verdict is not Verdict.PASS}
-    assert not bad, bad
+    # guest.opened reads the disk facts but belongs with the guest checks (skipped: not requested)
+    disk = [x for x in r.results if x.check.needs == "disk" and x.check.id != "guest.opened"
+            and x.check.applies.why_not(r.profile, r.generations) is None]   # gallery.* need a declaration
+    bad = {x.check.id: x.findings for x in disk if x.verdict is not Verdict.PASS}
+    assert disk and not bad, bad
+    guest = [x for x in r.results if x.check.needs == "guest" or x.check.id == "guest.opened"]
+    assert guest and all(x.verdict is Verdict.SKIP for x in guest)
+    in_profile = [x for x in guest if x.check.applies.why_not(r.profile, r.generations) is None]
+    assert in_profile and all(x.reason == NO_GUEST for x in in_profile)
+    assert "--no-guest" in NO_GUEST
     esp = [p for p in r.facts.partitions if p.index == 2][0]
     assert esp.start == 2 * MiB and esp.fs == "fat"
 

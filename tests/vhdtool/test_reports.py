@@ -97,12 +97,16 @@ def test_parse_outputs() -> None:
             parse_outputs(*bad)
 
 
+def check_cli(*args: str):
+    """`vhdtool check --no-guest ...`: these tests are about disk-level behaviour only."""
+    return CliRunner().invoke(cli, ["check", "--no-guest", *args])
+
+
 def test_cli_exit_codes_and_outputs(images, tmp_path: Path) -> None:
-    cli_run = CliRunner().invoke
     # -o goes to the first format naming no file (junit); json is left for stdout
-    res = cli_run(cli, ["check", str(images["nf"]), "--format", "junit",
-                        "--format", f"sarif:{tmp_path / 'r.sarif'}", "--format", "json",
-                        "-o", str(tmp_path / "r.xml")])
+    res = check_cli(str(images["nf"]), "--format", "junit",
+                    "--format", f"sarif:{tmp_path / 'r.sarif'}", "--format", "json",
+                    "-o", str(tmp_path / "r.xml"))
     assert res.exit_code == Exit.FINDINGS, res.output
     doc = json.loads(res.output)
     assert any(x["id"] == "disk.size.mib" and x["verdict"] == "fail" for x in doc["results"])
@@ -110,25 +114,24 @@ def test_cli_exit_codes_and_outputs(images, tmp_path: Path) -> None:
     ET.parse(tmp_path / "r.xml")
     assert not list(tmp_path.glob(".vhdtool-*"))        # no temp files left
     assert (tmp_path / "r.xml").stat().st_mode & 0o044   # readable by others, like any file
-    assert cli_run(cli, ["check", str(images["good"])]).exit_code == Exit.OK
-    ignored = cli_run(cli, ["check", str(images["nf"]), "--ignore", "disk.size"])
+    assert check_cli(str(images["good"])).exit_code == Exit.OK
+    ignored = check_cli(str(images["nf"]), "--ignore", "disk.size")
     assert ignored.exit_code == Exit.OK, ignored.output
-    only = cli_run(cli, ["check", str(images["nf"]), "--select", "disk.vhd", "--format", "json"])
+    only = check_cli(str(images["nf"]), "--select", "disk.vhd", "--format", "json")
     assert {x["id"].rsplit(".", 1)[0] for x in json.loads(only.output)["results"]} == {"disk.vhd"}
-    assert cli_run(cli, ["check", str(images["nf"]), "--select", "nope"]).exit_code == Exit.USAGE
-    assert cli_run(cli, ["check", str(images["nf"]), "--format", "json",
-                         "--format", "sarif"]).exit_code == Exit.USAGE
-    assert cli_run(cli, ["check", str(tmp_path / "missing.vhd")]).exit_code == Exit.BAD_IMAGE
-    assert cli_run(cli, ["check", str(images["qcow2"])]).exit_code == Exit.FINDINGS
+    assert check_cli(str(images["nf"]), "--select", "nope").exit_code == Exit.USAGE
+    assert check_cli(str(images["nf"]), "--format", "json",
+                     "--format", "sarif").exit_code == Exit.USAGE
+    assert check_cli(str(tmp_path / "missing.vhd")).exit_code == Exit.BAD_IMAGE
+    assert check_cli(str(images["qcow2"])).exit_code == Exit.FINDINGS
 
 
 def test_fail_on_threshold(images, tmp_path: Path) -> None:
     chs = tmp_path / "chs.vhd"
     from formats.vhd import chs_geometry
     wrap_fixed(images["raw"], chs, geometry=chs_geometry(40 * MiB))   # a warning only
-    cli_run = CliRunner().invoke
-    assert cli_run(cli, ["check", str(chs)]).exit_code == Exit.OK
-    warn = cli_run(cli, ["check", str(chs), "--fail-on", "warning"])
+    assert check_cli(str(chs)).exit_code == Exit.OK
+    warn = check_cli(str(chs), "--fail-on", "warning")
     assert warn.exit_code == Exit.FINDINGS and "disk.vhd.chs-size" in warn.output
 
 

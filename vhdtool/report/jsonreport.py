@@ -40,7 +40,8 @@ def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
         results.append(item)
     summary = {v.value: sum(r.verdict is v for r in run.results) for v in Verdict}
     p = run.profile
-    return {
+    engine = run.extra.get("guest_engine")
+    out = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "vhdtool", "version": __version__},
         "image": run.image,
@@ -54,6 +55,9 @@ def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
         "summary": summary,
         "results": results,
     }
+    if engine is not None:
+        out["guest_engine"] = engine.as_dict()
+    return out
 
 
 def render(run: CheckRun, fail_on: Severity) -> str:

@@ -41,6 +41,9 @@ def render(run: CheckRun, fail_on: Severity, color: bool = False) -> str:
              + (f" (layout boots {'/'.join(sorted(run.supported)) or 'none'})"
                 if run.facts.scheme is not None else "")
              + (f", {', '.join(sorted(run.profile.features))}" if run.profile.features else "")]
+    engine = run.extra.get("guest_engine")
+    if engine is not None:
+        lines.append(f"guest engine: {engine.name or 'none'} ({engine.reason})")
     failed = sorted((r for r in run.results if r.verdict is Verdict.FAIL),
                     key=lambda r: (-r.severity, r.check.id))
     crashed = [r for r in run.results if r.verdict is Verdict.ERROR]

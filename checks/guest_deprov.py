@@ -1,0 +1,299 @@
+"""Guest checks: the generalized (deprovisioned) state.
+
+A generalized image must not carry the identity or the secrets of the machine it was built on:
+what ``waagent -deprovision+user`` and ``cloud-init clean --logs --machine-id`` remove.
+
+References:
+  - /work/shared/reference/azure-requirements.md section 1 (rows deprov.*), which cites
+    WALinuxAgent ``azurelinuxagent/pa/deprovision/default.py`` (WA-DP), cloud-init
+    ``cmd/clean.py`` (CI), the Marketplace certification tests (MKT), Azure "Prepare a Linux VHD"
+    (GEN).
+  - shadow(5) (``!``/``*`` locked fields), login.defs(5) (``UID_MIN``), machine-id(5)
+    (``uninitialized``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from .catalog import GENERALIZED, Applies, Context, Example, Finding, NotApplicable, Severity, check
+from .guest import Guest
+from .guest_prov import cloudinit_provisions
+from .guestlib import cloud_config, guest, home_dirs, parse_keyvalue, waagent_conf, where
+
+GEN = Applies(os_states=frozenset({GENERALIZED}))
+SSH_DIR = "/etc/ssh"
+
+
+def _entries(g: Guest, directory: str, pattern: str = r".+") -> list[Finding]:
+    return [Finding(f"{p} is left from the build machine", p, fix=f"delete {p}")
+            for p in g.glob(directory, pattern)]
+
+
+NO_CI_WAAGENT_KEEPS_KEYS = {
+    "/etc/cloud": None, "/usr/bin/cloud-init": None,
+    "/etc/systemd/system/cloud-init.target.wants": None,
+    "/etc/waagent.conf": "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=n\n",
+    "/etc/ssh/ssh_host_ed25519_key": "k", "/etc/ssh/ssh_host_ed25519_key.pub": "p"}
+
+
+def _host_keys(ctx: Context) -> list[Finding]:
+    return _entries(guest(ctx), SSH_DIR, r"ssh_host_.*key.*")
+
+
+@check(id="guest.deprovision.ssh-host-keys", title="No SSH host keys", severity=Severity.WARNING,
+       applies=GEN, error_when=("marketplace",),
+       rationale="Host keys baked into an image are those of the build machine; a generalized "
+                 "image should not carry them even when the provisioner regenerates them.",
+       source="WA-DP, CI (azure-requirements.md deprov.ssh-hostkeys)",
+       remediation="rm -f /etc/ssh/ssh_host_*key* before capture (waagent -deprovision does it).",
+       passes=[Example("baseline")],
+       fails=[Example("keys left, cloud-init regenerates them",
+                      files={"/etc/ssh/ssh_host_ed25519_key": "k"})])
+def ssh_host_keys(ctx: Context) -> list[Finding]:
+    return _host_keys(ctx)
+
+
+@check(id="guest.deprovision.ssh-host-keys-shared", title="SSH host keys are regenerated per VM",
+       severity=Severity.ERROR, applies=GEN,
+       rationale="Host keys in the image that no provisioner regenerates are shared by every VM "
+                 "made from it (one can impersonate another). cloud-init (ssh_deletekeys, default "
+                 "true) regenerates them; waagent only with Provisioning.RegenerateSshHostKeyPair=y.",
+       source="WA-DP, WA-CONF, CI (azure-requirements.md deprov.ssh-hostkeys)",
+       remediation="Delete /etc/ssh/ssh_host_*key*, or set Provisioning.RegenerateSshHostKeyPair=y.",
+       passes=[Example("keys present but cloud-init regenerates them",
+                       files={"/etc/ssh/ssh_host_ed25519_key": "k"}),
+               Example("waagent regenerates them", files={
+                   **NO_CI_WAAGENT_KEEPS_KEYS, "/etc/waagent.conf":
+                       "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n"})],
+       fails=[Example("waagent provisions without regenerating keys",
+                      files=NO_CI_WAAGENT_KEEPS_KEYS)])
+def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
+    cfg = cloud_config(ctx)
+    if cloudinit_provisions(ctx) and cfg and cfg.merged.get("ssh_deletekeys", True) is not False:
+        return []
+    conf = waagent_conf(ctx) or {}
+    regen = conf.get("Provisioning.RegenerateSshHostKeyPair")
+    if regen and regen.value.lower() == "y":
+        return []
+    return _host_keys(ctx)
+
+
+@check(id="guest.deprovision.machine-id", title="machine-id is empty or uninitialized",
+       severity=Severity.WARNING, applies=GEN,
+       rationale="A baked machine-id is shared by every clone: DHCP client ids, journald and "
+                 "systemd-networkd identities collide.",
+       source="CI clean --machine-id (azure-requirements.md deprov.machine-id)",
+       remediation="truncate -s 0 /etc/machine-id (or write 'uninitialized').",
+       passes=[Example("uninitialized", files={"/etc/machine-id": "uninitialized\n"}),
+               Example("absent", files={"/etc/machine-id": None})],
+       fails=[Example("a real id", files={"/etc/machine-id": "4c4c4544004d3510804bb4c04f4e4d32\n"})])
+def machine_id(ctx: Context) -> list[Finding]:
+    text = guest(ctx).read_text("/etc/machine-id", 4096)
+    if text is None or text.strip() in ("", "uninitialized"):
+        return []
+    return [Finding(f"machine-id is set ({text.strip()[:32]})", "/etc/machine-id:1",
+                    fix="truncate -s 0 /etc/machine-id")]
+
+
+HISTORIES = (".bash_history", ".zsh_history", ".python_history", ".mysql_history",
+             ".psql_history", ".lesshst", ".viminfo")
+
+
+@check(id="guest.deprovision.history", title="No shell histories", severity=Severity.WARNING,
+       applies=GEN, error_when=("marketplace",),
+       rationale="Shell histories leak the build commands and sometimes secrets; Marketplace "
+                 "fails when a history is over 1 KB.",
+       source="MKT test 48, WA-DP (azure-requirements.md deprov.history)",
+       remediation="Delete the files and run 'export HISTSIZE=0' before capture.",
+       passes=[Example("baseline")],
+       fails=[Example("root history", files={"/root/.bash_history": "apt install x\n"}),
+              Example("user history", files={"/home/build/.bash_history": "ls\n"})])
+def history(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    out = []
+    for home in home_dirs(g):
+        for name in HISTORIES:
+            p = f"{home}/{name}"
+            st = g.stat(p)
+            if st and st.is_reg:
+                out.append(Finding(f"{p} ({st.size} bytes)", p, fix=f"delete {p}"))
+    return out
+
+
+@check(id="guest.deprovision.authorized-keys", title="No authorized_keys nor private keys",
+       severity=Severity.ERROR, applies=GEN,
+       rationale="A baked authorized_keys lets whoever built the image log into every VM made from "
+                 "it; private keys in a home directory are secrets.",
+       source="GEN, MKT (azure-requirements.md deprov.authkeys)",
+       remediation="Delete ~/.ssh/authorized_keys and ~/.ssh/id_* of root and every user.",
+       passes=[Example("public key only", files={"/root/.ssh/known_hosts": "h"})],
+       fails=[Example("root authorized_keys", files={"/root/.ssh/authorized_keys": "ssh-ed25519 A"}),
+              Example("user private key", files={"/home/build/.ssh/id_ed25519": "-----BEGIN"})])
+def authorized_keys(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    out = []
+    for home in home_dirs(g):
+        out += _entries(g, f"{home}/.ssh", r"authorized_keys2?|id_[a-z0-9]+")
+    return [f for f in out if not f.evidence or not f.evidence.endswith(".pub")]
+
+
+@check(id="guest.deprovision.waagent-state", title="No waagent state", severity=Severity.ERROR,
+       applies=GEN,
+       rationale="/var/lib/waagent of a provisioned VM holds 'provisioned' (the agent then skips "
+                 "provisioning: the deployment times out), ovf-env.xml (with the admin password "
+                 "hash), the transport private key and goal state.",
+       source="WA-DP, WA-PROV, WALinuxAgent#706 (azure-requirements.md deprov.waagent-state)",
+       remediation="waagent -deprovision (or rm -rf /var/lib/waagent/*) before capture.",
+       passes=[Example("absent", files={"/var/lib/waagent": None})],
+       fails=[Example("provisioned marker", files={"/var/lib/waagent/provisioned": ""}),
+              Example("ovf-env.xml", files={"/var/lib/waagent/ovf-env.xml": "<Environment/>"})])
+def waagent_state(ctx: Context) -> list[Finding]:
+    return _entries(guest(ctx), "/var/lib/waagent")
+
+
+CLOUD_STATE = r"instance|instances|data|sem|handlers|scripts"
+
+
+@check(id="guest.deprovision.cloudinit-state", title="No cloud-init instance state",
+       severity=Severity.ERROR, applies=GEN,
+       rationale="With /var/lib/cloud/instance(s) present cloud-init believes it already ran "
+                 "(per-instance modules are skipped); a seed/azure/ovf-env.xml is read before the "
+                 "real provisioning media.",
+       source="CI clean.py, DataSourceAzure (azure-requirements.md deprov.ci-state)",
+       remediation="cloud-init clean --logs --seed before capture.",
+       passes=[Example("empty /var/lib/cloud", files={"/var/lib/cloud": None})],
+       fails=[Example("instance dir", files={"/var/lib/cloud/instances/abc/boot-finished": "1"}),
+              Example("seed ovf-env.xml",
+                      files={"/var/lib/cloud/seed/azure/ovf-env.xml": "<Environment/>"})])
+def cloudinit_state(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    out = _entries(g, "/var/lib/cloud", CLOUD_STATE)
+    out += _entries(g, "/var/lib/cloud/seed/azure", r"ovf-env\.xml")
+    return out
+
+
+def _login_defs(g: Guest) -> tuple[int, int]:
+    vals = parse_keyvalue(g, "/etc/login.defs", sep=" ")
+    lo = vals.get("UID_MIN")
+    hi = vals.get("UID_MAX")
+    return (int(lo.value) if lo and lo.value.isdigit() else 1000,
+            int(hi.value) if hi and hi.value.isdigit() else 60000)
+
+
+@check(id="guest.deprovision.users", title="No leftover users", severity=Severity.WARNING,
+       applies=GEN, error_when=("marketplace",),
+       rationale="Build users (UID_MIN..UID_MAX) and their homes survive into every VM; waagent "
+                 "-deprovision+user removes only the provisioned user.",
+       source="WA-DP, GEN (azure-requirements.md deprov.users)",
+       remediation="userdel -r <user> before capture.",
+       passes=[Example("system users only")],
+       fails=[Example("build user", files={
+           "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n"
+                          "build:x:1000:1000:,,,:/home/build:/bin/bash\n",
+           "/home/build/.profile": ""})])
+def users(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    lo, hi = _login_defs(g)
+    out = []
+    known = set()
+    for no, line in g.lines("/etc/passwd"):
+        f = line.split(":")
+        if len(f) >= 6 and f[2].isdigit() and lo <= int(f[2]) <= hi:
+            known.add(f[5])
+            out.append(Finding(f"user {f[0]} (uid {f[2]})", where("/etc/passwd", no),
+                               fix=f"userdel -r {f[0]}"))
+    for home in g.list_dir("/home"):
+        p = posixpath.join("/home", home)
+        if p not in known and g.is_dir(p):
+            out.append(Finding(f"home directory {p} of no user", p, fix=f"rm -rf {p}"))
+    return out
+
+
+def _usable_hash(field: str) -> bool:
+    return bool(field) and not field.startswith(("!", "*")) and field not in ("x", "LK")
+
+
+@check(id="guest.deprovision.root-password", title="No usable passwords", severity=Severity.WARNING,
+       applies=GEN, error_when=("marketplace",),
+       rationale="A root password or any usable password hash in the image is a default credential "
+                 "on every VM made from it.",
+       source="WA-DP (DeleteRootPassword), MKT (azure-requirements.md deprov.root-pw)",
+       remediation="passwd -l root (and every account); Azure sets the admin credentials.",
+       passes=[Example("root locked with the waagent marker",
+                       files={"/etc/shadow": "root:*LOCK*:14600::::::\n"})],
+       fails=[Example("root password", files={"/etc/shadow": "root:$6$salt$hash:19700:0:99999:7:::\n"}),
+              Example("empty password", files={"/etc/shadow": "root:*:1::::::\nguest::19700::::::\n"})])
+def root_password(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    if not g.exists("/etc/shadow"):
+        raise NotApplicable("no /etc/shadow")
+    out = []
+    for no, line in g.lines("/etc/shadow"):
+        f = line.split(":")
+        if len(f) >= 2 and (f[1] == "" or _usable_hash(f[1])):
+            what = "an empty password" if f[1] == "" else "a usable password hash"
+            out.append(Finding(f"{f[0]} has {what}", where("/etc/shadow", no),
+                               fix=f"passwd -l {f[0]}"))
+    return out
+
+
+LEASE_DIRS = (("/var/lib/dhcp", r".+\.leases?"), ("/var/lib/dhclient", r".+\.leases?"),
+              ("/var/lib/dhcpcd", r".+\.lease6?"), ("/var/lib/NetworkManager", r".+\.lease"),
+              ("/var/lib/systemd/network", r".+"))
+
+
+@check(id="guest.deprovision.dhcp-leases", title="No DHCP leases", severity=Severity.WARNING,
+       applies=GEN,
+       rationale="A stale lease makes the client request the build machine's address first.",
+       source="WA-DP (azure-requirements.md deprov.dhcp)",
+       remediation="Delete the lease files before capture.",
+       passes=[Example("baseline")],
+       fails=[Example("dhclient lease", files={"/var/lib/dhcp/dhclient.eth0.leases": "lease {}"})])
+def dhcp_leases(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    return [f for d, pat in LEASE_DIRS for f in _entries(g, d, pat)]
+
+
+NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
+
+
+@check(id="guest.deprovision.net-rules", title="No persistent network names bound to a MAC",
+       severity=Severity.WARNING, applies=GEN,
+       rationale="Rules or configs bound to the build machine's MAC address leave the new VM's "
+                 "NIC unconfigured (it gets another MAC).",
+       source="WA-PROV, PROVE (azure-requirements.md deprov.net-persist)",
+       remediation="Delete 70-persistent-net.rules and HWADDR=/macaddress lines.",
+       passes=[Example("baseline")],
+       fails=[Example("udev persistent rules", files={
+           "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", NAME="eth0"\n'}),
+           Example("ifcfg HWADDR", files={
+               "/etc/sysconfig/network-scripts/ifcfg-eth0": "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})])
+def net_rules(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    out = _entries(g, "/etc/udev/rules.d", NET_RULES)
+    for p in g.glob("/etc/sysconfig/network-scripts", r"ifcfg-.+"):
+        for no, line in g.lines(p):
+            if line.upper().startswith(("HWADDR=", "MACADDR=")):
+                out.append(Finding(f"{line} binds the NIC to a MAC", where(p, no)))
+    for p in g.glob("/etc/netplan", r".+\.ya?ml"):
+        for no, line in g.lines(p):
+            if line.startswith("macaddress:"):
+                out.append(Finding(f"netplan '{line}' binds the NIC to a MAC", where(p, no)))
+    return out
+
+
+LOGS = (("/var/log", r"waagent\.log.*|cloud-init.*\.log.*|azure"),)
+
+
+@check(id="guest.deprovision.logs", title="No provisioning logs", severity=Severity.WARNING,
+       applies=GEN,
+       rationale="Agent and cloud-init logs of the build VM confuse support and leak its details.",
+       source="WA-DP, GEN, CI (azure-requirements.md deprov.logs)",
+       remediation="cloud-init clean --logs; rm -rf /var/log/waagent.log /var/log/azure.",
+       passes=[Example("baseline")],
+       fails=[Example("waagent.log", files={"/var/log/waagent.log": "x"}),
+              Example("cloud-init log", files={"/var/log/cloud-init.log": "x"})])
+def logs(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    return [f for d, pat in LOGS for f in _entries(g, d, pat)]

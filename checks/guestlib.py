@@ -1,0 +1,357 @@
+"""Facts the guest checks share, derived from a :class:`checks.guest.Guest` and memoised per run.
+
+Enabled systemd units, ``waagent.conf``, the merged cloud-init configuration, the kernel command
+lines the bootloader passes, the modules available to each kernel (files, ``modules.builtin``, the
+initramfs) and the modprobe rules that disable some.
+
+References:
+  - systemd.unit(5): enablement is a symlink in ``/etc/systemd/system/<target>.wants/``; a unit
+    linked to ``/dev/null`` in ``/etc/systemd/system`` is masked.
+  - WALinuxAgent ``waagent.conf`` (``key=value``, ``#`` comments; README "Configuration").
+  - cloud-init docs "Base configuration": ``/etc/cloud/cloud.cfg`` then ``cloud.cfg.d/*.cfg`` in
+    lexical order, later keys override; ``/etc/cloud/cloud-init.disabled``, ``cloud-init=disabled``.
+  - GRUB manual (``GRUB_CMDLINE_LINUX``, ``GRUB_CMDLINE_LINUX_DEFAULT``, ``linux`` command in
+    grub.cfg), Boot Loader Specification (``options`` in ``/boot/loader/entries/*.conf``), grubenv
+    ``kernelopts`` (RHEL 8), kernel-install(8) ``/etc/kernel/cmdline``.
+  - modprobe.d(5): ``blacklist <mod>``, ``install <mod> /bin/true|/bin/false``; directories
+    ``/etc/modprobe.d``, ``/lib/modprobe.d``, ``/usr/lib/modprobe.d``, ``/run/modprobe.d``.
+  - depmod(8): ``modules.dep`` lists every module file of a kernel.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .catalog import Context, Finding, NotApplicable
+from .guest import Guest, Kernel, module_name
+from .initramfs import InitramfsError, read_initramfs
+
+T = TypeVar("T")
+MAX_INITRAMFS = 512 * 1024 * 1024
+
+
+def guest(ctx: Context) -> Guest:
+    return ctx.guest
+
+
+def memo(ctx: Context, key: str, fn: Callable[[Guest], T]) -> T:
+    return ctx.once(key, lambda: fn(ctx.guest))
+
+
+def where(path: str, line: int | None = None) -> str:
+    return f"{path}:{line}" if line else path
+
+
+# -- systemd --------------------------------------------------------------------------------------
+UNIT_DIRS = ("/etc/systemd/system",)
+
+
+def enabled_units(g: Guest) -> dict[str, str]:
+    """{unit name: evidence path} for units enabled through a ``.wants``/``.requires`` link."""
+    out: dict[str, str] = {}
+    for d in UNIT_DIRS:
+        for sub in g.list_dir(d):
+            if sub.endswith((".wants", ".requires")):
+                for unit in g.list_dir(f"{d}/{sub}"):
+                    out.setdefault(unit, f"{d}/{sub}/{unit}")
+    for unit in list(out):
+        if g.readlink(f"/etc/systemd/system/{unit}") == "/dev/null":
+            del out[unit]      # masked
+    return out
+
+
+def units(ctx: Context) -> dict[str, str]:
+    return memo(ctx, "guest.units", enabled_units)
+
+
+# -- waagent ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    value: str
+    line: int
+    path: str
+
+    @property
+    def evidence(self) -> str:
+        return where(self.path, self.line)
+
+
+WAAGENT_CONF = "/etc/waagent.conf"
+WAAGENT_UNITS = ("walinuxagent.service", "waagent.service")
+
+
+def parse_keyvalue(g: Guest, path: str, sep: str = "=") -> dict[str, Setting]:
+    out: dict[str, Setting] = {}
+    for no, line in g.lines(path):
+        if sep in line:
+            k, v = line.split(sep, 1)
+            out[k.strip()] = Setting(v.split("#", 1)[0].strip(), no, path)
+    return out
+
+
+def waagent_conf(ctx: Context) -> dict[str, Setting] | None:
+    """Parsed waagent.conf, or None when the agent is not installed."""
+    return memo(ctx, "guest.waagent", lambda g: parse_keyvalue(g, WAAGENT_CONF)
+                if g.is_file(WAAGENT_CONF) else None)
+
+
+def waagent_enabled(ctx: Context) -> str | None:
+    u = units(ctx)
+    return next((u[n] for n in WAAGENT_UNITS if n in u), None)
+
+
+def provisioning_agent(ctx: Context) -> Setting | None:
+    conf = waagent_conf(ctx) or {}
+    return conf.get("Provisioning.Agent")
+
+
+# -- cloud-init -------------------------------------------------------------------------------------
+CLOUD_CFG = "/etc/cloud/cloud.cfg"
+CLOUD_CFG_D = "/etc/cloud/cloud.cfg.d"
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    merged: dict[str, Any]
+    origin: dict[str, str]          #: top-level key -> file that set it last
+    errors: tuple[Finding, ...]
+
+
+def _cloud_config(g: Guest) -> CloudConfig | None:
+    import yaml
+    if not g.exists("/usr/bin/cloud-init") and not g.is_file(CLOUD_CFG):
+        return None
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    errors = []
+    for path in [CLOUD_CFG] + g.glob(CLOUD_CFG_D, r".+\.cfg"):
+        text = g.read_text(path)
+        if text is None:
+            continue
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            errors.append(Finding(f"cloud-init cannot parse {path}: {e}", path))
+            continue
+        if isinstance(doc, dict):
+            merged.update(doc)
+            origin.update({k: path for k in doc})
+    return CloudConfig(merged, origin, tuple(errors))
+
+
+def cloud_config(ctx: Context) -> CloudConfig | None:
+    return memo(ctx, "guest.cloudcfg", _cloud_config)
+
+
+def cloudinit_enabled(ctx: Context) -> bool:
+    g = guest(ctx)
+    if cloud_config(ctx) is None or g.exists("/etc/cloud/cloud-init.disabled"):
+        return False
+    if any("cloud-init=disabled" in c.args for c in cmdlines(ctx)):
+        return False
+    return any(u.startswith("cloud-init") for u in units(ctx))
+
+
+def line_of(g: Guest, path: str, pattern: str) -> int | None:
+    rx = re.compile(pattern)
+    for no, line in g.lines(path):
+        if rx.search(line):
+            return no
+    return None
+
+
+# -- kernel command lines ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cmdline:
+    path: str
+    line: int
+    args: tuple[str, ...]
+    what: str            #: "grub.cfg linux", "GRUB_CMDLINE_LINUX", "BLS options", ...
+
+    @property
+    def evidence(self) -> str:
+        return where(self.path, self.line)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError:
+        return tuple(text.split())
+
+
+def _grub_cfg_lines(g: Guest, path: str) -> list[Cmdline]:
+    out = []
+    for no, line in g.lines(path):
+        parts = line.split(None, 2)
+        if parts[0] in ("linux", "linuxefi", "linux16") and len(parts) >= 2:
+            out.append(Cmdline(path, no, _split(parts[2] if len(parts) > 2 else ""),
+                               "grub.cfg linux"))
+    return out
+
+
+def _default_grub(g: Guest) -> list[Cmdline]:
+    path = "/etc/default/grub"
+    vals = parse_keyvalue(g, path)
+    out = []
+    for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+        if key in vals:
+            s = vals[key]
+            out.append(Cmdline(path, s.line, _split(" ".join(_split(s.value))), key))
+    if out:
+        # both variables are concatenated on the default entry: judge them together
+        args = tuple(a for c in out for a in c.args)
+        return [Cmdline(path, out[0].line, args, "GRUB_CMDLINE_LINUX[_DEFAULT]")]
+    return []
+
+
+def _all_cmdlines(g: Guest) -> list[Cmdline]:
+    out: list[Cmdline] = []
+    for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"):
+        out += _grub_cfg_lines(g, path)
+    out += _default_grub(g)
+    for path in g.glob("/boot/loader/entries", r".+\.conf"):
+        for no, line in g.lines(path):
+            if line.startswith("options"):
+                out.append(Cmdline(path, no, _split(line[len("options"):]), "BLS options"))
+    for path in ("/boot/grub2/grubenv", "/boot/grub/grubenv"):
+        for no, line in g.lines(path):
+            if line.startswith("kernelopts="):
+                out.append(Cmdline(path, no, _split(line.split("=", 1)[1]), "grubenv kernelopts"))
+    for no, line in g.lines("/etc/kernel/cmdline"):
+        out.append(Cmdline("/etc/kernel/cmdline", no, _split(line), "kernel-install cmdline"))
+    return out
+
+
+def cmdlines(ctx: Context) -> list[Cmdline]:
+    return memo(ctx, "guest.cmdlines", _all_cmdlines)
+
+
+def require_cmdlines(ctx: Context) -> list[Cmdline]:
+    found = cmdlines(ctx)
+    if not found:
+        raise NotApplicable("no bootloader configuration with a kernel command line found")
+    return found
+
+
+def has_arg(args: tuple[str, ...], name: str, value_prefix: str | None = None) -> bool:
+    for a in args:
+        k, _, v = a.partition("=")
+        if k == name and (value_prefix is None or v.startswith(value_prefix)):
+            return True
+    return False
+
+
+# -- kernel modules -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelModules:
+    kernel: Kernel
+    files: frozenset[str]         #: modules present as files under /lib/modules/<v>
+    initramfs: frozenset[str] | None   #: modules in the initramfs (None: no initramfs)
+    initramfs_error: str | None = None
+
+
+def _module_files(g: Guest, k: Kernel) -> frozenset[str]:
+    if not k.modules_dir:
+        return frozenset()
+    dep = g.read_text(f"{k.modules_dir}/modules.dep") or ""
+    return frozenset(module_name(line.split(":", 1)[0]) for line in dep.splitlines() if ":" in line)
+
+
+def _kernel_modules(g: Guest) -> list[KernelModules]:
+    out = []
+    for k in g.facts.kernels:
+        mods, err = None, None
+        if k.initramfs:
+            data = g.read_file(k.initramfs, MAX_INITRAMFS)
+            try:
+                mods = read_initramfs(data or b"", k.initramfs).modules
+            except InitramfsError as e:
+                err = str(e)
+        out.append(KernelModules(k, _module_files(g, k), mods, err))
+    return out
+
+
+def kernel_modules(ctx: Context) -> list[KernelModules]:
+    found = memo(ctx, "guest.kmods", _kernel_modules)
+    if not found:
+        raise NotApplicable("no kernel found in /boot")
+    return found
+
+
+def missing_at_boot(km: KernelModules, wanted: tuple[str, ...]) -> Finding | None:
+    """A finding when a module of ``wanted`` is neither built in nor in the initramfs."""
+    k = km.kernel
+    if km.initramfs_error:
+        return Finding(f"kernel {k.version}: initramfs unreadable ({km.initramfs_error})",
+                       k.initramfs)
+    have = k.builtin | (km.initramfs or frozenset())
+    missing = [m for m in wanted if m not in have]
+    if not missing:
+        return None
+    if km.initramfs is None:
+        return Finding(f"kernel {k.version} has no initramfs and does not build in "
+                       f"{', '.join(missing)}", k.image)
+    return Finding(f"kernel {k.version}: {', '.join(missing)} neither built in "
+                   f"({k.modules_dir or '/lib/modules/' + k.version}/modules.builtin) nor in the "
+                   "initramfs", k.initramfs)
+
+
+def missing_installed(km: KernelModules, wanted: tuple[str, ...]) -> Finding | None:
+    """A finding when a module of ``wanted`` is neither built in nor installed as a file."""
+    k = km.kernel
+    have = k.builtin | km.files | (km.initramfs or frozenset())
+    missing = [m for m in wanted if m not in have]
+    if not missing:
+        return None
+    return Finding(f"kernel {k.version}: {', '.join(missing)} neither built in nor installed",
+                   f"{k.modules_dir or '/lib/modules/' + k.version}/modules.dep")
+
+
+# -- modprobe.d -----------------------------------------------------------------------------------------
+MODPROBE_DIRS = ("/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d", "/run/modprobe.d")
+DISABLING = re.compile(r"^(?:blacklist\s+(\S+)|install\s+(\S+)\s+(?:/usr)?/bin/(?:true|false)\b)")
+
+
+@dataclass(frozen=True)
+class Disabled:
+    module: str
+    path: str
+    line: int
+    text: str
+
+
+def _disabled_modules(g: Guest) -> list[Disabled]:
+    out = []
+    seen: set[str] = set()
+    for d in MODPROBE_DIRS:
+        real = g.realpath(d)
+        if real in seen:
+            continue
+        seen.add(real)
+        for path in g.glob(d, r".+\.conf"):
+            for no, line in g.lines(path):
+                m = DISABLING.match(line)
+                if m:
+                    out.append(Disabled((m.group(1) or m.group(2)).replace("-", "_"), path, no,
+                                        line))
+    return out
+
+
+def disabled_modules(ctx: Context) -> list[Disabled]:
+    return memo(ctx, "guest.modprobe", _disabled_modules)
+
+
+def disabled_findings(ctx: Context, pred: Callable[[str], bool]) -> list[Finding]:
+    return [Finding(f"module {d.module} is disabled: '{d.text}'", where(d.path, d.line),
+                    fix=f"remove line {d.line} of {d.path}")
+            for d in disabled_modules(ctx) if pred(d.module)]
+
+
+def home_dirs(g: Guest) -> list[str]:
+    return ["/root"] + [posixpath.join("/home", n) for n in g.list_dir("/home")]
