@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from formats import FormatError, open_image
 from . import __version__
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, check_exit
+
+if TYPE_CHECKING:
+    from checks.catalog import Profile
 
 log = logging.getLogger("vhdtool")
 
@@ -81,6 +84,9 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
 # these choices spell its constants (checks.catalog GENERALIZED, SPECIALIZED, V1, V2) — a test
 # holds them equal.
 OS_STATES = ("generalized", "specialized")
+#: checks.gallery.SECURITY_TYPES, spelled here for the same reason
+SECURITY_TYPES = ("Standard", "TrustedLaunchSupported", "TrustedLaunch", "ConfidentialVmSupported",
+                  "ConfidentialVM", "TrustedLaunchAndConfidentialVmSupported")
 GENERATIONS: dict[str, tuple[str, ...] | None] = {"1": ("V1",), "2": ("V2",), "both": ("V1", "V2"),
                                                   "auto": None}
 
@@ -132,7 +138,6 @@ def _run_with_engine(command: str, image: str, guest: bool, engine_name: str, ti
 
 def gallery_options(func: Any) -> Any:
     """Declared gallery values; the gallery.* checks compare them with what the disk supports."""
-    from checks.gallery import SECURITY_TYPES
     opts = [
         click.option("--security-type", type=click.Choice(SECURITY_TYPES), default=None,
                      help="Declared features SecurityType (TrustedLaunchSupported needs a "
@@ -268,7 +273,7 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Image format (probed from magic bytes when omitted).")
-@click.option("--os-state", type=click.Choice([GENERALIZED, SPECIALIZED]), default=GENERALIZED,
+@click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
               show_default=True, help="Declared osState (checked against the disk).")
 @click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
               show_default=True, help="Declared hyperVGeneration(s); auto = what the disk boots.")
@@ -299,6 +304,8 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     """The upload manifest of IMAGE (JSON): file, digests, container, partitions, guest, check
     results, the gallery definition the disk supports with evidence, upload commands and an ARM
     fragment. Exit codes as for check (docs/exit-codes.md)."""
+    from checks.catalog import Severity
+
     from .manifest import Target, build, render as render_manifest, script
     from .pipeline import run as run_checks
     from .report import write_atomic

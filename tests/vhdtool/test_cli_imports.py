@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2
+from checks.gallery import SECURITY_TYPES
 from vhdtool import cli
 
 
@@ -18,6 +19,7 @@ def test_convert_does_not_import_the_catalog() -> None:
 
 def test_choices_spell_the_catalog_constants() -> None:
     assert cli.OS_STATES == (GENERALIZED, SPECIALIZED)
+    assert cli.SECURITY_TYPES == SECURITY_TYPES
     assert cli.GENERATIONS == {"1": (V1,), "2": (V2,), "both": (V1, V2), "auto": None}
     profile = cli._profile(SPECIALIZED, "both", "os", {"nvme": True, "marketplace": False})
     assert profile.generations == frozenset({V1, V2})
