@@ -505,6 +505,11 @@ class Copier:
         for a in range(host, host + n, BLOCK):
             b = min(a + BLOCK, host + n)
             base = a - a % mmap.ALLOCATIONGRANULARITY
+            # a page of the map past the end of the file would kill the process with SIGBUS:
+            # a source truncated meanwhile is an error here (the window left is one block's test)
+            if os.fstat(src).st_size < b:
+                raise ConvertError(f"{self.img.path}: the source file shrank below {b:#x} while "
+                                   "it was being copied")
             with mmap.mmap(src, b - base, prot=mmap.PROT_READ, offset=base) as mm:
                 view = memoryview(mm)
                 try:

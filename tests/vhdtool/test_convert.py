@@ -600,3 +600,26 @@ def test_cli_json(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["convert", "-f", "qcow2", str(bad), str(tmp_path / "x.vhd")])
     assert r.exit_code == 3, r.output
     no_leftovers(tmp_path)
+
+
+def test_source_shrinking_during_kernel_copy_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
+    """The kernel-copy path tests zeros through an mmap of the source: a source truncated meanwhile
+    must give a ConvertError naming it (a page past EOF would otherwise kill the process with
+    SIGBUS), and no destination."""
+    src, fmt, _ = make_source(tmp_path, "raw")
+    real = conv.nonzero_runs
+    calls = []
+
+    def shrink_then_test(*args, **kwargs):
+        if not calls:
+            os.truncate(src, 1 << 20)          # our own scratch source, after the first block
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "nonzero_runs", shrink_then_test)
+    dst = tmp_path / "out.vhd"
+    with pytest.raises(conv.ConvertError, match=f"{src}: the source file shrank"):
+        conv.convert(str(src), str(dst), fmt=fmt, digests=["none"])
+    assert calls, "the kernel-copy path was not taken"
+    assert not dst.exists()
+    no_leftovers(tmp_path)
