@@ -2,23 +2,13 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.shared import shared_path
 
-def _samples_dir() -> Path:
-    """The real images made by Hyper-V and others: $VHDTOOL_SAMPLES, else ../shared/samples beside
-    the clone, else /work/shared/samples (where this project's machines keep them)."""
-    here = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
-    for cand in (os.environ.get("VHDTOOL_SAMPLES"), here, "/work/shared/samples"):
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return here
-
-
-SAMPLES = _samples_dir()
+SAMPLES = shared_path("samples")
 
 
 @pytest.fixture
