@@ -170,7 +170,7 @@ def test_dirty_log_is_replayed_in_memory(tmp_path: Path, size: str, fail_sector:
 
 @needs_qemu
 def test_file_range_is_what_read_gives(tmp_path: Path) -> None:
-    """``file_range`` (used by convert's kernel copy) names file bytes equal to ``read()``, and
+    """``file_range`` (used by convert's unordered copy) names file bytes equal to ``read()``, and
     names none for data a replayed log page covers."""
     import os
 

@@ -12,8 +12,10 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,8 +142,8 @@ def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_convert_every_format_without_digest(tmp_path: Path, recipe: str) -> None:
-    """No digest: the unordered path (kernel copy of plain data runs, the rest read and written
-    by the copy threads) gives the same disk, as sparse."""
+    """No digest: the unordered path (plain data runs read straight from the file by the copy
+    threads, the rest read by the main thread and written by them) gives the same disk, as sparse."""
     src, fmt, raw = make_source(tmp_path, recipe)
     dst = tmp_path / "out.vhd"
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
@@ -169,23 +171,41 @@ def test_cli_in_place_and_usage(tmp_path: Path) -> None:
     assert qemu_virtual_size(src, "vpc") == facts["output"]["virtual_size"] == 10 * MiB
 
 
-@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
-def test_kernel_copy_path(tmp_path: Path, recipe: str) -> None:
-    """No digest to compute: raw and fixed-VHD data runs are copied by copy_file_range."""
+def spy_copy_threads(monkeypatch) -> tuple[list[int], list[int]]:
+    """(bytes read by preadv, bytes written by pwrite_all) from the copy threads only."""
+    reads: list[int] = []
+    writes: list[int] = []
+    real_read, real_write = os.preadv, conv.pwrite_all
+
+    def in_copy_thread() -> bool:
+        return threading.current_thread().name == "vhdtool-copy"
+
+    def read_spy(fd, bufs, off):
+        n = real_read(fd, bufs, off)
+        if in_copy_thread():
+            reads.append(n)
+        return n
+
+    def write_spy(fd, data, off):
+        if in_copy_thread():
+            writes.append(len(data))
+        return real_write(fd, data, off)
+
+    monkeypatch.setattr(conv.os, "preadv", read_spy)
+    monkeypatch.setattr(conv, "pwrite_all", write_spy)
+    return reads, writes
+
+
+@pytest.mark.parametrize("recipe", ["raw", "vpc-fixed", "qcow2"])
+def test_unordered_copy_path(tmp_path: Path, recipe: str, monkeypatch) -> None:
+    """No digest to compute: data runs stored as plain file bytes are read straight from the
+    file and written by the copy threads — only the data runs, never the holes."""
     src, fmt, raw = make_source(tmp_path, recipe)
     dst = tmp_path / "out.vhd"
-    calls = []
-    real = os.copy_file_range
-
-    def spy(*args):
-        calls.append(args[2])
-        return real(*args)
-
-    import unittest.mock
-
-    with unittest.mock.patch.object(conv.os, "copy_file_range", spy):
-        res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
-    assert calls and sum(calls) <= allocated(src)     # only the data runs were copied
+    reads, writes = spy_copy_threads(monkeypatch)
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    assert reads and sum(reads) <= allocated(src)     # only the data runs were read
+    assert writes and sum(writes) <= sum(reads)
     want = -(-SIZE // MiB) * MiB
     assert_same_disk(src, fmt, dst)
     assert_valid_vhd(dst, want)
@@ -211,8 +231,8 @@ def test_compressed_zero_clusters_are_holes(tmp_path: Path, digests) -> None:
 
 
 @pytest.mark.parametrize("recipe", ["raw", "vpc-fixed"])
-def test_kernel_copy_skips_zero_blocks(tmp_path: Path, recipe: str) -> None:
-    """Allocated zeros inside a raw (or fixed-VHD) data run stay holes on the kernel-copy path,
+def test_unordered_copy_skips_zero_blocks(tmp_path: Path, recipe: str, monkeypatch) -> None:
+    """Allocated zeros inside a raw (or fixed-VHD) data run stay holes on the unordered path,
     as qemu-img leaves them: output allocation no larger than the non-zero data plus 1 MiB."""
     raw = write_pattern(tmp_path / "z.raw", 8 * MiB, [(0, 4096), (7 * MiB + 512, 3000)])
     with open(raw, "r+b") as f:             # 5 MiB of allocated zeros between the two runs
@@ -226,19 +246,11 @@ def test_kernel_copy_skips_zero_blocks(tmp_path: Path, recipe: str) -> None:
         with open(src, "ab") as f:
             f.write(conv.make_footer(8 * MiB))
         assert allocated(src) >= 5 * MiB
-    calls = []
-    real = os.copy_file_range
-
-    def spy(*args):
-        calls.append(args[2])
-        return real(*args)
-
-    import unittest.mock
-
+    reads, writes = spy_copy_threads(monkeypatch)
     dst = tmp_path / "z.out.vhd"
-    with unittest.mock.patch.object(conv.os, "copy_file_range", spy):
-        res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
-    assert calls and sum(calls) <= 2 * 64 * 1024          # only the two non-zero chunks
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
+    assert sum(reads) >= 5 * MiB                           # the zeros were read and tested
+    assert writes and sum(writes) <= 2 * 64 * 1024         # only the two non-zero chunks
     assert res["output"]["zero_bytes_skipped_in_data"] >= 5 * MiB
     assert_same_disk(src, fmt, dst)
     assert_valid_vhd(dst, 8 * MiB)
@@ -384,16 +396,17 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int 
 
 
 def _fail_copy_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
-    """The no-digest path writes with copy_file_range and pwrite_all from its threads."""
+    """The no-digest path writes with pwrite_all from its copy threads."""
     count = {"n": 0}
-    for name, real in (("copy_file_range", os.copy_file_range), ("pwrite_all", conv.pwrite_all)):
-        def failing(*args, real=real):
-            count["n"] += 1
-            if count["n"] > calls:
-                raise exc
-            return real(*args)
+    real = conv.pwrite_all
 
-        monkeypatch.setattr(conv.os if name == "copy_file_range" else conv, name, failing)
+    def failing(*args):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise exc
+        return real(*args)
+
+    monkeypatch.setattr(conv, "pwrite_all", failing)
 
 
 @pytest.mark.parametrize("digests,recipe", [(["sha256"], "qcow2"), (["none"], "qcow2"),
@@ -439,18 +452,33 @@ def test_write_error_names_destination(tmp_path: Path, monkeypatch) -> None:
         conv.convert(str(src), str(tmp_path / "no" / "such" / "dir.vhd"), fmt=fmt)
 
 
-@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
-def test_kernel_copy_failure_leaves_nothing(tmp_path: Path, monkeypatch, exc) -> None:
+@pytest.mark.parametrize("where,exc,error", [
+    ("pwrite_all", OSError(28, "No space left on device"), "no space left"),
+    ("pwrite_all", KeyboardInterrupt(), None),
+    ("preadv", OSError(5, "Input/output error"), "{src}: reading failed at file offset 0x"),
+])
+def test_copy_thread_failure_leaves_nothing(tmp_path: Path, monkeypatch, where, exc,
+                                            error) -> None:
+    """A failure in a copy thread (a write to a full disk, Ctrl-C, a read error on the source)
+    stops the conversion with an error naming the file it concerns, and leaves nothing."""
     src, _, _ = make_source(tmp_path, "raw")
     before = file_digests(src)
 
     def boom(*a, **k):
-        raise exc
+        if threading.current_thread().name == "vhdtool-copy":
+            raise exc
+        return real(*a, **k)
 
-    monkeypatch.setattr(conv.os, "copy_file_range", boom)
+    owner = conv if where == "pwrite_all" else conv.os
+    real = getattr(owner, where)
+    monkeypatch.setattr(owner, where, boom)
     dst = tmp_path / "out.vhd"
-    with pytest.raises(conv.ConvertError if isinstance(exc, OSError) else KeyboardInterrupt):
-        conv.convert(str(src), str(dst), digests=["none"])
+    if error is None:
+        with pytest.raises(KeyboardInterrupt):
+            conv.convert(str(src), str(dst), digests=["none"])
+    else:
+        with pytest.raises(conv.ConvertError, match=re.escape(error.format(src=src))):
+            conv.convert(str(src), str(dst), digests=["none"])
     assert not dst.exists()
     no_leftovers(tmp_path)
     assert file_digests(src) == before
@@ -602,28 +630,25 @@ def test_cli_json(tmp_path: Path) -> None:
     no_leftovers(tmp_path)
 
 
-def test_source_shrinking_during_kernel_copy_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
-    """The kernel-copy path tests zeros through an mmap of the source: a source truncated meanwhile
-    must give a ConvertError naming it (a page past EOF would otherwise kill the process with
-    SIGBUS), and no destination."""
+def test_source_shrinking_during_copy_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
+    """A source truncated while the copy threads read it meets a read that comes up short: a
+    ConvertError naming the source, and no destination."""
     src, fmt, _ = make_source(tmp_path, "raw")
-    real = conv.nonzero_runs
+    real = os.preadv
     calls = []
 
-    def test_then_shrink(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if not calls:      # our own scratch source, once the first block's mapping is done with
-            os.truncate(src, 1 << 20)
-        calls.append(1)
-        return result
+    def read_then_shrink(fd, bufs, off):
+        n = real(fd, bufs, off)
+        if not calls and threading.current_thread().name == "vhdtool-copy":
+            os.truncate(src, 1 << 20)          # our own scratch source, after its first read
+            calls.append(off)
+        return n
 
-    # one copy thread: the truncation must not land while another thread's mapping is being read
-    # (that window of one block is the documented limit: SIGBUS, which no Python code can catch)
-    monkeypatch.setattr(conv, "KERNEL_THREADS", 1)
-    monkeypatch.setattr(conv, "nonzero_runs", test_then_shrink)
+    monkeypatch.setattr(conv, "COPY_THREADS", 1)    # the next read is surely past the new end
+    monkeypatch.setattr(conv.os, "preadv", read_then_shrink)
     dst = tmp_path / "out.vhd"
-    with pytest.raises(conv.ConvertError, match=f"{src}: the source file shrank"):
+    with pytest.raises(conv.ConvertError, match=f"{src}: the source file ends at 0x.*shrank"):
         conv.convert(str(src), str(dst), fmt=fmt, digests=["none"])
-    assert calls, "the kernel-copy path was not taken"
+    assert calls, "the copy threads did not read the source"
     assert not dst.exists()
     no_leftovers(tmp_path)
