@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,8 +12,18 @@ import pytest
 
 from checks.initramfs import InitramfsError, read_initramfs
 
-HOST_INITRD = Path("/boot/initrd.img-6.1.0-56-cloud-amd64")
-KVER = "6.1.0-56-cloud-amd64"
+
+
+def _host_cloud_kernel() -> str:
+    """The newest cloud kernel installed on this host (Debian's point releases move it: 6.1.0-56,
+    -57, ...), or a placeholder name when there is none (the tests that need it then skip)."""
+    found = [p.name for p in Path("/lib/modules").glob("*-cloud-amd64")]
+    key = lambda v: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", v)]  # noqa: E731
+    return max(found, key=key, default="6.1.0-0-cloud-amd64")
+
+
+KVER = _host_cloud_kernel()
+HOST_INITRD = Path(f"/boot/initrd.img-{KVER}")
 # compression name -> command reading stdin, writing stdout
 COMPRESSORS = {
     "none": ["cat"], "gzip": ["gzip", "-n", "-1"], "xz": ["xz", "-1", "--check=crc32"],
