@@ -115,16 +115,23 @@ def _cpu_seconds() -> float:
 
 
 def interleaved(jobs: dict[str, Callable[[], object]], repeat: int = 3,
-                after_round: Callable[[], object] | None = None) -> Runs:
+                after_round: Callable[[], object] | None = None,
+                before_each: Callable[[str], object] | None = None) -> Runs:
     """Wall and CPU times of ``repeat`` rounds of every job, interleaved (A B A B ..., the order
     reversed every other round so neither tool always runs second), the page cache synced (dirty
     pages written, nothing dropped) before each run so one run's writeback does not land in the
     next.  The inputs stay in the page cache: both tools read them warm.  CPU time is less
-    disturbed than wall time when other work shares the machine."""
+    disturbed than wall time when other work shares the machine.  ``before_each(name)`` runs
+    untimed before each job: removing the job's previous output there keeps both the freeing of
+    its blocks and ext4's flush-on-close of a file truncated and rewritten (``auto_da_alloc``,
+    which a tool opening its output with O_TRUNC would pay and qemu-img, which truncates through
+    a first descriptor it closes before writing, does not) out of every measurement."""
     runs = Runs({k: [] for k in jobs}, {k: [] for k in jobs})
     names = list(jobs)
     for i in range(repeat):
         for name in names if i % 2 == 0 else reversed(names):
+            if before_each is not None:
+                before_each(name)
             os.sync()
             c0, t0 = _cpu_seconds(), time.perf_counter()
             jobs[name]()

@@ -64,7 +64,9 @@ def vhdtool_to_raw(src: Path, fmt: str, out: Path) -> None:
                 pool.put(buf)
 
     with open_image(src, fmt) as img:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # a new file (the harness removed the last one): O_TRUNC of a written file would make
+        # ext4 flush it on close (auto_da_alloc), a cost qemu-img's create-then-reopen avoids
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         threads = [threading.Thread(target=writer, daemon=True) for _ in range(WRITERS)]
         for t in threads:
             t.start()
@@ -111,8 +113,12 @@ def part_read(d: Path, virtual: int, data: int, recipes: list[str],
                 raise SystemExit(f"read: {recipe}: vhdtool and qemu-img disagree on the content")
             checked.append(True)
 
+        def remove_output(name: str) -> None:     # untimed: every run writes a new file
+            (theirs if name == "qemu" else ours).unlink(missing_ok=True)
+
         t = interleaved({"qemu": lambda: qemu_to_raw(src, fmt, theirs),
-                         "vhdtool": lambda: vhdtool_to_raw(src, fmt, ours)}, repeat, same)
+                         "vhdtool": lambda: vhdtool_to_raw(src, fmt, ours)}, repeat, same,
+                        remove_output)
         ours.unlink()
         theirs.unlink()
         rows.append((recipe, t))
