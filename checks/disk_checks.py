@@ -57,8 +57,11 @@ def _disk(ctx: Context) -> DiskFacts:
 
 def _footer(ctx: Context) -> FooterFacts:
     f = _disk(ctx).footer
-    if f is None or f.cookie != VHD_COOKIE:
-        raise NotApplicable("no VHD footer (see disk.vhd.cookie)")
+    if f is None:
+        raise NotApplicable(f"the image is {_disk(ctx).format}: no VHD footer "
+                            "(see disk.convert.needed)")
+    if f.cookie != VHD_COOKIE:
+        raise NotApplicable("the VHD footer's cookie is damaged (see disk.vhd.cookie)")
     return f
 
 
@@ -97,14 +100,13 @@ def _at(f: FooterFacts, field_offset: int) -> str:
        source=src("MKT", "VHDU", "VHDSPEC"),
        remediation=CONVERT,
        passes=[Example("a fixed VHD")],
-       fails=[Example("a raw image", disk={"format": "raw", "subformat": "", "footer": None}),
-              Example("a damaged cookie", disk={"footer.cookie": b"conectiv"})])
+       fails=[Example("a damaged cookie", disk={"footer.cookie": b"conectiv"})])
 def vhd_cookie(ctx: Context) -> Iterator[Finding]:
     d = _disk(ctx)
     if d.footer is None:
-        yield Finding(f"no VHD footer: the file is {d.format}", f"last 512 bytes of {d.path}",
-                      _convert_fix(ctx))
-    elif d.footer.cookie != VHD_COOKIE:
+        # a raw, qcow2 or VHDX file: disk.convert.needed says so, with the command that fixes it
+        raise NotApplicable(f"the image is {d.format}: no VHD footer (see disk.convert.needed)")
+    if d.footer.cookie != VHD_COOKIE:
         yield Finding(f"footer cookie is {d.footer.cookie!r}, expected {VHD_COOKIE!r}",
                       _at(d.footer, 0))
 

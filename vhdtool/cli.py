@@ -195,6 +195,8 @@ def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@click.option("--show-skipped", is_flag=True,
+              help="Text report: list the checks that did not apply, with the reason (else counted).")
 @guest_options
 @gallery_options
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
@@ -207,7 +209,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               marketplace: bool, trusted_launch: bool, nvme: bool, accelerated_networking: bool,
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None,
-              guest: bool, guest_timeout: float, engine_name: str,
+              show_skipped: bool, guest: bool, guest_timeout: float, engine_name: str,
               manifest_path: str | None, md5: bool, digests_from: str | None,
               **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
@@ -241,7 +243,8 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
         log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
     for out in outs:
         use_color = (color if color is not None else sys.stdout.isatty()) and out.path is None
-        text = render(out.fmt, result, threshold, color=bool(use_color))
+        text = render(out.fmt, result, threshold, color=bool(use_color),
+                      show_skipped=show_skipped)
         if out.path is None:
             click.echo(text, nl=False)
         else:

@@ -61,12 +61,22 @@ def test_qcow2_vhdx_dynamic_need_conversion(raw100: Path, tmp_path: Path) -> Non
         assert res["disk.convert.needed"].verdict is Verdict.FAIL, fmt
         assert "vhdtool convert" in res["disk.convert.needed"].findings[0].fix
     assert verdicts(tmp_path / "x.vpc")["disk.vhd.fixed"] is Verdict.FAIL
-    assert verdicts(tmp_path / "x.qcow2")["disk.vhd.cookie"] is Verdict.FAIL
+    # no footer at all: one finding (disk.convert.needed) with the fix, the footer checks skip
+    assert verdicts(tmp_path / "x.qcow2")["disk.vhd.cookie"] is Verdict.SKIP
 
 
-def test_raw_fails_cookie(raw100: Path) -> None:
-    v = verdicts(raw100)
-    assert v["disk.vhd.cookie"] is Verdict.FAIL and v["disk.convert.needed"] is Verdict.FAIL
+def test_damaged_cookie_fails_raw_needs_conversion(raw100: Path, tmp_path: Path) -> None:
+    res = {r.check.id: r for r in run(str(raw100), Profile()).results}
+    assert res["disk.convert.needed"].verdict is Verdict.FAIL
+    assert res["disk.vhd.cookie"].verdict is Verdict.SKIP
+    assert "disk.convert.needed" in res["disk.vhd.cookie"].reason
+    bad = wrap_fixed(raw100, tmp_path / "cookie.vhd")
+    patch_footer(bad, 0, b"conectiv", fix_checksum=True)
+    assert qemu_img_refuses(bad)            # the oracle does not take it for a VHD either
+    res = {r.check.id: r for r in run(str(bad), Profile()).results}
+    assert res["disk.vhd.cookie"].verdict is Verdict.FAIL
+    f = res["disk.vhd.cookie"].findings[0]
+    assert "b'conectiv'" in f.message and f.evidence == f"footer @ {100 * MiB:#x}"
 
 
 def test_footer_field_failures(raw100: Path, tmp_path: Path) -> None:
@@ -256,5 +266,5 @@ def test_real_hyperv_samples_need_conversion(sample) -> None:
     r = run(str(vhdx), Profile())
     v = {x.check.id: x.verdict for x in r.results}
     assert r.facts.virtual_size == 1 << 30 and r.facts.logical_sector_size == 512
-    assert v["disk.convert.needed"] is v["disk.vhd.cookie"] is Verdict.FAIL
+    assert v["disk.convert.needed"] is Verdict.FAIL and v["disk.vhd.cookie"] is Verdict.SKIP
     assert v["disk.sector-size"] is Verdict.PASS

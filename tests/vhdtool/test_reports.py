@@ -154,6 +154,19 @@ def test_text_report_lines(images) -> None:
     assert "[footer @ " in line and "\x1b[" not in out
     assert "\x1b[" in render("text", r, Severity.ERROR, color=True)
     assert out.rstrip().splitlines()[-1].startswith("FAILED")
+    # skipped checks are counted by default and listed, with their reasons, on request
+    skipped = [x for x in r.results if x.verdict is Verdict.SKIP]
+    assert skipped and "skipped:" not in out
+    assert f"({len(skipped)} checks did not apply: --show-skipped" in out
+    listed = render("text", r, Severity.ERROR, show_skipped=True)
+    assert all(f"  {x.check.id}: {x.reason}" in listed for x in skipped)
+
+
+def test_show_skipped_option(images) -> None:
+    res = CliRunner().invoke(cli, ["check", "--no-guest", str(images["nf"])])
+    assert "guest.opened" not in res.output and "--show-skipped lists them" in res.output
+    res = CliRunner().invoke(cli, ["check", "--no-guest", "--show-skipped", str(images["nf"])])
+    assert "  guest.opened: disk-only run (--no-guest)" in res.output
 
 
 def test_guest_checks_skip_with_reason(images) -> None:

@@ -55,10 +55,11 @@ def parse_outputs(specs: Sequence[str], output: str | None) -> list[Output]:
     return outs
 
 
-def render(fmt: str, run: CheckRun, fail_on: Severity, color: bool = False) -> str:
+def render(fmt: str, run: CheckRun, fail_on: Severity, color: bool = False,
+           show_skipped: bool = False) -> str:
     from . import jsonreport, junit, sarif, text
     renderers: dict[str, Callable[..., str]] = {
-        "text": lambda: text.render(run, fail_on, color),
+        "text": lambda: text.render(run, fail_on, color, show_skipped),
         "json": lambda: jsonreport.render(run, fail_on),
         "junit": lambda: junit.render(run, fail_on),
         "sarif": lambda: sarif.render(run),

@@ -31,7 +31,10 @@ def _finding_lines(r: Result, color: bool) -> list[str]:
     return lines
 
 
-def render(run: CheckRun, fail_on: Severity, color: bool = False) -> str:
+def render(run: CheckRun, fail_on: Severity, color: bool = False,
+           show_skipped: bool = False) -> str:
+    """The report; the checks that did not apply are counted, and listed with their reasons only
+    with ``show_skipped`` (a disk-only run skips some sixty: listed, they buried the findings)."""
     d = run.facts
     what = f"{d.format} ({d.subformat})" if d.subformat else d.format
     gens = "/".join(sorted(run.generations))
@@ -58,9 +61,11 @@ def render(run: CheckRun, fail_on: Severity, color: bool = False) -> str:
                 lines.extend(_finding_lines(r, color))
     for r in crashed:
         lines.append(_paint(f"  crashed {r.check.id}: {r.reason}", color, fg="magenta"))
-    if skipped:
+    if skipped and show_skipped:
         lines.append("skipped:")
         lines.extend(f"  {r.check.id}: {r.reason}" for r in skipped)
+    elif skipped:
+        lines.append(f"({len(skipped)} checks did not apply: --show-skipped lists them and why)")
     gate = [r for r in run.results if trips(r.verdict, r.severity, fail_on)]
     verdict = _paint("FAILED", color, fg="red", bold=True) if gate else \
         _paint("OK", color, fg="green", bold=True)
