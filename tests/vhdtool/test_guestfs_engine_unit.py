@@ -67,7 +67,7 @@ def test_check_without_appliance_is_exit_4_naming_no_guest(no_appliance, hybrid_
     assert res.exit_code == Exit.MISSING_TOOL, res.output
     assert "appliance could not start" in res.output
     assert f"vhdtool check --no-guest {hybrid_vhd}" in res.output
-    disk_only = CliRunner().invoke(cli, ["check", "--no-guest", hybrid_vhd])
+    disk_only = CliRunner().invoke(cli, ["check", "--no-guest", "--show-skipped", hybrid_vhd])
     assert disk_only.exit_code == Exit.OK, disk_only.output
     assert "disk-only run (--no-guest)" in disk_only.output      # the guest checks' skip reason
 
