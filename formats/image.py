@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import CorruptImage, TruncatedImage
+from .errors import CorruptImage, FormatError, TruncatedImage
 
 #: Largest single read() a caller may ask for: reads are bounded so memory is.
 MAX_READ = 256 * 1024 * 1024
@@ -68,6 +69,42 @@ class Extent:
         return Extent(lo, hi - lo, self.kind, host, self.source, self.compressed, inner)
 
 
+_NOT_AN_IMAGE = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+                 stat.S_IFCHR: "a character device", stat.S_IFDIR: "a directory"}
+
+
+def open_file(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(read-only descriptor, size in bytes) of an image: a regular file or a block device.
+
+    A FIFO, socket, character device or directory is a FormatError naming the file, found before
+    opening it (opening a FIFO would wait for a writer forever, a socket cannot be opened) and
+    again after (it is opened without blocking, in case the path changed in between).  A block
+    device's size is where it ends (its st_size is 0).  OSErrors carry the path."""
+    p = os.fspath(path)
+    fd = -1
+    try:
+        _refuse_non_disk(p, os.stat(p).st_mode)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(fd)
+        _refuse_non_disk(p, st.st_mode)
+        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+        os.set_blocking(fd, True)
+    except BaseException as e:
+        if fd >= 0:
+            os.close(fd)
+        if isinstance(e, OSError):
+            raise type(e)(e.errno, e.strerror, p) from e
+        raise
+    return fd, size
+
+
+def _refuse_non_disk(path: str, mode: int) -> None:
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        what = _NOT_AN_IMAGE.get(stat.S_IFMT(mode), "not a regular file")
+        raise FormatError(path, "file", None,
+                          f"{what}, not a disk image (a regular file or a block device)")
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """Something readable but wrong or suspicious about an image's structure."""
@@ -90,12 +127,7 @@ class DiskImage(ABC):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._fd = -1
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            st = os.fstat(self._fd)
-        except OSError as e:
-            raise type(e)(e.errno, e.strerror, self.path) from e
-        self.file_size = st.st_size
+        self._fd, self.file_size = open_file(self.path)
         self.problems: list[Problem] = []
         #: backing file (qcow2) or parent (VHD/VHDX differencing), opened, or None
         self.backing: DiskImage | None = None

@@ -13,7 +13,7 @@ import os
 from importlib import import_module
 
 from .errors import FormatError, UnknownFormat
-from .image import DiskImage
+from .image import DiskImage, open_file
 
 #: format name -> (module, class); modules are imported on first use.
 FORMATS: dict[str, tuple[str, str]] = {
@@ -32,13 +32,14 @@ VHD_COOKIE = b"conectix"
 
 def probe(path: str | os.PathLike[str]) -> str:
     """The format name (qemu-img's spelling: raw, vpc, vhdx, qcow2) of the file at ``path``."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-        size = f.seek(0, os.SEEK_END)
-        tail = b""
-        if size >= 512:
-            f.seek(size - 512)
-            tail = f.read(512)
+    fd, size = open_file(path)
+    try:
+        head = os.pread(fd, 512, 0)
+        tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, os.fspath(path)) from e
+    finally:
+        os.close(fd)
     if head[:4] == QCOW2_MAGIC:
         return "qcow2"
     if head[:8] == VHDX_MAGIC:

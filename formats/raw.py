@@ -6,7 +6,9 @@ import errno
 import os
 from collections.abc import Iterator
 
-from .image import DiskImage, Extent, Kind
+from .image import DiskImage, Extent, Kind, Problem
+
+SECTOR = 512
 
 
 class RawImage(DiskImage):
@@ -16,6 +18,13 @@ class RawImage(DiskImage):
         super().__init__(path)
         #: a fixed VHD read as raw passes size = file size - 512 to hide its footer
         self._size = self.file_size if size is None else size
+        if size is None and self.file_size % SECTOR:
+            # qemu's block layer counts whole sectors: the last partial one reads as zero-padded
+            self._size += SECTOR - self.file_size % SECTOR
+            self.problems.append(Problem(
+                "warning", "file", self.file_size,
+                f"{self.file_size} bytes is not a whole number of 512-byte sectors: read as "
+                f"{self._size} bytes, zero-padded (as qemu-img does)"))
 
     @property
     def virtual_size(self) -> int:
