@@ -89,6 +89,13 @@ class ConvertError(Exception):
 
 
 # -- sizes -----------------------------------------------------------------------------------------
+def _refuse_empty(img: DiskImage) -> None:
+    """A disk of 0 bytes is a failed build, not an image: refused rather than padded to 1 MiB."""
+    if img.virtual_size == 0:
+        raise ConvertError(f"{img.path}: the image is empty (virtual size 0 bytes): "
+                           "nothing to convert")
+
+
 def rounded_size(virtual_size: int) -> int:
     """``virtual_size`` rounded up to a whole MiB (never down, never 0)."""
     return max(MiB, -(-virtual_size // MiB) * MiB)
@@ -643,6 +650,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
     names = digest_names(digests)
     _refuse(src, dst, force)
     with open_image(src, fmt) as img:
+        _refuse_empty(img)
         size = rounded_size(img.virtual_size)
         check_size(size, dst)
         patches, warnings = gpt_patches(img, size)
@@ -756,6 +764,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
         if not _file_backed(img):
             raise ConvertError(f"{src}: --in-place needs a raw or fixed VHD source, not "
                                f"{img.format_name} {img.subformat}".rstrip())
+        _refuse_empty(img)
         old_size = img.virtual_size
         size = rounded_size(old_size)
         check_size(size, src)

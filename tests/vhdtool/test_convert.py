@@ -532,6 +532,20 @@ def test_refuses_past_azure_limit(tmp_path: Path) -> None:
     assert not (tmp_path / "big.vhd").exists()
 
 
+def test_refuses_an_empty_image(tmp_path: Path) -> None:
+    """0 bytes is a build that failed, not a disk: refused (not padded to 1 MiB), in every path."""
+    empty = tmp_path / "empty.raw"
+    empty.touch()
+    qemu_img("create", "-q", "-f", "qcow2", tmp_path / "empty.qcow2", "0")
+    for src in (empty, tmp_path / "empty.qcow2"):
+        with pytest.raises(conv.ConvertError, match=f"{src}: the image is empty"):
+            conv.convert(str(src), str(tmp_path / "out.vhd"), digests=())
+    with pytest.raises(conv.ConvertError, match="the image is empty"):
+        conv.convert_in_place(str(empty))
+    assert empty.stat().st_size == 0 and not (tmp_path / "out.vhd").exists()
+    no_leftovers(tmp_path)
+
+
 def test_above_2040_gib_is_supported(tmp_path: Path) -> None:
     """qemu-img refuses VHDs over 2040 GiB; Azure takes up to 32 TiB.  Sparse, so cheap."""
     size = 2100 * (1 << 30) + 4096
