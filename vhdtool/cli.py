@@ -16,7 +16,7 @@ from formats import FormatError, open_image
 
 from . import __version__
 from .convert import ConvertError, convert, convert_in_place
-from .exitcodes import Exit, check_exit
+from .exitcodes import Exit, OutputError, check_exit
 
 if TYPE_CHECKING:
     from checks.catalog import Profile
@@ -33,6 +33,10 @@ class VhdtoolGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConvertError as e:
+            click.echo(f"vhdtool: error: {e}", err=True)
+            sys.exit(Exit.FINDINGS)
+        except OutputError as e:
+            # a gate whose report could not be written has not passed
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.FINDINGS)
         except FormatError as e:
@@ -217,9 +221,10 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     from checks.catalog import Severity, selected
 
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
-    from .report import parse_outputs, render, write_atomic
+    from .report import check_writable, parse_outputs, render, write_atomic
     try:
         outs = parse_outputs(formats, output)
+        check_writable(*(o.path for o in outs), manifest_path)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     profile = _profile(os_state, generation, role,
@@ -311,10 +316,14 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
 
     from .manifest import Target, build, render as render_manifest, script
     from .pipeline import run as run_checks
-    from .report import write_atomic
+    from .report import check_writable, write_atomic
     if show_commands and output is None:
         raise click.UsageError("--commands prints the commands on stdout: give the manifest "
                                "a file with -o FILE")
+    try:
+        check_writable(output)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     threshold = Severity.parse(fail_on)
     profile, digests, collect = _manifest_setup(
         image, _profile(os_state, generation, "os", {}), output or "-", md5,

@@ -19,6 +19,11 @@ class Exit(enum.IntEnum):
     INTERRUPTED = 130    #: Ctrl-C / SIGINT
 
 
+class OutputError(Exception):
+    """A report or manifest file could not be written (disk full, permissions ...): exit
+    FINDINGS, as a gate whose report is missing has not passed."""
+
+
 def check_exit(results: Iterable[Result], fail_on: Severity) -> Exit:
     """The exit code of ``vhdtool check``: FINDINGS if any result trips the --fail-on gate.
 

@@ -4,6 +4,7 @@ parsed as XML; the CLI's --format/-o pairing, exit codes, --select/--ignore, che
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -212,3 +213,28 @@ def test_docs_command_writes_the_page(tmp_path: Path) -> None:
     out = tmp_path / "checks.md"
     assert CliRunner().invoke(cli, ["checks", "docs", "-o", str(out)]).exit_code == 0
     assert out.read_text() == (ROOT / "docs/checks.md").read_text()
+
+
+def test_unwritable_report_paths(images, tmp_path: Path, monkeypatch) -> None:
+    """A report or manifest whose folder is missing is a usage error found before the run; a
+    write that fails afterwards (disk full) is exit 1 naming the file, leaving nothing behind."""
+    img = str(images["nf"])
+    for args in (["--format", f"json:{tmp_path}/no/r.json"], ["-o", f"{tmp_path}/no/r.txt"],
+                 ["--manifest", f"{tmp_path}/no/m.json"]):
+        res = CliRunner().invoke(cli, ["check", "--no-guest", img, *args])
+        assert res.exit_code == Exit.USAGE, res.output
+        assert f"{tmp_path}/no/" in res.output and "does not exist" in res.output
+    res = CliRunner().invoke(cli, ["manifest", "--no-guest", img, "-o", f"{tmp_path}/no/m.json"])
+    assert res.exit_code == Exit.USAGE and "does not exist" in res.output
+
+    import errno
+    import vhdtool.report as report
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(report.os, "fsync", full)
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["check", "--no-guest", img, "--format", f"json:{out}"])
+    assert res.exit_code == Exit.FINDINGS
+    assert f"{out}: writing it failed: No space left on device" in res.output
+    assert list(tmp_path.iterdir()) == []

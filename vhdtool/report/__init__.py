@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from checks.catalog import Severity
 
 from ..convert import _umask
+from ..exitcodes import OutputError
 from ..pipeline import CheckRun
 
 FORMATS = ("text", "json", "junit", "sarif")
@@ -67,10 +68,27 @@ def render(fmt: str, run: CheckRun, fail_on: Severity, color: bool = False,
     return renderers[fmt]()
 
 
+def check_writable(*paths: str | None) -> None:
+    """Before a run: each output file's folder exists and is writable, or ValueError naming the
+    file (a typo in a report path should not be found after a 30-second guest launch)."""
+    for path in paths:
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"{path}: cannot write it: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{path}: cannot write it: folder {folder} is not writable")
+
+
 def write_atomic(path: str, data: str) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename;
+    OutputError naming ``path`` if that fails (nothing is left under either name)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".vhdtool-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vhdtool-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write it: {e.strerror or e}") from e
     try:
         os.fchmod(fd, 0o644 & ~_umask())        # mkstemp makes 0600; a report is for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -78,7 +96,9 @@ def write_atomic(path: str, data: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"{path}: writing it failed: {e.strerror or e}") from e
         raise
