@@ -143,3 +143,36 @@ def test_engine_failures_skip_or_exit_4(monkeypatch, exc, skipped) -> None:
             eng("d.raw", None)
         return
     assert eng("d.raw", None) is None and skipped in eng.skip_reason
+
+
+class _Handle:
+    """The few libguestfs calls ``filesystems`` makes, recorded."""
+
+    def __init__(self, blkids: dict[str, dict[str, str]], lvs: list[str]) -> None:
+        self.blkids, self._lvs, self.calls = blkids, lvs, []
+
+    def list_partitions(self) -> list[str]:
+        return [d for d in self.blkids if d.startswith("/dev/sda")]
+
+    def lvs(self) -> list[str]:
+        self.calls.append("lvs")
+        return self._lvs
+
+    def blkid(self, dev: str) -> dict[str, str]:
+        if dev not in self.blkids:
+            raise RuntimeError(f"blkid: {dev}: no such device")
+        return self.blkids[dev]
+
+
+@pytest.mark.parametrize("blkids, lvs, scanned, devices", [
+    ({"/dev/sda1": {}, "/dev/sda2": {"TYPE": "vfat"}, "/dev/sda3": {"TYPE": "ext4"}},
+     [], False, ["/dev/sda2", "/dev/sda3"]),
+    ({"/dev/sda1": {"TYPE": "vfat"}, "/dev/sda2": {"TYPE": "LVM2_member"},
+      "/dev/vg/root": {"TYPE": "xfs"}}, ["/dev/vg/root"], True,
+     ["/dev/sda1", "/dev/sda2", "/dev/vg/root"]),
+    ({"/dev/vg/root": {"TYPE": "ext4"}}, ["/dev/vg/root"], True, ["/dev/vg/root"]),
+])
+def test_lvm_scanned_only_where_a_pv_can_be(blkids, lvs, scanned, devices) -> None:
+    g = _Handle(blkids, lvs)
+    assert [fs.device for fs in ge.filesystems(g, {})] == devices
+    assert (g.calls == ["lvs"]) is scanned
