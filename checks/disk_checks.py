@@ -55,11 +55,17 @@ def _disk(ctx: Context) -> DiskFacts:
     return facts
 
 
+def _any_footer(ctx: Context) -> FooterFacts:
+    """The footer, even with a damaged cookie; a raw, qcow2 or VHDX file has none, and
+    disk.convert.needed says so, with the command that fixes it."""
+    d = _disk(ctx)
+    if d.footer is None:
+        raise NotApplicable(f"the image is {d.format}: no VHD footer (see disk.convert.needed)")
+    return d.footer
+
+
 def _footer(ctx: Context) -> FooterFacts:
-    f = _disk(ctx).footer
-    if f is None:
-        raise NotApplicable(f"the image is {_disk(ctx).format}: no VHD footer "
-                            "(see disk.convert.needed)")
+    f = _any_footer(ctx)
     if f.cookie != VHD_COOKIE:
         raise NotApplicable("the VHD footer's cookie is damaged (see disk.vhd.cookie)")
     return f
@@ -102,13 +108,9 @@ def _at(f: FooterFacts, field_offset: int) -> str:
        passes=[Example("a fixed VHD")],
        fails=[Example("a damaged cookie", disk={"footer.cookie": b"conectiv"})])
 def vhd_cookie(ctx: Context) -> Iterator[Finding]:
-    d = _disk(ctx)
-    if d.footer is None:
-        # a raw, qcow2 or VHDX file: disk.convert.needed says so, with the command that fixes it
-        raise NotApplicable(f"the image is {d.format}: no VHD footer (see disk.convert.needed)")
-    if d.footer.cookie != VHD_COOKIE:
-        yield Finding(f"footer cookie is {d.footer.cookie!r}, expected {VHD_COOKIE!r}",
-                      _at(d.footer, 0))
+    f = _any_footer(ctx)
+    if f.cookie != VHD_COOKIE:
+        yield Finding(f"footer cookie is {f.cookie!r}, expected {VHD_COOKIE!r}", _at(f, 0))
 
 
 @check(id="disk.vhd.checksum", title="The VHD footer checksum is correct",

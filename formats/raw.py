@@ -6,7 +6,7 @@ import errno
 import os
 from collections.abc import Iterator
 
-from .image import DiskImage, Extent, Kind, Problem
+from .image import DiskImage, Extent, Kind
 
 SECTOR = 512
 
@@ -21,10 +21,9 @@ class RawImage(DiskImage):
         if size is None and self.file_size % SECTOR:
             # qemu's block layer counts whole sectors: the last partial one reads as zero-padded
             self._size += SECTOR - self.file_size % SECTOR
-            self.problems.append(Problem(
-                "warning", "file", self.file_size,
-                f"{self.file_size} bytes is not a whole number of 512-byte sectors: read as "
-                f"{self._size} bytes, zero-padded (as qemu-img does)"))
+            self.problem("warning", "file", self.file_size,
+                         f"{self.file_size} bytes is not a whole number of 512-byte sectors: "
+                         f"read as {self._size} bytes, zero-padded (as qemu-img does)")
 
     @property
     def virtual_size(self) -> int:

@@ -32,11 +32,8 @@ class VhdtoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConvertError as e:
-            click.echo(f"vhdtool: error: {e}", err=True)
-            sys.exit(Exit.FINDINGS)
-        except OutputError as e:
-            # a gate whose report could not be written has not passed
+        except (ConvertError, OutputError) as e:
+            # a failed conversion, or a gate whose report could not be written: not passed
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.FINDINGS)
         except FormatError as e:
@@ -200,7 +197,8 @@ def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
               help="File for the first --format that names none.")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
 @click.option("--show-skipped", is_flag=True,
-              help="Text report: list the checks that did not apply, with the reason (else counted).")
+              help="Text report: list the checks that did not apply, with the reason "
+                   "(else counted).")
 @guest_options
 @gallery_options
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
