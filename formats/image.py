@@ -216,8 +216,8 @@ class DiskImage(ABC):
     def file_range(self, ext: Extent) -> tuple[int, int] | None:
         """``(fd, offset)`` when the guest bytes of DATA extent ``ext`` are exactly the bytes
         ``[offset, offset + ext.length)`` of an open file (so a copier may read them straight
-        from that file, or hand them to the kernel); None when they must go through ``readinto`` (compressed,
-        patched by a log, partly past the end of the file)."""
+        from that file, or hand them to the kernel); None when they must go through
+        ``readinto`` (compressed, patched by a log, partly past the end of the file)."""
         return (ext.source or self)._file_range(ext)
 
     def _file_range(self, ext: Extent) -> tuple[int, int] | None:

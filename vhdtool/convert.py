@@ -8,13 +8,13 @@ data runs are shared out to two copy threads, and those whose bytes lie as they 
 by the copy threads themselves, 2 MiB at a time, and written minus their all-zero 64 KiB pieces;
 the rest (compressed clusters, log-patched pages) is read by the main thread and written by the
 copy threads.  (``copy_file_range`` with the zero test done through an ``mmap`` of the source was
-measured slower here than 2 MiB ``preadv``/``pwrite`` — 0.30 s against 0.23 s of copy for 1 GiB on
-ext4, see bench/README.md — and a source truncated under the mapping killed the process with
-SIGBUS; reads instead meet a short read, a clean error.)  With digests, the main thread reads while a writer
-thread writes the previous block and one thread per digest hashes the one before (hashlib and the
-I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not grow with the
-image.  Digests cover every byte of the output file — the virtual disk with its holes and
-padding, then the 512-byte footer — in the same pass.
+measured slower here than 2 MiB ``preadv``/``pwrite`` — 0.30 s against 0.23 s of copy for 1 GiB
+on ext4, see bench/README.md — and a source truncated under the mapping killed the process with
+SIGBUS; reads instead meet a short read, a clean error.)  With digests, the main thread reads
+while a writer thread writes the previous block and one thread per digest hashes the one before
+(hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does
+not grow with the image.  Digests cover every byte of the output file — the virtual disk with
+its holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
 verified, fsynced (unless ``sync=False``), then renamed to the destination: an error, a full disk

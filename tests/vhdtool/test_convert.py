@@ -143,7 +143,8 @@ def test_convert_every_format(tmp_path: Path, recipe: str) -> None:
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_convert_every_format_without_digest(tmp_path: Path, recipe: str) -> None:
     """No digest: the unordered path (plain data runs read straight from the file by the copy
-    threads, the rest read by the main thread and written by them) gives the same disk, as sparse."""
+    threads, the rest read by the main thread and written by them) gives the same disk, as
+    sparse."""
     src, fmt, raw = make_source(tmp_path, recipe)
     dst = tmp_path / "out.vhd"
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
