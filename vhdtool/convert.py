@@ -43,6 +43,7 @@ import errno
 import functools
 import hashlib
 import heapq
+import mmap
 import os
 import queue
 import tempfile
@@ -82,6 +83,8 @@ _ZEROS = bytes(BLOCK)
 _ZERO_CHUNK = bytes(CHUNK)
 
 Patch = tuple[int, bytes]
+#: a copy buffer (see page_buffer)
+Buffer = mmap.mmap
 
 
 class ConvertError(Exception):
@@ -227,29 +230,37 @@ class _Stage:
         self.thread.join()
 
 
+def page_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer of ``size`` bytes that starts on a page boundary, its pages faulted in only
+    when first touched.  The kernel's copies between the page cache and a buffer (``rep movsb``)
+    ran about twice as slow into a ``bytearray``, whose data starts 16 bytes past a page boundary:
+    perf of a 1 GiB conversion here, 799 against 333 samples in ``_copy_to_iter``."""
+    return mmap.mmap(-1, size)
+
+
 class BufferPool:
     """Up to ``count`` buffers of ``size`` bytes, each made when first needed (a path that needs
     one buffer holds one); ``get`` waits for one to come back once all are made."""
 
     def __init__(self, count: int = NBUF, size: int = BLOCK) -> None:
-        self._q: queue.Queue[bytearray] = queue.Queue()
+        self._q: queue.Queue[Buffer] = queue.Queue()
         self._left = count
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self) -> bytearray:
+    def get(self) -> Buffer:
         with self._lock:
             if self._left and self._q.empty():
                 self._left -= 1
-                return bytearray(self._size)
+                return page_buffer(self._size)
         return self._q.get()
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: Buffer) -> None:
         self._q.put(buf)
 
 
 #: (buffer or None for a run of zeros, length, output offset, non-zero runs to write)
-Item = tuple[bytearray | None, int, int, Sequence[tuple[int, int]]]
+Item = tuple[Buffer | None, int, int, Sequence[tuple[int, int]]]
 
 
 class Pipeline:
@@ -263,6 +274,8 @@ class Pipeline:
         self.out_fd = out_fd
         #: start writeback of each block once written, so the final fsync has little left to do
         self.writeback = writeback
+        #: allocate the blocks of each write first (see ``allocate``), until the file system says no
+        self._allocate = out_fd is not None
         self.hashes = [hashlib.new(n) for n in names]
         self.written = 0
         self._pool = BufferPool(NBUF, block)
@@ -279,18 +292,18 @@ class Pipeline:
         self._entry = forward
 
     # -- main thread --
-    def buffer(self) -> bytearray:
+    def buffer(self) -> Buffer:
         self.check()
         return self._pool.get()
 
-    def put(self, buf: bytearray | None, n: int, off: int,
+    def put(self, buf: Buffer | None, n: int, off: int,
             runs: Sequence[tuple[int, int]] = ()) -> None:
         """Queue ``buf[:n]`` (or ``n`` zeros when ``buf`` is None) at output offset ``off``;
         ``runs`` are the ranges of ``buf`` to write (the rest is left as a hole)."""
         self.check()
         self._entry((buf, n, off, runs))
 
-    def give_back(self, buf: bytearray) -> None:
+    def give_back(self, buf: Buffer) -> None:
         self._pool.put(buf)
 
     def check(self) -> None:
@@ -319,11 +332,19 @@ class Pipeline:
             self._write(memoryview(buf)[a:b], off + a)
 
     def _write(self, data: bytes | memoryview, off: int) -> None:
-        assert self.out_fd is not None
-        pwrite_all(self.out_fd, data, off)
+        self.store(data, off)
         self.written += len(data)
+
+    def store(self, data: bytes | memoryview, off: int) -> None:
+        """Write ``data`` at output offset ``off`` (its blocks allocated first where the file
+        system can, writeback started if asked); any thread."""
+        fd = self.out_fd
+        assert fd is not None
+        if self._allocate:
+            self._allocate = allocate(fd, off, len(data))
+        pwrite_all(fd, data, off)
         if self.writeback:
-            _start_writeback(self.out_fd, off, len(data))
+            _start_writeback(fd, off, len(data))
 
     # -- hash threads --
     def _digest(self, h: Any, item: Item) -> None:
@@ -350,14 +371,17 @@ def pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
 
 
 @functools.cache
-def _libc_sync_file_range() -> Callable[..., int] | None:
+def _libc(name: str) -> Callable[..., int] | None:
+    """libc's ``sync_file_range`` or ``fallocate`` (calls Python's os module lacks), or None."""
     import ctypes
 
+    i, i64 = ctypes.c_int, ctypes.c_int64
+    argtypes = {"sync_file_range": [i, i64, i64, ctypes.c_uint], "fallocate": [i, i, i64, i64]}
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = argtypes[name]
     return fn
 
 
@@ -366,9 +390,29 @@ SYNC_FILE_RANGE_WRITE = 2
 
 def _start_writeback(fd: int, off: int, n: int) -> None:
     """Start (not wait for) writeback of what was just written, so the final fsync is short."""
-    fn = _libc_sync_file_range()
+    fn = _libc("sync_file_range")
     if fn is not None:
         fn(fd, off, n, SYNC_FILE_RANGE_WRITE)
+
+
+def allocate(fd: int, off: int, n: int) -> bool:
+    """Allocate the blocks of ``[off, off + n)`` before writing them (``fallocate``, mode 0):
+    ext4 then skips its delayed-allocation bookkeeping page by page (1 GiB written here in 2 MiB
+    pieces: 0.19 s instead of 0.26 s), and a full disk fails here, before any data is written.
+    Never emulated by writing zeros (as glibc's ``posix_fallocate`` would).  False when the file
+    system cannot: the caller stops asking."""
+    fn = _libc("fallocate")
+    if fn is None:
+        return False
+    import ctypes
+
+    while fn(fd, 0, off, n) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err, os.strerror(err))
+        if err != errno.EINTR:
+            return False
+    return True
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -447,13 +491,13 @@ class Copier:
         buffer, minus their all-zero CHUNKs; the others (compressed
         clusters, log-patched pages) are read here into one of NBUF buffers and written, minus
         their zero CHUNKs, by the same threads.  Then the GPT patches."""
-        work: queue.Queue[tuple[int, int, int, int, bytearray | None] | None] = \
+        work: queue.Queue[tuple[int, int, int, int, Buffer | None] | None] = \
             queue.Queue(maxsize=4 * COPY_THREADS)
         pool = BufferPool()
         errors: list[BaseException] = []
 
         def worker() -> None:
-            own = bytearray(COPY_BLOCK)
+            own = page_buffer(COPY_BLOCK)
             while (item := work.get()) is not None:
                 guest, n, fd, host, buf = item
                 try:
@@ -508,11 +552,9 @@ class Copier:
         for off, data in self.patches:
             self.pipe._write(data, off)
 
-    def _copy_plain(self, guest: int, n: int, src: int, host: int, buf: bytearray) -> None:
+    def _copy_plain(self, guest: int, n: int, src: int, host: int, buf: Buffer) -> None:
         """Copy file ``src``'s ``[host, host + n)`` to the output at ``guest``, COPY_BLOCK at a
         time through this thread's ``buf``, minus its all-zero CHUNKs."""
-        out = self.pipe.out_fd
-        assert out is not None
         shift = guest - host           # output offset - source offset
         view = memoryview(buf)
         for a in range(host, host + n, COPY_BLOCK):
@@ -530,19 +572,13 @@ class Copier:
                 got += r
             runs, zeros = nonzero_runs(view, 0, k)
             for lo, hi in runs:
-                pwrite_all(out, view[lo:hi], a + lo + shift)
-                if self.pipe.writeback:
-                    _start_writeback(out, a + lo + shift, hi - lo)
+                self.pipe.store(view[lo:hi], a + lo + shift)
             self._count(k - zeros, zeros)
 
-    def _write_buffer(self, guest: int, n: int, buf: bytearray) -> None:
+    def _write_buffer(self, guest: int, n: int, buf: Buffer) -> None:
         runs, zeros = nonzero_runs(memoryview(buf), 0, n)
-        out = self.pipe.out_fd
-        assert out is not None
         for lo, hi in runs:
-            pwrite_all(out, memoryview(buf)[lo:hi], guest + lo)
-            if self.pipe.writeback:
-                _start_writeback(out, guest + lo, hi - lo)
+            self.pipe.store(memoryview(buf)[lo:hi], guest + lo)
         self._count(sum(hi - lo for lo, hi in runs), zeros)
 
     def _count(self, written: int, zeros: int) -> None:
@@ -570,7 +606,7 @@ class Copier:
         self.pipe.put(buf, n, off, runs)
         self.progress.advance(n)
 
-    def _nonzero_runs(self, buf: bytearray, n: int) -> list[tuple[int, int]]:
+    def _nonzero_runs(self, buf: Buffer, n: int) -> list[tuple[int, int]]:
         runs, zeros = nonzero_runs(memoryview(buf), 0, n)
         self.zero_skipped += zeros
         return runs

@@ -453,6 +453,60 @@ def test_write_error_names_destination(tmp_path: Path, monkeypatch) -> None:
         conv.convert(str(src), str(tmp_path / "no" / "such" / "dir.vhd"), fmt=fmt)
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 1 MiB file system (tmpfs: it allocates blocks on ``fallocate`` as ext4 does);
+    skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("digests", [["none"], ["sha256"]])
+def test_really_full_disk_is_a_clean_error(tmp_path: Path, small_fs: Path, digests) -> None:
+    """Not a mock: a 9 MiB disk with 1.1 MiB of data into a 1 MiB file system.  The block
+    allocation before each write (``allocate``) finds it full: a clean error naming DST, and
+    nothing left there."""
+    src, fmt, _ = make_source(tmp_path, "raw")
+    before = file_digests(src)
+    dst = small_fs / "out.vhd"
+    with pytest.raises(conv.ConvertError, match=f"{dst}: no space left on the device"):
+        conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
+    assert list(small_fs.iterdir()) == []
+    assert file_digests(src) == before
+
+
+@pytest.mark.parametrize("digests", [["none"], ["sha256"]])
+def test_file_system_without_fallocate(tmp_path: Path, monkeypatch, digests) -> None:
+    """Where ``fallocate`` is not supported (EOPNOTSUPP), the data is written as it is, and the
+    call is not tried again for every write."""
+    import ctypes
+    import errno
+    calls = []
+
+    def no_fallocate(fd, mode, off, n):
+        calls.append((off, n))
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
+
+    real = conv._libc
+    monkeypatch.setattr(conv, "_libc", lambda name: no_fallocate if name == "fallocate"
+                        else real(name))
+    src, fmt, raw = make_source(tmp_path, "qcow2")
+    dst = tmp_path / "out.vhd"
+    conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
+    assert_same_disk(raw, "raw", dst)
+    assert 1 <= len(calls) <= conv.COPY_THREADS     # each thread may ask once before it is told
+    assert allocated(dst) <= allocated(raw) + MiB
+
+
 @pytest.mark.parametrize("where,exc,error", [
     ("pwrite_all", OSError(28, "No space left on device"), "no space left"),
     ("pwrite_all", KeyboardInterrupt(), None),
