@@ -14,11 +14,13 @@ before each run; medians, min-max and the per-round ratio range are printed, wal
 * ``qemu-img convert -f FMT -O vpc -o subformat=fixed,force_size`` as is (strace, qemu 7.2:
   cache mode ``unsafe`` for the output, no O_DIRECT, one fdatasync of the empty VHD it creates,
   none after the data) and with ``-t writeback`` (one fdatasync at the end);
-* ``vhdtool convert --digest none`` (its default durability: fsync before the rename, and of the
-  folder after), the same with ``--no-sync``, and ``--digest sha256`` (the default).
+* ``vhdtool convert --digest none`` (its default, like qemu-img's: no flush), the same with
+  ``--sync`` (fsync before the rename, and of the folder after), and ``--digest sha256`` (the
+  default).
 
-Ratios: defaults against defaults (vhdtool fsyncs, qemu-img does not), neither flushing, both
-flushing; SHA-256's extra time over ``--digest none`` against SHA-256 of the output file alone
+Ratios: defaults against defaults (neither flushes), both flushing (``--sync`` against
+``-t writeback``), and — reported, not a limit — vhdtool's ``--sync`` against qemu-img's default,
+what durability costs; SHA-256's extra time over ``--digest none`` against SHA-256 of the output file alone
 (hashlib, 8 MiB reads of the whole 4 GiB file, holes included) — what the digest would cost if it
 were not overlapped with the I/O.  Peak RSS of each command comes from ``wait4()``.  After every
 round the two outputs are compared with ``qemu-img compare``, so a fast wrong converter cannot
@@ -85,15 +87,15 @@ def commands(src: Path, fmt: str, ours: Path, theirs: Path) -> dict[str, list[st
         "qemu": qemu + [str(src), str(theirs)],
         "qemu_flush": qemu + ["-t", "writeback", str(src), str(theirs)],
         "none": vht + ["--digest", "none", str(src), str(ours)],
-        "none_nosync": vht + ["--digest", "none", "--no-sync", str(src), str(ours)],
+        "none_sync": vht + ["--digest", "none", "--sync", str(src), str(ours)],
         "sha256": vht + ["--digest", "sha256", str(src), str(ours)],
     }
 
 
-#: (label, vhdtool command, qemu-img command) of each ratio reported
-PAIRS = [("defaults (qemu no flush, vht fsync)", "none", "qemu"),
-         ("neither flushes", "none_nosync", "qemu"),
-         ("both flush", "none", "qemu_flush")]
+#: (label, vhdtool command, qemu-img command, held to the limit) of each ratio reported
+PAIRS = [("defaults (neither flushes)", "none", "qemu", True),
+         ("both flush (--sync, -t writeback)", "none_sync", "qemu_flush", True),
+         ("vht --sync vs qemu no flush (reported)", "none_sync", "qemu", False)]
 
 #: what each command does, as strace shows it (qemu-img 7.2 on ext4)
 WHAT_EACH_DOES = [
@@ -104,15 +106,16 @@ WHAT_EACH_DOES = [
     "  with SEEK_DATA/SEEK_HOLE, 2 MiB preads/pwrites from a thread pool, zero blocks skipped",
     "qemu-img ... -t writeback: the same plus one fdatasync of the output at the end "
     "(-t none would add O_DIRECT)",
-    "vhdtool convert --digest none (default sync): writes a temporary file, starts writeback "
-    "as it goes (sync_file_range),",
-    "  fsyncs it, verifies the footer, renames it, fsyncs the folder; data runs stored as plain "
-    "bytes (every format) read",
-    "  and written in 2 MiB pieces by 2 threads minus all-zero 64 KiB pieces, compressed "
-    "clusters read by the main thread and written by those threads",
-    "vhdtool convert --digest none --no-sync: the same without sync_file_range/fsync",
-    "vhdtool convert --digest sha256: the default (fsync; one ordered pass: reads 8 MiB blocks, "
-    "a writer thread and a hash thread",
+    "vhdtool convert --digest none (default: no flush): writes a temporary file, verifies the "
+    "footer, renames it; data runs stored as",
+    "  plain bytes (every format) read and written in 2 MiB pieces by 2 threads minus all-zero "
+    "64 KiB pieces, each write's blocks",
+    "  allocated first (fallocate), compressed clusters read by the main thread and written by "
+    "those threads",
+    "vhdtool convert --digest none --sync: the same plus writeback started as it goes "
+    "(sync_file_range), fsync before the rename, fsync of the folder",
+    "vhdtool convert --digest sha256: the default (no flush; one ordered pass: reads 8 MiB "
+    "blocks, a writer thread and a hash thread",
     "  behind it, SHA-256 of every byte of the output file, holes included)",
 ]
 
@@ -168,17 +171,17 @@ def report(rows: dict[str, dict[str, Any]], virtual_gib: int, data_gib: int, rep
     for recipe, r in rows.items():
         t, c = r["times"], r["cpu"]
         print(f"## {recipe}")
-        for label, ours, theirs in PAIRS:
+        for label, ours, theirs, limited in PAIRS:
             ratio = median(t[ours]) / median(t[theirs])
-            over = recipe != "qcow2-zlib" and ratio > 1.0
+            over = limited and recipe != "qcow2-zlib" and ratio > 1.0
             ok = ok and not over
-            print(f"  {label:<36} qemu-img {spread(t[theirs]):>22}  vhdtool {spread(t[ours]):>22}"
+            print(f"  {label:<40} qemu-img {spread(t[theirs]):>22}  vhdtool {spread(t[ours]):>22}"
                   f"  ratio {ratio_spread(t[ours], t[theirs]):>17}  CPU ratio "
                   f"{ratio_spread(c[ours], c[theirs]):>17}{'  OVER' if over else ''}")
         extra = [a - b for a, b in zip(t["sha256"], t["none"])]
         hash_ok = median(extra) <= median(r["hash_alone"])
         ok = ok and hash_ok
-        print(f"  {'SHA-256 (vhdtool default)':<34} total {spread(t['sha256']):>22}; extra over "
+        print(f"  {'SHA-256 (vhdtool default)':<38} total {spread(t['sha256']):>22}; extra over "
               f"--digest none {median(extra):.3f} s [{min(extra):.3f}-{max(extra):.3f}] vs "
               f"SHA-256 of the {virtual_gib} GiB output alone {spread(r['hash_alone'])}"
               f"{'' if hash_ok else '  OVER'}")

@@ -399,14 +399,16 @@ def checks_docs(output: str | None) -> None:
               help="Raw or fixed-VHD SRC only: grow it to a whole MiB and write the footer, "
                    "without copying data (no DST).")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
-@click.option("--no-sync", is_flag=True,
-              help="Do not fsync DST before returning (faster; not crash-safe).")
+@click.option("--sync/--no-sync", default=False, show_default=True,
+              help="Make DST durable (fsync) before giving it its name, for a machine that may "
+                   "go down before the upload.  Either way an error, a full disk or Ctrl-C "
+                   "never leaves a half-written VHD under that name.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress on stderr (default: only when stderr is a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, ...],
-                in_place: bool, force: bool, no_sync: bool, show_progress: bool | None, quiet: bool,
+                in_place: bool, force: bool, sync: bool, show_progress: bool | None, quiet: bool,
                 as_json: bool) -> None:
     """Convert SRC (raw, VHD, VHDX, qcow2) to a fixed VHD at DST whose size is a whole MiB."""
     show = False if quiet else show_progress
@@ -418,7 +420,7 @@ def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, 
         if dst is None:
             raise click.UsageError("missing DST (or use --in-place)")
         result = convert(src, dst, fmt=fmt, digests=digests, force=force, progress=show,
-                         sync=not no_sync)
+                         sync=sync)
     facts = result.as_dict()
     if as_json:
         click.echo(json.dumps(facts, indent=2))

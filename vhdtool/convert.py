@@ -17,10 +17,15 @@ not grow with the image.  Digests cover every byte of the output file — the vi
 its holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
-verified, fsynced (unless ``sync=False``), then renamed to the destination: an error, a full disk
-or Ctrl-C leaves no half-written VHD under the final name and the source is never modified —
-except with ``in_place``, which only grows a raw or fixed-VHD file to a whole MiB and (re)writes
-its footer without copying data, and puts the file back as it was if that fails.
+verified, then renamed to the destination: an error, a full disk or Ctrl-C leaves no half-written
+VHD under the final name and the source is never modified — except with ``in_place``, which only
+grows a raw or fixed-VHD file to a whole MiB and (re)writes its footer without copying data, and
+puts the file back as it was if that fails.  A full disk is found before the rename because the
+blocks of every write are allocated first (``allocate``); where the file system cannot do that,
+the file is fsynced before the rename so that a write error the kernel defers to writeback is seen
+too.  ``sync=True`` makes the result durable as well (fsync, rename, fsync of the folder), for a
+machine that may go down before the VHD is uploaded; like qemu-img and cp, the default leaves the
+data to the kernel's writeback.
 
 When the disk grows to reach a whole MiB and carries a GPT, the backup header and entries move to
 the new last LBA (what ``sgdisk -e`` does), patched into the same single pass so digests match.
@@ -330,6 +335,12 @@ class Pipeline:
             return
         for a, b in runs:
             self._write(memoryview(buf)[a:b], off + a)
+
+    @property
+    def allocated_ahead(self) -> bool:
+        """Every write so far had its blocks allocated first (so none can fail at writeback for
+        want of space)."""
+        return self._allocate
 
     def _write(self, data: bytes | memoryview, off: int) -> None:
         self.store(data, off)
@@ -657,12 +668,13 @@ def _source_facts(img: DiskImage) -> dict[str, Any]:
 
 
 def _output_facts(path: str, size: int, source_size: int, written: int,
-                  zero_skipped: int) -> dict[str, Any]:
+                  zero_skipped: int, flushed: bool) -> dict[str, Any]:
+    """``flushed``: the data was on the disk (fsync) before the file got its name."""
     st = os.stat(path)
     return {"path": path, "format": "vpc", "subformat": "fixed", "virtual_size": size,
             "file_size": st.st_size, "rounded_by": size - source_size,
             "allocated": st.st_blocks * 512, "data_written": written,
-            "zero_bytes_skipped_in_data": zero_skipped}
+            "zero_bytes_skipped_in_data": zero_skipped, "flushed": flushed}
 
 
 # -- convert ---------------------------------------------------------------------------------------
@@ -677,11 +689,11 @@ def _refuse(src: str, dst: str, force: bool) -> None:
 
 
 def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
-            force: bool = False, progress: bool | None = None, sync: bool = True) -> ConvertResult:
+            force: bool = False, progress: bool | None = None, sync: bool = False) -> ConvertResult:
     """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
 
     ``sync``: make the data durable (fsync the file, then its folder after the rename) before
-    returning; without it a crash soon after may leave DST with missing data."""
+    returning; without it a crash of the machine soon after may leave DST with missing data."""
     t0 = time.perf_counter()
     names = digest_names(digests)
     _refuse(src, dst, force)
@@ -713,7 +725,8 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
             t_copy = time.perf_counter()
             hashes = pipe.finish()
             t_hash = time.perf_counter()
-            if sync:
+            flushed = sync or not pipe.allocated_ahead
+            if flushed:
                 os.fsync(fd)
             verify_footer(fd, tmp, size)
             bar.finish()
@@ -741,7 +754,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
     assert pipe is not None
     return ConvertResult(
         source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
-                                            copier.zero_skipped),
+                                            copier.zero_skipped, flushed),
         digests=digest_report(hashes, size + FOOTER_SIZE),
         warnings=size_warnings(size, sector_size) + warnings,
         gpt_relocated=bool(patches),
@@ -836,7 +849,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     hashes = hash_file(src, names, progress) if names else []
     t_end = time.perf_counter()
     return ConvertResult(
-        source=source, output=_output_facts(src, size, old_size, 0, 0),
+        source=source, output=_output_facts(src, size, old_size, 0, 0, True),
         digests=digest_report(hashes, size + FOOTER_SIZE),
         warnings=size_warnings(size, sector_size) + warnings,
         gpt_relocated=bool(patches), in_place=True,

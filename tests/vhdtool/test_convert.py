@@ -501,10 +501,27 @@ def test_file_system_without_fallocate(tmp_path: Path, monkeypatch, digests) -> 
                         else real(name))
     src, fmt, raw = make_source(tmp_path, "qcow2")
     dst = tmp_path / "out.vhd"
-    conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
     assert_same_disk(raw, "raw", dst)
     assert 1 <= len(calls) <= conv.COPY_THREADS     # each thread may ask once before it is told
     assert allocated(dst) <= allocated(raw) + MiB
+    # nothing reserved the space: fsynced before the rename, so a deferred error is seen
+    assert res.output["flushed"] is True
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_flushed_only_when_asked(tmp_path: Path, monkeypatch, sync: bool) -> None:
+    """Where the blocks were allocated ahead, the output is fsynced (and its folder after the
+    rename) only with ``sync``, as the result says."""
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(conv.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    src, fmt, raw = make_source(tmp_path, "raw")
+    dst = tmp_path / "out.vhd"
+    res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"], sync=sync)
+    assert_same_disk(raw, "raw", dst)
+    assert res.output["flushed"] is sync
+    assert len(synced) == (2 if sync else 0)        # the file, then the folder
 
 
 @pytest.mark.parametrize("where,exc,error", [
