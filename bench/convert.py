@@ -20,9 +20,9 @@ before each run; medians, min-max and the per-round ratio range are printed, wal
 
 Ratios: defaults against defaults (neither flushes), both flushing (``--sync`` against
 ``-t writeback``), and — reported, not a limit — vhdtool's ``--sync`` against qemu-img's default,
-what durability costs; SHA-256's extra time over ``--digest none`` against SHA-256 of the output file alone
-(hashlib, 8 MiB reads of the whole 4 GiB file, holes included) — what the digest would cost if it
-were not overlapped with the I/O.  Peak RSS of each command comes from ``wait4()``.  After every
+what durability costs; SHA-256's extra time over ``--digest none`` against SHA-256 of the output
+file alone (hashlib, 8 MiB reads of the whole 4 GiB file, holes included) — what the digest would
+cost if it were not overlapped with the I/O.  Peak RSS of each command comes from ``wait4()``.  After every
 round the two outputs are compared with ``qemu-img compare``, so a fast wrong converter cannot
 win.  The machine's load average is printed at the start and the end: other work on a shared
 machine moves wall times a lot, CPU times less.

@@ -11,11 +11,11 @@ copy threads.  (``copy_file_range`` with the zero test done through an ``mmap`` 
 measured slower here than 2 MiB ``preadv``/``pwrite`` — 0.30 s against 0.23 s of copy for 1 GiB
 on ext4, see bench/README.md — and a source truncated under the mapping killed the process with
 SIGBUS; reads instead meet a short read, a clean error.)  Every buffer is page-aligned
-(``page_buffer``) and every write's blocks are allocated just before it (``allocate``): with
-both, the copy costs about two thirds of qemu-img's (bench/README.md).  With digests, the main thread reads
-while a writer thread writes the previous block and one thread per digest hashes the one before
-(hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does
-not grow with the image.  Digests cover every byte of the output file — the virtual disk with
+(``page_buffer``) and every write's blocks are allocated just before it (``allocate``): with both,
+a conversion takes 0.45-0.8 of qemu-img's wall time here (bench/README.md).  With digests, the
+main thread reads while a writer thread writes the previous block and one thread per digest hashes
+the one before (hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers:
+memory does not grow with the image.  Digests cover every byte of the output file — the virtual disk with
 its holes and padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
