@@ -1,22 +1,22 @@
 """``vhdtool convert``: any supported image to a fixed, whole-MiB VHD that Azure accepts.
 
-The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and
-zero runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece
-that is all zeros is skipped too.  With no digest to compute nothing needs the bytes in order:
-data runs are shared out to two copy threads, and those whose bytes lie as they are in a file
-(``DiskImage.file_range``: raw, VHD, VHDX and qcow2 data clusters alike) are read from the file
-by the copy threads themselves, 2 MiB at a time, and written minus their all-zero 64 KiB pieces;
-the rest (compressed clusters, log-patched pages) is read by the main thread and written by the
-copy threads.  (``copy_file_range`` with the zero test done through an ``mmap`` of the source was
-measured slower here than 2 MiB ``preadv``/``pwrite`` — 0.30 s against 0.23 s of copy for 1 GiB
-on ext4, see bench/README.md — and a source truncated under the mapping killed the process with
-SIGBUS; reads instead meet a short read, a clean error.)  Every buffer is page-aligned
-(``page_buffer``) and every write's blocks are allocated just before it (``allocate``): with both,
-a conversion takes 0.45-0.8 of qemu-img's wall time here (bench/README.md).  With digests, the
-main thread reads while a writer thread writes the previous block and one thread per digest hashes
-the one before (hashlib and the I/O calls release the GIL), through a pool of four 8 MiB buffers:
-memory does not grow with the image.  Digests cover every byte of the output file — the virtual disk with
-its holes and padding, then the 512-byte footer — in the same pass.
+The copy is planned from the source's allocation map (``DiskImage.extents()``): unallocated and zero
+runs become holes in a sparse output; data runs are read in large blocks and each 64 KiB piece that
+is all zeros is skipped too.  With no digest to compute nothing needs the bytes in order: data runs
+are shared out to two copy threads, and those whose bytes lie as they are in a file
+(``DiskImage.file_range``: raw, VHD, VHDX and qcow2 data clusters alike) are read from the file by
+the copy threads themselves, 2 MiB at a time, and written minus their all-zero 64 KiB pieces; the
+rest (compressed clusters, log-patched pages) is read by the main thread and written by the copy
+threads.  (``copy_file_range`` with the zero test done through an ``mmap`` of the source was
+measured slower here than 2 MiB ``preadv``/``pwrite`` — 0.30 s against 0.23 s of copy for 1 GiB on
+ext4, see bench/README.md — and a source truncated under the mapping killed the process with SIGBUS;
+reads instead meet a short read, a clean error.)  Every buffer is page-aligned (``page_buffer``) and
+every write's blocks are allocated just before it (``allocate``): with both, a conversion takes
+0.45-0.8 of qemu-img's wall time here (bench/README.md).  With digests, the main thread reads while
+a writer thread writes the previous block and one thread per digest hashes the one before (hashlib
+and the I/O calls release the GIL), through a pool of four 8 MiB buffers: memory does not grow with
+the image.  Digests cover every byte of the output file — the virtual disk with its holes and
+padding, then the 512-byte footer — in the same pass.
 
 The output is written to a temporary file in the destination's folder, its footer re-read and
 verified, then renamed to the destination: an error, a full disk or Ctrl-C leaves no half-written
