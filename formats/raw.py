@@ -6,6 +6,7 @@ import errno
 import os
 from collections.abc import Iterator
 
+from .errors import TruncatedImage
 from .image import DiskImage, Extent, Kind
 
 SECTOR = 512
@@ -30,17 +31,21 @@ class RawImage(DiskImage):
         return self._size
 
     def _extents(self, start: int, end: int) -> Iterator[Extent]:
-        yield from data_runs(self._fd, start, end)
+        yield from data_runs(self, start, end)
 
 
-def data_runs(fd: int, start: int, end: int) -> Iterator[Extent]:
-    """DATA/UNALLOCATED runs of a plain file between ``start`` and ``end`` (host == guest)."""
+def data_runs(img: DiskImage, start: int, end: int) -> Iterator[Extent]:
+    """DATA/UNALLOCATED runs of ``img``'s file between ``start`` and ``end`` (host == guest).
+    A file found shorter than when it was opened was truncated under the reader: TruncatedImage,
+    not a hole (SEEK_DATA and SEEK_HOLE fail with ENXIO past the end of the file)."""
+    fd = img.fileno()
     pos = start
     while pos < end:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as e:
             if e.errno == errno.ENXIO:       # no data after pos: the rest is a hole
+                _not_shrunk(img, pos)
                 yield Extent(pos, end - pos, Kind.UNALLOCATED)
                 return
             if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):   # no SEEK_DATA: all data
@@ -53,6 +58,19 @@ def data_runs(fd: int, start: int, end: int) -> Iterator[Extent]:
             pos = hole_end
             if pos >= end:
                 return
-        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        try:
+            hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        except OSError as e:
+            if e.errno == errno.ENXIO:       # pos was data a moment ago: the file shrank
+                _not_shrunk(img, pos)
+            raise
         yield Extent(pos, hole - pos, Kind.DATA, pos)
         pos = hole
+
+
+def _not_shrunk(img: DiskImage, pos: int) -> None:
+    now = os.lseek(img.fileno(), 0, os.SEEK_END)
+    if now < img.file_size:
+        raise TruncatedImage(img.path, "file", now,
+                             f"the file ends here, not at {img.file_size:#x} as when it was "
+                             f"opened: it shrank while it was being read (at {pos:#x})")

@@ -472,7 +472,7 @@ class VhdImage(DiskImage):
     def _fixed_extents(self, start: int, end: int) -> Iterator[Extent]:
         stop = min(end, self._data_len)
         if start < stop:
-            yield from data_runs(self._fd, start, stop)
+            yield from data_runs(self, start, stop)
         if end > max(start, stop):
             # current_size claims more than the file holds: nothing stored there
             yield Extent(max(start, stop), end - max(start, stop), Kind.UNALLOCATED)

@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats import DiskImage, FormatError, Kind, open_image
+from formats import DiskImage, FormatError, Kind, TruncatedImage, open_image
 
 from .progress import Progress
 
@@ -580,8 +580,9 @@ class Copier:
                     raise ConvertError(f"{self.img.path}: reading failed at file offset "
                                        f"{a + got:#x} ({e.strerror or e})") from e
                 if r == 0:
-                    raise ConvertError(f"{self.img.path}: the source file ends at {a + got:#x}, "
-                                       "inside a data run: it shrank while it was being copied")
+                    raise TruncatedImage(self.img.path, "data", a + got,
+                                         "the file ends here, inside a data run: it shrank while "
+                                         "it was being copied")
                 got += r
             runs, zeros = nonzero_runs(view, 0, k)
             for lo, hi in runs:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from formats import Kind, open_image, probe
-from formats.errors import FormatError
+from formats.errors import FormatError, TruncatedImage
 from tests.oracle import assert_reads_like_qemu, needs_qemu, write_pattern
 
 MiB = 1 << 20
@@ -114,3 +115,20 @@ def test_block_device_size(tmp_path: Path) -> None:
             assert img.read(MiB, MiB) == p.read_bytes()[MiB:2 * MiB]
     finally:
         subprocess.run(["losetup", "-d", dev.stdout.strip()], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["raw", pytest.param("vpc", marks=needs_qemu)])
+def test_file_shrinking_after_open_is_not_a_hole(tmp_path: Path, fmt: str) -> None:
+    """A file truncated after it was opened: its allocation map must not turn the missing data
+    into a hole (SEEK_DATA fails with ENXIO past the new end) but say what happened."""
+    raw = write_pattern(tmp_path / "d.raw", 8 << 20, [(0, 4096), (6 << 20, 1 << 20)])
+    path = raw
+    if fmt == "vpc":
+        path = tmp_path / "d.vhd"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                        "subformat=fixed,force_size", str(raw), str(path)], check=True)
+    with open_image(path, fmt) as img:
+        assert [e.kind for e in img.extents()].count(Kind.DATA) == 2
+        os.truncate(path, 1 << 20)
+        with pytest.raises(TruncatedImage, match=f"{path}: file at offset 0x100000 .*shrank"):
+            list(img.extents())

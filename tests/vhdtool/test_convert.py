@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from formats import open_image
+from formats import TruncatedImage, open_image
 from tests.oracle import needs_qemu, qemu_img, qemu_to_raw, qemu_virtual_size, write_pattern
 
 vhd = pytest.importorskip("formats.vhd", reason="formats.vhd (branch vhd) not merged yet")
@@ -717,8 +717,9 @@ def test_cli_json(tmp_path: Path) -> None:
 
 
 def test_source_shrinking_during_copy_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
-    """A source truncated while the copy threads read it meets a read that comes up short: a
-    ConvertError naming the source, and no destination."""
+    """A source truncated while it is copied: whichever sees it first — a copy thread whose
+    read comes up short, or the main thread walking the allocation map (SEEK_DATA past the new
+    end) — it is a TruncatedImage naming the source (exit 3), and no destination."""
     src, fmt, _ = make_source(tmp_path, "raw")
     real = os.preadv
     calls = []
@@ -733,7 +734,7 @@ def test_source_shrinking_during_copy_is_a_clean_error(tmp_path: Path, monkeypat
     monkeypatch.setattr(conv, "COPY_THREADS", 1)    # the next read is surely past the new end
     monkeypatch.setattr(conv.os, "preadv", read_then_shrink)
     dst = tmp_path / "out.vhd"
-    with pytest.raises(conv.ConvertError, match=f"{src}: the source file ends at 0x.*shrank"):
+    with pytest.raises(TruncatedImage, match=f"{src}: .* at offset 0x.*shrank while it was being"):
         conv.convert(str(src), str(dst), fmt=fmt, digests=["none"])
     assert calls, "the copy threads did not read the source"
     assert not dst.exists()
