@@ -19,13 +19,13 @@ before each run; medians, min-max and the per-round ratio range are printed, wal
   default).
 
 Ratios: defaults against defaults (neither flushes), both flushing (``--sync`` against
-``-t writeback``), and — reported, not a limit — vhdtool's ``--sync`` against qemu-img's default, what
-durability costs; SHA-256's extra time over ``--digest none`` against SHA-256 of the output file
-alone (hashlib, 8 MiB reads of the whole 4 GiB file, holes included) — what the digest would cost if
-it were not overlapped with the I/O.  Peak RSS of each command comes from ``wait4()``.  After every
-round the two outputs are compared with ``qemu-img compare``, so a fast wrong converter cannot win.
-The machine's load average is printed at the start and the end: other work on a shared machine moves
-wall times a lot, CPU times less.
+``-t writeback``), and — reported, not a limit — vhdtool's ``--sync`` against qemu-img's default,
+what durability costs; SHA-256's extra time over ``--digest none`` against SHA-256 of the output
+file alone (hashlib, 8 MiB reads of the whole 4 GiB file, holes included) — what the digest would
+cost if it were not overlapped with the I/O.  Peak RSS of each command comes from ``wait4()``.
+After every round the two outputs are compared with ``qemu-img compare``, so a fast wrong converter
+cannot win.  The machine's load average is printed at the start and the end: other work on a
+shared machine moves wall times a lot, CPU times less.
 
 Issue 3 asks: ratio vhdtool/qemu-img (``--digest none``) at most 1.0 for raw, qcow2 and VHDX
 (reported for compressed qcow2); the SHA-256 run's extra time no more than hashing alone; peak
