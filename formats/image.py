@@ -99,10 +99,31 @@ def open_file(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _refuse_non_disk(path: str, mode: int) -> None:
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        what = _NOT_AN_IMAGE.get(stat.S_IFMT(mode), "not a regular file")
-        raise FormatError(path, "file", None,
-                          f"{what}, not a disk image (a regular file or a block device)")
+    what = _not_a_disk(mode)
+    if what is not None:
+        raise FormatError(path, "file", None, what)
+
+
+def _not_a_disk(mode: int) -> str | None:
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return None
+    what = _NOT_AN_IMAGE.get(stat.S_IFMT(mode), "not a regular file")
+    return f"{what}, not a disk image (a regular file or a block device)"
+
+
+def why_not_openable(path: str) -> str | None:
+    """Why a backing or parent file named by an image cannot serve as one, as a predicate ("not
+    found", "is a FIFO, not a disk image ...", "cannot be read: Permission denied"), or None
+    when it is a regular file or a block device that exists.  Never opens the file (a FIFO
+    would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    what = _not_a_disk(mode)
+    return None if what is None else "is " + what
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ import zstandard
 
 from .errors import (CorruptImage, EncryptedImage, MissingBackingFile, TruncatedImage,
                      UnsupportedFeature)
-from .image import DiskImage, Extent, Kind
+from .image import DiskImage, Extent, Kind, why_not_openable
 from .raw import RawImage
 
 MAGIC = b"QFI\xfb"
@@ -403,10 +403,11 @@ class Qcow2Image(DiskImage):
         from .probe import open_image       # probe imports this module lazily: no cycle at load
 
         target = self._sibling(name)
-        if not os.path.isfile(target):
+        why = why_not_openable(target)
+        if why is not None:
             raise MissingBackingFile(self.path, "qcow2 backing file name",
                                      self.header.backing_file_offset,
-                                     f"backing file {name!r} not found (looked at {target})")
+                                     f"backing file {name!r} {why} (looked at {target})")
         try:
             return open_image(target, self.backing_format or None, _chain=self._chain)
         except OSError as e:

@@ -39,7 +39,7 @@ import construct as cs
 
 from .errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
                      UnsupportedFeature)
-from .image import DiskImage, Extent, Kind
+from .image import DiskImage, Extent, Kind, why_not_openable
 from .raw import data_runs
 
 SECTOR = 512
@@ -690,8 +690,11 @@ class VhdImage(DiskImage):
         want = uuid.UUID(bytes=h.parent_unique_id)
         candidates = self._parent_candidates(h, hoff)
         mismatch: FormatError | None = None
+        tried: list[str] = []
         for cand in candidates:
-            if not os.path.isfile(cand):
+            why = why_not_openable(cand)
+            if why is not None:
+                tried.append(f"{cand} ({why})")
                 continue
             parent = open_image(cand, None, _chain=self._chain)
             got = getattr(parent, "footer", None)
@@ -720,7 +723,7 @@ class VhdImage(DiskImage):
             raise mismatch
         raise MissingBackingFile(self.path, "VHD parent locator", hoff + 576,
                                  f"parent {want} not found; tried: "
-                                 + (", ".join(candidates) or "no locator"))
+                                 + (", ".join(tried) or "no locator"))
 
     def _dynamic_info(self) -> dict[str, Any]:
         if self.footer.disk_type == FIXED:

@@ -34,7 +34,7 @@ import crc32c
 
 from .errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
                      UnsupportedFeature)
-from .image import DiskImage, Extent, Kind
+from .image import DiskImage, Extent, Kind, why_not_openable
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -537,9 +537,10 @@ class VhdxImage(DiskImage):
             p = val.replace("\\", "/")
             if key == "relative_path" or not ntpath.isabs(val):
                 p = os.path.normpath(os.path.join(here, p))
-            tried.append(p)
-            if os.path.isfile(p):
+            why = why_not_openable(p)
+            if why is None:
                 break
+            tried.append(f"{p} ({why})")
         else:
             raise MissingBackingFile(self.path, "parent locator", None,
                                      "parent not found; tried " + (", ".join(tried) or "nothing"))

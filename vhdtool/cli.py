@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from formats import FormatError, open_image
 
-from . import __version__
+from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, OutputError, check_exit
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("vhdtool")
 
 FORMAT_CHOICE = click.Choice(["raw", "vpc", "vhd", "vhdx", "qcow2"])
+#: an image argument: any path; what is not a readable disk image (a directory, a FIFO, a file
+#: that cannot be read) is the format core's error, exit 3, not a usage error
+IMAGE_PATH = click.Path(readable=False)
 
 
 class VhdtoolGroup(click.Group):
@@ -43,9 +46,20 @@ class VhdtoolGroup(click.Group):
             name = f"{e.filename}: " if e.filename else ""
             click.echo(f"vhdtool: error: {name}{e.strerror or e}", err=True)
             sys.exit(Exit.BAD_IMAGE)
-        except KeyboardInterrupt:
-            click.echo("vhdtool: interrupted", err=True)
-            sys.exit(Exit.INTERRUPTED)
+        except KeyboardInterrupt as e:
+            _interrupted(e)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:            # click would print "Aborted!" and exit 1 for Ctrl-C while parsing
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            _interrupted(e)
+
+
+def _interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C, SIGTERM or SIGHUP: one line, and 128 + the signal (Exit.INTERRUPTED for Ctrl-C)."""
+    click.echo(f"vhdtool: {signals.describe(e)}", err=True)
+    sys.exit(signals.exit_code(e))
 
 
 @click.group(cls=VhdtoolGroup)
@@ -65,7 +79,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=IMAGE_PATH)
 @click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Image format (probed from magic bytes when omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
@@ -175,7 +189,7 @@ def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
 
 
 @cli.command("check")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=IMAGE_PATH)
 @click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Image format (probed from magic bytes when omitted).")
 @click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
@@ -276,7 +290,7 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 
 
 @cli.command("manifest")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=IMAGE_PATH)
 @click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Image format (probed from magic bytes when omitted).")
 @click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
@@ -387,7 +401,7 @@ def checks_docs(output: str | None) -> None:
 
 
 @cli.command("convert")
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=IMAGE_PATH)
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)
 @click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Source format (probed from magic bytes when omitted).")
@@ -403,29 +417,39 @@ def checks_docs(output: str | None) -> None:
               help="Make DST durable (fsync) before giving it its name, for a machine that may "
                    "go down before the upload.  Either way an error, a full disk or Ctrl-C "
                    "never leaves a half-written VHD under that name.")
+@click.option("--salvage", is_flag=True,
+              help="Convert an image whose structure is damaged (what `vhdtool info` lists as "
+                   "errors) anyway, best-effort, as vhdtool reads it; else it is refused "
+                   "(exit 3).")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress on stderr (default: only when stderr is a terminal).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, ...],
-                in_place: bool, force: bool, sync: bool, show_progress: bool | None, quiet: bool,
-                as_json: bool) -> None:
+                in_place: bool, force: bool, sync: bool, salvage: bool,
+                show_progress: bool | None, quiet: bool, as_json: bool) -> None:
     """Convert SRC (raw, VHD, VHDX, qcow2) to a fixed VHD at DST whose size is a whole MiB."""
     show = False if quiet else show_progress
     if in_place:
         if dst is not None:
             raise click.UsageError("--in-place takes SRC only")
+        if salvage:
+            raise click.UsageError("--salvage makes a new file: give DST (not --in-place)")
         result = convert_in_place(src, fmt=fmt, digests=digests, progress=show)
     else:
         if dst is None:
             raise click.UsageError("missing DST (or use --in-place)")
         result = convert(src, dst, fmt=fmt, digests=digests, force=force, progress=show,
-                         sync=sync)
-    facts = result.as_dict()
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-    elif not quiet:
-        click.echo(render_convert(facts))
+                         sync=sync, salvage=salvage)
+    try:
+        facts = result.as_dict()
+        if as_json:
+            click.echo(json.dumps(facts, indent=2))
+        elif not quiet:
+            click.echo(render_convert(facts))
+    except KeyboardInterrupt as e:
+        raise signals.InterruptedAfterOutput(signals.exit_code(e) - 128,
+                                             result.output["path"]) from e
 
 
 def render_convert(facts: dict[str, Any]) -> str:
@@ -441,4 +465,6 @@ def render_convert(facts: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    """The command line (``vhdtool.entry.main`` installs the signal handlers first)."""
+    signals.install()
     cli(prog_name="vhdtool")

@@ -53,16 +53,17 @@ import heapq
 import mmap
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from formats import DiskImage, FormatError, Kind, TruncatedImage, open_image
+from formats import CorruptImage, DiskImage, FormatError, Kind, TruncatedImage, open_image
 
+from .atomicfile import create_partial, remove_stale, unlink_quietly
 from .progress import Progress
+from .signals import InterruptedAfterOutput, deferred_signals, exit_code
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -104,6 +105,27 @@ def _refuse_empty(img: DiskImage) -> None:
     if img.virtual_size == 0:
         raise ConvertError(f"{img.path}: the image is empty (virtual size 0 bytes): "
                            "nothing to convert")
+
+
+def structure_errors(img: DiskImage, salvage: bool) -> list[str]:
+    """The error-level structure problems of ``img`` and its chain (what ``vhdtool info`` lists as
+    errors: overlapping blocks, a bad checksum, a missing footer, data shorter than the size).
+
+    A damaged image is refused (CorruptImage, exit 3, naming the first problem's structure and
+    offset): converting it would bless it, and what its damaged parts read as is a guess that
+    other readers (qemu-img, Hyper-V) may not share.  With ``salvage`` it is copied as vhdtool
+    reads it, best-effort, and the problems come back as warnings for the result."""
+    errors = [p for p in img.all_problems() if p.severity == "error"]
+    if not errors or salvage:
+        return [f"salvaged despite {p.structure}"
+                + (f" at offset {p.offset:#x}" if p.offset is not None else "")
+                + f": {p.message}" for p in errors]
+    first = errors[0]
+    more = f"; and {len(errors) - 1} more (vhdtool info {img.path})" if len(errors) > 1 else ""
+    raise CorruptImage(img.path, first.structure, first.offset,
+                       f"{first.message}{more} -- the image is damaged, so it is not converted "
+                       f"(re-export it from its source; --salvage copies it anyway, best-effort, "
+                       f"as vhdtool reads it)")
 
 
 def rounded_size(virtual_size: int) -> int:
@@ -658,11 +680,13 @@ class ConvertResult:
     warnings: list[str]
     gpt_relocated: bool
     in_place: bool = False
+    #: converted despite structure errors (--salvage); the warnings name them
+    salvaged: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "output": self.output, "digests": self.digests,
                 "gpt_backup_relocated": self.gpt_relocated, "in_place": self.in_place,
-                "warnings": self.warnings, "timings": self.timings}
+                "salvaged": self.salvaged, "warnings": self.warnings, "timings": self.timings}
 
 
 def _source_facts(img: DiskImage) -> dict[str, Any]:
@@ -692,15 +716,18 @@ def _refuse(src: str, dst: str, force: bool) -> None:
 
 
 def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
-            force: bool = False, progress: bool | None = None, sync: bool = False) -> ConvertResult:
+            force: bool = False, progress: bool | None = None, sync: bool = False,
+            salvage: bool = False) -> ConvertResult:
     """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
 
     ``sync``: make the data durable (fsync the file, then its folder after the rename) before
-    returning; without it a crash of the machine soon after may leave DST with missing data."""
+    returning; without it a crash of the machine soon after may leave DST with missing data.
+    ``salvage``: convert an image with structure errors anyway (see ``structure_errors``)."""
     t0 = time.perf_counter()
     names = digest_names(digests)
     _refuse(src, dst, force)
     with open_image(src, fmt) as img:
+        salvaged = structure_errors(img, salvage)
         _refuse_empty(img)
         size = rounded_size(img.virtual_size)
         check_size(size, dst)
@@ -708,15 +735,15 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         sector_size = img.logical_sector_size
         t_plan = time.perf_counter()
         folder = os.path.dirname(os.path.abspath(dst))
+        warnings[:0] = remove_stale(folder)
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
-                                       suffix=".part")
+            fd, tmp = create_partial(dst)
         except OSError as e:
             raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
         pipe: Pipeline | None = None
+        published = False
         try:
             pipe = Pipeline(fd, names, writeback=sync)
-            os.fchmod(fd, 0o644 & ~_umask())
             os.ftruncate(fd, size + FOOTER_SIZE)
             bar = Progress(size, "convert: ", enabled=progress)
             copier = Copier(img, size, pipe, bar, patches,
@@ -733,17 +760,27 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                 os.fsync(fd)
             verify_footer(fd, tmp, size)
             bar.finish()
-            os.close(fd)
-            fd = -1
-            _publish(tmp, dst, force)
-            if sync:
-                _fsync_dir(folder)
+            with deferred_signals():     # named, or not: never "interrupted" half-way
+                _publish(tmp, dst, force)
+                published = True
+                if sync:
+                    _fsync_dir(folder)
+                t_end = time.perf_counter()
+                result = ConvertResult(
+                    source=_source_facts(img),
+                    output=_output_facts(dst, size, img.virtual_size, pipe.written,
+                                         copier.zero_skipped, flushed),
+                    digests=digest_report(hashes, size + FOOTER_SIZE),
+                    warnings=salvaged + size_warnings(size, sector_size) + warnings,
+                    gpt_relocated=bool(patches), salvaged=bool(salvaged),
+                    timings={"plan": t_plan - t0, "copy": t_copy - t_plan,
+                             "hash_wait": t_hash - t_copy, "total": t_end - t0})
         except BaseException as e:
+            if published and isinstance(e, KeyboardInterrupt):
+                raise InterruptedAfterOutput(exit_code(e) - 128, dst) from e
             if pipe is not None:
                 pipe.abort()
-            if fd >= 0:
-                os.close(fd)
-            _unlink(tmp)
+            unlink_quietly(tmp)
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ConvertError(f"{dst}: no space left on the device for the "
                                    f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
@@ -752,17 +789,9 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                 raise ConvertError(f"{dst}: writing failed ({e.strerror or e}); nothing was "
                                    f"written under that name") from e
             raise
-        source = _source_facts(img)
-    t_end = time.perf_counter()
-    assert pipe is not None
-    return ConvertResult(
-        source=source, output=_output_facts(dst, size, source["virtual_size"], pipe.written,
-                                            copier.zero_skipped, flushed),
-        digests=digest_report(hashes, size + FOOTER_SIZE),
-        warnings=size_warnings(size, sector_size) + warnings,
-        gpt_relocated=bool(patches),
-        timings={"plan": t_plan - t0, "copy": t_copy - t_plan, "hash_wait": t_hash - t_copy,
-                 "total": t_end - t0})
+        finally:
+            os.close(fd)          # the lock goes with it: only now may the partial file look stale
+    return result
 
 
 def _publish(tmp: str, dst: str, force: bool) -> None:
@@ -784,19 +813,6 @@ def _publish(tmp: str, dst: str, force: bool) -> None:
     os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _fsync_dir(folder: str) -> None:
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -813,6 +829,7 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     t0 = time.perf_counter()
     names = digest_names(digests)
     with open_image(src, fmt) as img:
+        structure_errors(img, salvage=False)     # an in-place repair is never a salvage
         if not _file_backed(img):
             raise ConvertError(f"{src}: --in-place needs a raw or fixed VHD source, not "
                                f"{img.format_name} {img.subformat}".rstrip())

@@ -16,7 +16,9 @@ class Exit(enum.IntEnum):
     USAGE = 2            #: bad command line (click's own code for usage errors)
     BAD_IMAGE = 3        #: unreadable, corrupt or unsupported image
     MISSING_TOOL = 4     #: a required tool is missing (libguestfs for guest checks...)
-    INTERRUPTED = 130    #: Ctrl-C / SIGINT
+    HANGUP = 129         #: SIGHUP (the terminal went away): 128 + 1, as a shell reports it
+    INTERRUPTED = 130    #: Ctrl-C / SIGINT: 128 + 2
+    TERMINATED = 143     #: SIGTERM (CI timeouts, systemd, ``timeout``): 128 + 15
 
 
 class OutputError(Exception):

@@ -10,16 +10,18 @@ References:
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from checks.catalog import Severity
 
-from ..convert import _umask
+from ..atomicfile import write_atomic_bytes
 from ..exitcodes import OutputError
 from ..pipeline import CheckRun
+
+log = logging.getLogger("vhdtool")
 
 FORMATS = ("text", "json", "junit", "sarif")
 
@@ -82,23 +84,11 @@ def check_writable(*paths: str | None) -> None:
 
 
 def write_atomic(path: str, data: str) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename;
-    OutputError naming ``path`` if that fails (nothing is left under either name)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write ``data`` to ``path`` atomically (``vhdtool.atomicfile``); OutputError naming
+    ``path`` if that fails (nothing is left under either name)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".vhdtool-", suffix=".tmp", dir=folder)
+        stale = write_atomic_bytes(path, data.encode("utf-8"))
     except OSError as e:
-        raise OutputError(f"{path}: cannot write it: {e.strerror or e}") from e
-    try:
-        os.fchmod(fd, 0o644 & ~_umask())        # mkstemp makes 0600; a report is for sharing
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"{path}: writing it failed: {e.strerror or e}") from e
-        raise
+        raise OutputError(f"{path}: writing it failed: {e.strerror or e}") from e
+    for msg in stale:
+        log.warning("%s", msg)

@@ -1,0 +1,111 @@
+"""Outputs written atomically: a partial file beside the final name, renamed when complete.
+
+Every file vhdtool writes (converted VHDs, reports, manifests) is first written to a *partial
+file* in the destination's folder, named so that a person can tell what it is and whose it was --
+``.NAME.vhdtool-PID.RANDOM.part`` for the final name ``NAME`` -- and locked (``flock``) for as long
+as the writer lives.  An error, Ctrl-C or SIGTERM removes it; SIGKILL, a crash or a power cut
+cannot, so every writer first removes the partial files in its folder that no live process holds
+locked any more (:func:`remove_stale`): the kernel drops a dead process's locks, so a lock that
+can be taken is proof that nobody is writing the file.  A live writer's file is never touched.
+
+References: flock(2) (locks belong to the open file description and go with its last close or
+the process's death); rename(2), link(2) (the atomic publish, in ``vhdtool.convert``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import stat
+import tempfile
+
+#: ``.NAME.vhdtool-PID.RANDOM.part`` (RANDOM: tempfile's 8 characters)
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.vhdtool-(?P<pid>\d+)\.(?P<rand>[a-z0-9_]+)\.part$")
+
+
+def create_partial(final: str, mode: int = 0o644) -> tuple[int, str]:
+    """(descriptor, path) of a new, locked partial file for ``final``, in its folder, created with
+    ``mode`` less the umask.  Keep the descriptor open until the file has its final name: the lock
+    is what tells other runs it is alive.  OSError if the folder refuses the file."""
+    folder = os.path.dirname(os.path.abspath(final))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part",
+                               prefix=f".{os.path.basename(final)}.vhdtool-{os.getpid()}.")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchmod(fd, mode & ~_umask())
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(tmp)
+        raise
+    return fd, tmp
+
+
+def remove_stale(folder: str) -> list[str]:
+    """Remove the partial files in ``folder`` whose writer is gone (nobody holds their lock);
+    return what was removed, in words.  Never follows a link; errors leave a file alone."""
+    out = []
+    try:
+        names = [n for n in os.listdir(folder or ".") if PARTIAL.match(n)]
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                 # locked: a live writer's file
+            continue
+        else:
+            m = PARTIAL.match(name)
+            assert m is not None
+            unlink_quietly(path)
+            out.append(f"removed {path}, a partial file of {m['name']} left by vhdtool process "
+                       f"{m['pid']}, which is gone ({st.st_size} bytes, {st.st_blocks * 512} "
+                       f"allocated)")
+        finally:
+            os.close(fd)
+    return out
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_atomic_bytes(path: str, data: bytes) -> list[str]:
+    """Write ``data`` to ``path`` through a partial file, fsync and rename; return the stale
+    partial files removed on the way.  OSError as raised; nothing is left under either name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stale = remove_stale(folder)
+    fd, tmp = create_partial(path)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return stale
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
