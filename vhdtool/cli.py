@@ -405,10 +405,15 @@ def checks_docs(output: str | None) -> None:
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)
 @click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default=None,
               help="Source format (probed from magic bytes when omitted).")
-@click.option("--digest", "digests", type=click.Choice(["sha256", "md5", "none"]), multiple=True,
-              default=["sha256"], show_default=True,
-              help="Digest of the whole output file, footer included (repeatable; md5 is also "
-                   "given in Azure's Content-MD5 base64 form).")
+@click.option("--digest", "digests", type=click.Choice(["bmap", "sha256", "md5", "none"]),
+              multiple=True, default=["bmap"], show_default=True,
+              help="bmap: the 4 KiB blocks holding data with a SHA-256 per range, as bmaptool "
+                   "makes (cost in proportion to the data); sha256, md5: every byte of the output "
+                   "file, holes and footer included (cost in proportion to the size; md5 also in "
+                   "Azure's Content-MD5 base64 form). Repeatable.")
+@click.option("--bmap", "bmap_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Also write the bmap to FILE in bmaptool's format "
+                                   "(bmaptool copy --bmap FILE DST TARGET verifies it).")
 @click.option("--in-place", is_flag=True,
               help="Raw or fixed-VHD SRC only: grow it to a whole MiB and write the footer, "
                    "without copying data (no DST).")
@@ -426,7 +431,7 @@ def checks_docs(output: str | None) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
 def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, ...],
-                in_place: bool, force: bool, sync: bool, salvage: bool,
+                bmap_path: str | None, in_place: bool, force: bool, sync: bool, salvage: bool,
                 show_progress: bool | None, quiet: bool, as_json: bool) -> None:
     """Convert SRC (raw, VHD, VHDX, qcow2) to a fixed VHD at DST whose size is a whole MiB."""
     show = False if quiet else show_progress
@@ -435,12 +440,13 @@ def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, 
             raise click.UsageError("--in-place takes SRC only")
         if salvage:
             raise click.UsageError("--salvage makes a new file: give DST (not --in-place)")
-        result = convert_in_place(src, fmt=fmt, digests=digests, progress=show)
+        result = convert_in_place(src, fmt=fmt, digests=digests, progress=show,
+                                  bmap_path=bmap_path)
     else:
         if dst is None:
             raise click.UsageError("missing DST (or use --in-place)")
         result = convert(src, dst, fmt=fmt, digests=digests, force=force, progress=show,
-                         sync=sync, salvage=salvage)
+                         sync=sync, salvage=salvage, bmap_path=bmap_path)
     try:
         facts = result.as_dict()
         if as_json:
@@ -457,7 +463,13 @@ def render_convert(facts: dict[str, Any]) -> str:
     lines = [f"{out['path']}: fixed VHD, {out['virtual_size']} bytes "
              f"({src['format']} source of {src['virtual_size']} bytes, rounded up by "
              f"{out['rounded_by']}), file {out['file_size']} bytes, {out['allocated']} allocated"]
-    lines += [f"{name}: {value}" for name, value in facts["digests"].items() if name != "covers"]
+    for name, value in facts["digests"].items():
+        if name == "bmap":
+            lines.append(f"bmap: {value['mapped_bytes']} bytes of data in {value['ranges']} "
+                         f"ranges, map sha256 {value['sha256']}"
+                         + (f" ({value['file']})" if value["file"] else ""))
+        elif name != "covers":
+            lines.append(f"{name}: {value}")
     if facts["gpt_backup_relocated"]:
         lines.append("GPT backup header and entries moved to the new last LBA")
     lines += [f"warning: {w}" for w in facts["warnings"]]

@@ -61,7 +61,8 @@ from typing import Any
 
 from formats import CorruptImage, DiskImage, FormatError, Kind, TruncatedImage, open_image
 
-from .atomicfile import create_partial, remove_stale, unlink_quietly
+from . import bmap
+from .atomicfile import create_partial, remove_stale, unlink_quietly, write_atomic_bytes
 from .progress import Progress
 from .signals import InterruptedAfterOutput, deferred_signals, exit_code
 
@@ -85,7 +86,9 @@ GAP = 1 * MiB
 #: Azure direct upload: UploadSizeBytes between 20 MiB + 512 and 32 TiB + 512 (UPL, MKT)
 AZURE_MIN_SIZE = 20 * MiB
 AZURE_MAX_SIZE = 32 * TiB
-DIGESTS = ("sha256", "md5")
+#: bmap: the default, in proportion to the data (vhdtool.bmap); sha256, md5: every byte of the file
+DIGESTS = ("bmap", "sha256", "md5")
+DEFAULT_DIGESTS = ("bmap",)
 
 _ZEROS = bytes(BLOCK)
 _ZERO_CHUNK = bytes(CHUNK)
@@ -210,14 +213,22 @@ def digest_names(names: Iterable[str]) -> tuple[str, ...]:
         if n == "none":
             return ()
         if n not in DIGESTS:
-            raise ConvertError(f"unknown digest {n!r}; known: sha256, md5, none")
+            raise ConvertError(f"unknown digest {n!r}; known: {', '.join(DIGESTS)}, none")
         if n not in out:
             out.append(n)
     return tuple(out)
 
 
-def digest_report(hashes: Sequence[Any], file_size: int) -> dict[str, Any]:
+def whole_file(names: Sequence[str]) -> tuple[str, ...]:
+    """The digests among ``names`` that hash every byte of the file (hashlib names)."""
+    return tuple(n for n in names if n != "bmap")
+
+
+def digest_report(hashes: Sequence[Any], file_size: int, bm: bmap.Bmap | None = None,
+                  bmap_path: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if bm is not None:
+        out["bmap"] = bm.summary(bmap_path)
     if not hashes:
         return out
     out["covers"] = (f"every byte of the output file: {file_size} bytes = the virtual disk "
@@ -715,16 +726,21 @@ def _refuse(src: str, dst: str, force: bool) -> None:
             raise ConvertError(f"{dst}: is a directory")
 
 
-def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
-            force: bool = False, progress: bool | None = None, sync: bool = False,
-            salvage: bool = False) -> ConvertResult:
+def convert(src: str, dst: str, *, fmt: str | None = None,
+            digests: Iterable[str] = DEFAULT_DIGESTS, force: bool = False,
+            progress: bool | None = None, sync: bool = False, salvage: bool = False,
+            bmap_path: str | None = None) -> ConvertResult:
     """Convert ``src`` (any supported format) to a fixed VHD at ``dst``; see the module doc.
 
     ``sync``: make the data durable (fsync the file, then its folder after the rename) before
     returning; without it a crash of the machine soon after may leave DST with missing data.
-    ``salvage``: convert an image with structure errors anyway (see ``structure_errors``)."""
+    ``salvage``: convert an image with structure errors anyway (see ``structure_errors``).
+    ``bmap_path``: also write the bmap there (bmaptool's format; implies the bmap digest)."""
     t0 = time.perf_counter()
     names = digest_names(digests)
+    if bmap_path is not None and "bmap" not in names:
+        names += ("bmap",)
+    hashed = whole_file(names)
     _refuse(src, dst, force)
     with open_image(src, fmt) as img:
         salvaged = structure_errors(img, salvage)
@@ -741,13 +757,13 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         except OSError as e:
             raise ConvertError(f"{dst}: cannot create a file in {folder}: {e.strerror}") from e
         pipe: Pipeline | None = None
-        published = False
+        published = map_written = False
         try:
-            pipe = Pipeline(fd, names, writeback=sync)
+            pipe = Pipeline(fd, hashed, writeback=sync)
             os.ftruncate(fd, size + FOOTER_SIZE)
             bar = Progress(size, "convert: ", enabled=progress)
             copier = Copier(img, size, pipe, bar, patches,
-                            unordered=not names)
+                            unordered=not hashed)
             copier.run()
             buf = pipe.buffer()
             buf[:FOOTER_SIZE] = make_footer(size)
@@ -759,7 +775,12 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
             if flushed:
                 os.fsync(fd)
             verify_footer(fd, tmp, size)
+            bm = bmap.compute(fd) if "bmap" in names else None
+            t_map = time.perf_counter()
             bar.finish()
+            if bm is not None and bmap_path is not None:
+                warnings += write_bmap(bmap_path, bm)
+                map_written = True
             with deferred_signals():     # named, or not: never "interrupted" half-way
                 _publish(tmp, dst, force)
                 published = True
@@ -770,17 +791,20 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
                     source=_source_facts(img),
                     output=_output_facts(dst, size, img.virtual_size, pipe.written,
                                          copier.zero_skipped, flushed),
-                    digests=digest_report(hashes, size + FOOTER_SIZE),
+                    digests=digest_report(hashes, size + FOOTER_SIZE, bm, bmap_path),
                     warnings=salvaged + size_warnings(size, sector_size) + warnings,
                     gpt_relocated=bool(patches), salvaged=bool(salvaged),
                     timings={"plan": t_plan - t0, "copy": t_copy - t_plan,
-                             "hash_wait": t_hash - t_copy, "total": t_end - t0})
+                             "hash_wait": t_hash - t_copy, "bmap": t_map - t_hash,
+                             "total": t_end - t0})
         except BaseException as e:
             if published and isinstance(e, KeyboardInterrupt):
                 raise InterruptedAfterOutput(exit_code(e) - 128, dst) from e
             if pipe is not None:
                 pipe.abort()
             unlink_quietly(tmp)
+            if map_written and not published:      # it would describe a file that is not there
+                unlink_quietly(bmap_path or "")
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ConvertError(f"{dst}: no space left on the device for the "
                                    f"{size + FOOTER_SIZE}-byte VHD; nothing was written under "
@@ -792,6 +816,14 @@ def convert(src: str, dst: str, *, fmt: str | None = None, digests: Iterable[str
         finally:
             os.close(fd)          # the lock goes with it: only now may the partial file look stale
     return result
+
+
+def write_bmap(path: str, bm: bmap.Bmap) -> list[str]:
+    """Write the bmap file atomically; the stale partial files removed on the way, in words."""
+    try:
+        return write_atomic_bytes(path, bm.xml().encode("utf-8"))
+    except OSError as e:
+        raise ConvertError(f"{path}: writing the bmap failed ({e.strerror or e})") from e
 
 
 def _publish(tmp: str, dst: str, force: bool) -> None:
@@ -822,8 +854,9 @@ def _fsync_dir(folder: str) -> None:
 
 
 # -- in place --------------------------------------------------------------------------------------
-def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str] = ("sha256",),
-                     progress: bool | None = None) -> ConvertResult:
+def convert_in_place(src: str, *, fmt: str | None = None,
+                     digests: Iterable[str] = DEFAULT_DIGESTS, progress: bool | None = None,
+                     bmap_path: str | None = None) -> ConvertResult:
     """Make a raw or fixed-VHD file an Azure fixed VHD without copying its data: grow it to a whole
     MiB (holes), move a GPT backup, (re)write the footer.  Digests, if asked, re-read the result."""
     t0 = time.perf_counter()
@@ -866,11 +899,22 @@ def convert_in_place(src: str, *, fmt: str | None = None, digests: Iterable[str]
     finally:
         os.close(fd)
     t_write = time.perf_counter()
-    hashes = hash_file(src, names, progress) if names else []
+    if bmap_path is not None and "bmap" not in names:
+        names += ("bmap",)
+    hashes = hash_file(src, whole_file(names), progress) if whole_file(names) else []
+    bm = None
+    if "bmap" in names:
+        rfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            bm = bmap.compute(rfd)
+        finally:
+            os.close(rfd)
+        if bmap_path is not None:
+            warnings += write_bmap(bmap_path, bm)
     t_end = time.perf_counter()
     return ConvertResult(
         source=source, output=_output_facts(src, size, old_size, 0, 0, True),
-        digests=digest_report(hashes, size + FOOTER_SIZE),
+        digests=digest_report(hashes, size + FOOTER_SIZE, bm, bmap_path),
         warnings=size_warnings(size, sector_size) + warnings,
         gpt_relocated=bool(patches), in_place=True,
         timings={"write": t_write - t0, "hash": t_end - t_write, "total": t_end - t0})
