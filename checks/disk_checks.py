@@ -49,6 +49,9 @@ DAMAGED = ("the image's own structure is damaged: re-export or rebuild it from i
            "hypervisor that owns the disk, the build pipeline), or repair a copy where a repair "
            "tool exists (qemu-img check -r all -f qcow2|vhdx COPY), then check it again; "
            "converting a damaged image copies the damage")
+#: the fix of every other finding on a damaged image
+REPAIR_FIRST = ("first repair the damage disk.structure reports (converting a damaged image "
+                "copies it)")
 BOTH = frozenset({GENERALIZED, SPECIALIZED})
 OS_AND_DATA = Applies(roles=frozenset({"os", "data"}))
 G1 = Applies(generations=frozenset({V1}))
@@ -95,7 +98,7 @@ def _partitions(ctx: Context) -> tuple[PartitionFacts, ...]:
 def _fix(ctx: Context, fix: str | None) -> str | None:
     """A finding's fix: ``fix`` (None: the check's remediation), unless the container is damaged
     (disk.structure fails): then repairing it comes first, and converting is no fix."""
-    return DAMAGED if _disk(ctx).structure_errors else fix
+    return REPAIR_FIRST if _disk(ctx).structure_errors else fix
 
 
 def _convert_fix(ctx: Context) -> str | None:
