@@ -109,6 +109,19 @@ class PartitionFacts:
 
 
 @dataclass(frozen=True)
+class StructureError:
+    """An error-level problem the format reader found in the image's own structures (a footer
+    checksum, overlapping BAT blocks, data shorter than the footer's size...), where it is."""
+
+    structure: str
+    offset: int | None
+    message: str
+
+    def where(self) -> str:
+        return self.structure + (f" @ {self.offset:#x}" if self.offset is not None else "")
+
+
+@dataclass(frozen=True)
 class DiskFacts:
     """Everything the disk-level checks know about one image file."""
 
@@ -132,6 +145,8 @@ class DiskFacts:
     gpt_alternate_lba: int | None = None
     gpt_backup_found: bool | None = None
     table_problems: tuple[str, ...] = ()
+    #: the container's damage, as the format reader reported it (error-level problems)
+    structure_errors: tuple[StructureError, ...] = ()
 
     @property
     def last_lba(self) -> int | None:

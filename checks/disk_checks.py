@@ -18,8 +18,8 @@ from .catalog import (GENERALIZED, SPECIALIZED, V1, V2, Applies, Context, Exampl
                       NotApplicable, Severity, check)
 from .disk import (DISK_TYPE_FIXED, ESP_TYPES, FIXED_DATA_OFFSET, GIB, GPT_BIOS_BOOT, LVM_TYPES,
                    MIB, SECTOR, SWAP_TYPES, TIB, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
-                   PartitionFacts, bios_bootable, supported_generations, with_partition,
-                   without_partition)
+                   PartitionFacts, StructureError, bios_bootable, supported_generations,
+                   with_partition, without_partition)
 
 SRC = {
     "GEN": "https://learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic",
@@ -44,6 +44,14 @@ def src(*keys: str) -> str:
 
 
 CONVERT = "vhdtool convert IMAGE OUT.vhd"
+#: the fix for a damaged container (disk.structure), and for every finding on such an image
+DAMAGED = ("the image's own structure is damaged: re-export or rebuild it from its source (the "
+           "hypervisor that owns the disk, the build pipeline), or repair a copy where a repair "
+           "tool exists (qemu-img check -r all -f qcow2|vhdx COPY), then check it again; "
+           "converting a damaged image copies the damage")
+#: the fix of every other finding on a damaged image
+REPAIR_FIRST = ("first repair the damage disk.structure reports (converting a damaged image "
+                "copies it)")
 BOTH = frozenset({GENERALIZED, SPECIALIZED})
 OS_AND_DATA = Applies(roles=frozenset({"os", "data"}))
 G1 = Applies(generations=frozenset({V1}))
@@ -87,8 +95,19 @@ def _partitions(ctx: Context) -> tuple[PartitionFacts, ...]:
     return d.partitions
 
 
-def _convert_fix(ctx: Context) -> str:
-    return f"vhdtool convert {_disk(ctx).path} OUT.vhd"
+def _fix(ctx: Context, fix: str | None) -> str | None:
+    """A finding's fix: ``fix`` (None: the check's remediation), unless the container is damaged
+    (disk.structure fails): then repairing it comes first, and converting is no fix."""
+    return REPAIR_FIRST if _disk(ctx).structure_errors else fix
+
+
+def _convert_fix(ctx: Context) -> str | None:
+    return _fix(ctx, f"vhdtool convert {_disk(ctx).path} OUT.vhd")
+
+
+def _reported_as_damage(ctx: Context, structure: str) -> bool:
+    """disk.structure already reports an error in ``structure`` (don't report it twice)."""
+    return any(e.structure == structure for e in _disk(ctx).structure_errors)
 
 
 def _at(f: FooterFacts, field_offset: int) -> str:
@@ -96,6 +115,40 @@ def _at(f: FooterFacts, field_offset: int) -> str:
 
 
 # -- the container -----------------------------------------------------------------------------
+
+_FOOTER_AT = 4 * GIB
+
+
+@check(id="disk.structure", title="The image's own structures are intact",
+       severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
+       rationale="The format reader (vhdtool info) reports damage to the container itself as "
+                 "error-level problems: a footer whose checksum is wrong or that is missing, BAT "
+                 "entries whose blocks overlap, a fixed VHD whose data is shorter than its "
+                 "current size, a table cut short. Readers then disagree on the disk (qemu "
+                 "refuses a VHD whose footer checksum is wrong; overlapping blocks share their "
+                 "bytes, so a write to one changes the other) and a conversion would carry one "
+                 "reader's guess into the uploaded disk.",
+       source=src("VHDSPEC") + "; qemu block/vpc.c (vpc_open); the formats/ module docs (which "
+                               "problem each reader reports)",
+       remediation=DAMAGED,
+       passes=[Example("no structure damage")],
+       fails=[Example("a footer checksum that does not match", disk={"structure_errors": (
+                  StructureError("VHD footer", _FOOTER_AT, "checksum 0x12345678 does not match "
+                                 "the computed 0x12345679 (qemu refuses such a file)"),)}),
+              Example("two BAT entries whose blocks overlap", disk={
+                  "subformat": "dynamic", "footer.disk_type": 3, "footer.data_offset": 512,
+                  "structure_errors": (
+                      StructureError("VHD BAT", 0x604, "blocks 0 and 1 overlap in the file (at "
+                                     "0x40600 and 0x40600)"),)}),
+              Example("a fixed VHD whose data is shorter than its current size", disk={
+                  "file_size": _FOOTER_AT - MIB + SECTOR, "structure_errors": (
+                      StructureError("VHD footer", _FOOTER_AT - MIB, "current_size 4294967296 "
+                                     "differs from the 4293918720 bytes of data before the "
+                                     "footer"),)})])
+def structure(ctx: Context) -> Iterator[Finding]:
+    for e in _disk(ctx).structure_errors:
+        yield Finding(f"{e.structure}: {e.message}", e.where())
+
 
 @check(id="disk.vhd.cookie", title="The file ends with a VHD footer ('conectix')",
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
@@ -110,7 +163,8 @@ def _at(f: FooterFacts, field_offset: int) -> str:
 def vhd_cookie(ctx: Context) -> Iterator[Finding]:
     f = _any_footer(ctx)
     if f.cookie != VHD_COOKIE:
-        yield Finding(f"footer cookie is {f.cookie!r}, expected {VHD_COOKIE!r}", _at(f, 0))
+        yield Finding(f"footer cookie is {f.cookie!r}, expected {VHD_COOKIE!r}", _at(f, 0),
+                      _fix(ctx, None))
 
 
 @check(id="disk.vhd.checksum", title="The VHD footer checksum is correct",
@@ -125,7 +179,9 @@ def vhd_cookie(ctx: Context) -> Iterator[Finding]:
 def vhd_checksum(ctx: Context) -> Iterator[Finding]:
     f = _footer(ctx)
     if not f.checksum_ok:
-        yield Finding("footer checksum does not match its contents", _at(f, 64))
+        if _reported_as_damage(ctx, "VHD footer"):
+            raise NotApplicable("the footer is damaged: disk.structure reports it")
+        yield Finding("footer checksum does not match its contents", _at(f, 64), _fix(ctx, None))
 
 
 @check(id="disk.vhd.version", title="The VHD footer version is 1.0 (0x00010000)",
@@ -139,7 +195,7 @@ def vhd_version(ctx: Context) -> Iterator[Finding]:
     f = _footer(ctx)
     if f.version != VHD_VERSION:
         yield Finding(f"footer version is {f.version:#010x}, expected {VHD_VERSION:#010x}",
-                      _at(f, 12))
+                      _at(f, 12), _fix(ctx, None))
 
 
 @check(id="disk.vhd.data-offset", title="A fixed VHD's data offset is 0xFFFFFFFFFFFFFFFF",
@@ -153,7 +209,7 @@ def vhd_data_offset(ctx: Context) -> Iterator[Finding]:
     f = _fixed_footer(ctx)
     if f.data_offset != FIXED_DATA_OFFSET:
         yield Finding(f"data offset is {f.data_offset:#x}, expected 0xffffffffffffffff",
-                      _at(f, 16))
+                      _at(f, 16), _fix(ctx, None))
 
 
 @check(id="disk.vhd.fixed", title="The VHD is fixed (disk type 2)",
@@ -201,11 +257,14 @@ def convert_needed(ctx: Context) -> Iterator[Finding]:
 def size_current_vs_file(ctx: Context) -> Iterator[Finding]:
     f = _fixed_footer(ctx)
     d = _disk(ctx)
+    if d.file_size < f.current_size + SECTOR and _reported_as_damage(ctx, "VHD footer"):
+        raise NotApplicable("the data is shorter than the footer says: disk.structure reports it")
     if d.file_size != f.current_size + SECTOR:
         yield Finding(f"file is {d.file_size:,} bytes but current size + 512 is "
-                      f"{f.current_size + SECTOR:,}", _at(f, 48))
+                      f"{f.current_size + SECTOR:,}", _at(f, 48), _fix(ctx, None))
     elif d.file_size % SECTOR:
-        yield Finding(f"file size {d.file_size:,} is not a multiple of 512", d.path)
+        yield Finding(f"file size {d.file_size:,} is not a multiple of 512", d.path,
+                      _fix(ctx, None))
 
 
 @check(id="disk.size.mib", title="The virtual size is a whole number of MiB",
@@ -259,7 +318,7 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
     if size is None:
         raise NotApplicable("the virtual size is unknown")
     p = ctx.profile
-    grow = "qemu-img resize -f raw disk.raw <size> && vhdtool convert disk.raw OUT.vhd"
+    grow = _fix(ctx, "qemu-img resize -f raw disk.raw <size> && vhdtool convert disk.raw OUT.vhd")
     if size < 20 * MIB:
         yield Finding(f"{size:,} bytes is smaller than the 20 MiB minimum", d.path, grow)
     if size > 32 * TIB:
@@ -291,7 +350,7 @@ def stale_footer(ctx: Context) -> Iterator[Finding]:
     d = _disk(ctx)
     if d.stale_footer_at is not None:
         yield Finding("the last sector of the disk is itself a valid VHD footer",
-                      f"disk offset {d.stale_footer_at:#x}")
+                      f"disk offset {d.stale_footer_at:#x}", _fix(ctx, None))
 
 
 @check(id="disk.vhd.chs-size", title="Every reader sees the same size (CHS vs current size)",
@@ -314,7 +373,7 @@ def chs_size(ctx: Context) -> Iterator[Finding]:
     if differ:
         seen = ", ".join(f"{k} {v:,}" for k, v in sorted(differ.items()))
         yield Finding(f"current size is {f.current_size:,} but {seen} (geometry "
-                      f"{'/'.join(map(str, f.geometry))})", _at(f, 56))
+                      f"{'/'.join(map(str, f.geometry))})", _at(f, 56), _fix(ctx, None))
 
 
 @check(id="disk.sector-size", title="The disk uses 512-byte logical sectors",
@@ -329,7 +388,7 @@ def chs_size(ctx: Context) -> Iterator[Finding]:
 def sector_size(ctx: Context) -> Iterator[Finding]:
     d = _disk(ctx)
     if d.logical_sector_size != SECTOR:
-        yield Finding(f"logical sector size is {d.logical_sector_size}", d.path)
+        yield Finding(f"logical sector size is {d.logical_sector_size}", d.path, _fix(ctx, None))
 
 
 # -- the partition layout ----------------------------------------------------------------------
@@ -372,7 +431,7 @@ def part_bounds(ctx: Context) -> Iterator[Finding]:
     for p in parts:
         if p.start < 0 or p.end > d.virtual_size:
             yield Finding(f"{p.label()} ends past the disk's end {d.virtual_size:,}",
-                          f"partition {p.index}")
+                          f"partition {p.index}", _fix(ctx, None))
 
 
 @check(id="disk.part.overlap", title="No two partitions overlap",

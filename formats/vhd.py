@@ -6,6 +6,32 @@ at offset 0) plus, for dynamic and differencing disks, a 1024-byte dynamic heade
 allocation table (BAT) of big-endian sector numbers, and blocks made of a sector bitmap (MSB-first,
 1 = sector present in this file) followed by the block's data.  All integers are big-endian.
 
+Bitmaps.  In a *differencing* disk a clear bit means "read this sector from the parent".  In a
+*dynamic* disk vhdtool reads every allocated block's stored data, as qemu-img does, and reports a
+warning (structure "VHD block bitmap", at the bitmap's offset) wherever a clear bit lies over
+non-zero data: the only case where the two readings found in the wild differ.  The evidence
+(docs/formats.md, "VHD block bitmaps", has the full account):
+
+* the spec: for dynamic disks a 0 bit marks a sector "never modified", and "all sectors within a
+  block whose corresponding bits in the bitmap are zero must contain 512 bytes of zero on disk.
+  Software that accesses the disk image may take advantage of this assumption": in a conforming
+  file both readings agree, and reading the data area directly is sanctioned;
+* writers: qemu ``block/vpc.c`` writes all-ones bitmaps when it allocates a block (``alloc_block``)
+  and sets all bits on its first write to a block; VirtualBox ``VHD.cpp`` allocates a block only
+  on a whole-block write and sets the bits of the sectors written; DiscUtils ``DynamicStream.cs``
+  allocates with an all-zero bitmap, extends the file (zeros) and sets bits per sector written, so
+  partial bitmaps exist, over zeros; the Hyper-V sample (``hyperv2012r2-dynamic.vhd``) allocates
+  no block, so shows nothing;
+* readers: qemu ignores the bitmap (its bitmap test is ``#if 0``); VirtualBox (``vhdRead``:
+  VERR_VD_BLOCK_FREE, then zeros for a base image), libvhdi (``libvhdi_file.c``: a range flagged
+  unallocated is zero-filled without a parent) and DiscUtils (a ``ZeroStream`` parent for dynamic
+  disks) honour it.
+
+So a disagreement means a non-conforming file (stale or unaccounted data under clear bits).
+Reading the data never drops bytes some writer put there (a clear-bit sector holds zeros in every
+conforming file), matches qemu-img (the oracle, and the converter Azure documents for Linux), and
+the warning says what bitmap-honouring readers would show instead.
+
 The footer is described once, by :data:`FOOTER`, which both parses footers and builds the footer
 the converter writes (:func:`build_fixed_footer`).
 
@@ -19,6 +45,12 @@ References:
       0xff000000 sectors, ``-o force_size`` writing creator ``qem2`` and CHS 65535/16/255.
     * libyal libvhdi ``libvhdi_block_descriptor.c`` and DiscUtils ``DynamicStream.cs``: bitmap bit
       order MSB-first; libvhdi ``libvhdi_parent_locator_entry.c``: W2ru/W2ku data is UTF-16LE.
+    * Bitmaps (facts only): spec section "Block Allocation Table and Data Blocks"; qemu
+      ``block/vpc.c`` ``get_sector_offset``/``alloc_block`` and qemu 7.2 verified (a cleared bit
+      over data still reads the data); VirtualBox ``src/VBox/Storage/VHD.cpp`` ``vhdRead``,
+      ``vhdWrite``; libvhdi ``libvhdi_file.c`` (read), ``libvhdi_block_allocation_table.c``;
+      DiscUtils ``Library/DiscUtils.Vhd/DynamicStream.cs`` (Read, AllocateBlock, Write),
+      ``DiskImageFile.cs`` (``DoOpenContent``).
     * /work/shared/reference/formats.md section 1 (verified facts, size-by-reader table).
 """
 
@@ -72,6 +104,11 @@ MAX_BAT_BYTES = 16 * 1024 * 1024         # 4M entries: 2 TiB even with 512 KiB b
 MAX_LOCATOR_BYTES = 64 * 1024
 #: decoded bitmap runs kept in memory (a few MiB even for pathological bitmaps)
 RUNS_CACHE_LIMIT = 64 * 1024
+#: blocks whose bitmap disagrees with their data reported one by one (the rest are counted), the
+#: sector runs named in each, and the most data read at once while looking
+MAX_BITMAP_PROBLEMS = 8
+MAX_RUNS_NAMED = 6
+SCAN_CHUNK = 1024 * 1024
 
 GEOMETRY = cs.Struct(
     "cylinders" / cs.Int16ub,
@@ -525,6 +562,8 @@ class VhdImage(DiskImage):
         self._set_block_size(h.block_size, hoff + 32)
         self._read_bat(h, hoff)
         self._check_blocks()
+        if f.disk_type == DYNAMIC:
+            self._check_bitmaps()
         self._runs_cache: dict[int, list[tuple[int, int, bool]]] = {}
         self._runs_cached = 0
         if f.disk_type == DIFFERENCING:
@@ -596,6 +635,67 @@ class VhdImage(DiskImage):
                              f"{b * SECTOR:#x})")
                 break
 
+    def _check_bitmaps(self) -> None:
+        """Dynamic disks: where a bitmap bit is clear but the sector's stored data is not zero
+        (the one case where bitmap-honouring readers and qemu-img read differently, see the
+        module doc), a warning naming the block, its bitmap's offset and the guest sectors.
+
+        One bitmap and at most :data:`SCAN_CHUNK` bytes of data are held at a time."""
+        last = len(self._bat) - 1
+        tail = -(-(self.footer.current_size - last * self._block_size) // SECTOR)
+        full = b"\xff" * self._bitmap_bytes
+        reported = more = 0
+        for i in self._alloc:
+            at = self._bat[i] * SECTOR
+            bitmap = self._pread(at, self._bitmap_bytes, "VHD block bitmap")
+            if bitmap == full:
+                continue
+            data = at + self._bitmap_size
+            runs = [r for s0, s1, present in bitmap_runs(bitmap, tail if i == last else self._spb)
+                    if not present for r in self._nonzero_sectors(data, s0, s1)]
+            if not runs:
+                continue
+            if reported == MAX_BITMAP_PROBLEMS:
+                more += 1
+                continue
+            reported += 1
+            lba = i * self._spb
+            named = ", ".join(f"{lba + a}" if b - a == 1 else f"{lba + a}-{lba + b - 1}"
+                              for a, b in runs[:MAX_RUNS_NAMED])
+            if len(runs) > MAX_RUNS_NAMED:
+                named += f" and {len(runs) - MAX_RUNS_NAMED} more runs"
+            count = sum(b - a for a, b in runs)
+            self.problem("warning", "VHD block bitmap", at,
+                         f"block {i}: {count} sector(s) whose bit is clear hold non-zero data "
+                         f"(guest sectors {named}); qemu-img reads that data, and so does "
+                         "vhdtool, but readers that honour the bitmap (VirtualBox, libvhdi, "
+                         "DiscUtils) read zeros there")
+        if more:
+            self.problem("warning", "VHD block bitmap", None,
+                         f"{more} more block(s) whose bitmap has clear bits over non-zero data")
+
+    def _nonzero_sectors(self, data: int, first: int, end: int) -> Iterator[tuple[int, int]]:
+        """Runs ``(first, end)`` of the sectors in ``[first, end)`` of a block whose data (at
+        file offset ``data``) is not all zeros."""
+        end = min(end, (self.file_size - data) // SECTOR)
+        run: list[int] = []
+        for s in range(first, end, SCAN_CHUNK // SECTOR):
+            n = min(end - s, SCAN_CHUNK // SECTOR)
+            chunk = self._pread(data + s * SECTOR, n * SECTOR, "VHD block data")
+            if chunk.count(0) == len(chunk):
+                continue
+            for k in range(n):
+                if chunk[k * SECTOR:(k + 1) * SECTOR].count(0) == SECTOR:
+                    continue
+                if run and run[1] == s + k:
+                    run[1] += 1
+                else:
+                    if run:
+                        yield run[0], run[1]
+                    run = [s + k, s + k + 1]
+        if run:
+            yield run[0], run[1]
+
     def _dynamic_extents(self, start: int, end: int) -> Iterator[Extent]:
         bs = self._block_size
         pos = start
@@ -615,6 +715,10 @@ class VhdImage(DiskImage):
     def _block_extents(self, i: int, start: int, end: int) -> Iterator[Extent]:
         base = i * self._block_size
         data = self._bat[i] * SECTOR + self._bitmap_size
+        if self.footer.disk_type != DIFFERENCING:
+            # dynamic: the block's stored data, whatever its bitmap says (module doc, "Bitmaps")
+            yield Extent(start, end - start, Kind.DATA, data + (start - base))
+            return
         for s0, s1, present in self._bitmap_runs(i):
             a, b = max(start, base + s0 * SECTOR), min(end, base + s1 * SECTOR)
             if a >= b:

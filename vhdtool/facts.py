@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
-                         PartitionFacts, normalize_type_id)
-from formats import DiskImage, FormatError, open_image, probe
+                         PartitionFacts, StructureError, normalize_type_id)
+from formats import CorruptImage, DiskImage, FormatError, open_image, probe
 from formats import vhd as vhdfmt
 from formats.partitions import Partition, PartitionTable, read_partition_table
 
@@ -140,15 +140,19 @@ def build_disk_facts(path: str, fmt: str | None = None) -> tuple[DiskFacts, int]
         if not _needs_conversion(name, footer):
             raise
         size = footer.current_size if footer is not None else None
+        damage = (StructureError(e.structure, e.offset, e.message),) \
+            if isinstance(e, CorruptImage) else ()
         return DiskFacts(path=path, format=name, subformat=subformat, file_size=file_size,
-                         virtual_size=size, footer=footer,
+                         virtual_size=size, footer=footer, structure_errors=damage,
                          unreadable=f"not readable by this build: {e}"), footer_bytes
     with img:
         reader = CountingReader(img)
         layout = _layout(reader, img)
         stale = _stale_footer(reader.read, img.virtual_size, path)
+        damage = tuple(StructureError(p.structure, p.offset, p.message)
+                       for p in img.all_problems() if p.severity == "error")
         facts = DiskFacts(path=path, format=name, subformat=img.subformat or subformat,
                           file_size=file_size, virtual_size=img.virtual_size,
                           logical_sector_size=img.logical_sector_size, footer=footer,
-                          stale_footer_at=stale, **layout)
+                          stale_footer_at=stale, structure_errors=damage, **layout)
     return facts, reader.bytes_read + footer_bytes

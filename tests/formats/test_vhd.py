@@ -242,6 +242,7 @@ def test_hyperv_sample(sample, tmp_path: Path) -> None:
         assert our_map(img) == qemu_map(p) == []
         assert img.read(img.virtual_size - MiB, 2 * MiB) == bytes(MiB)
         assert not any(pr.severity == "error" for pr in img.problems)
+        assert info["allocated_blocks"] == 0 and _bitmap_problems(img) == []
 
 
 def test_bitmap_runs_msb_first() -> None:
@@ -296,12 +297,17 @@ def make_differencing(child: Path, parent: Path, locators: list[tuple[bytes, str
     child.write_bytes(bytes(b + footer))
 
 
-def clear_bitmap_bits(path: Path, block: int, sectors: range) -> None:
-    """Mark ``sectors`` of ``block`` as not present (MSB-first bits), in place."""
-    b = bytearray(path.read_bytes())
+def _bitmap_offset(path: Path, block: int) -> int:
+    b = path.read_bytes()
     h = struct.unpack_from(">Q", b, len(b) - 512 + 16)[0]
     bat = struct.unpack_from(">Q", b, h + 16)[0]
-    bitmap = struct.unpack_from(">I", b, bat + 4 * block)[0] * 512
+    return struct.unpack_from(">I", b, bat + 4 * block)[0] * 512
+
+
+def clear_bitmap_bits(path: Path, block: int, sectors: range | list[int]) -> None:
+    """Mark ``sectors`` of ``block`` as not present (MSB-first bits), in place."""
+    bitmap = _bitmap_offset(path, block)
+    b = bytearray(path.read_bytes())
     for s in sectors:
         b[bitmap + s // 8] &= ~(0x80 >> (s % 8)) & 0xFF
     path.write_bytes(bytes(b))
@@ -594,25 +600,52 @@ def test_sizes_by_reader_predicts_qemu(tmp_path: Path, app: bytes,
         assert img.virtual_size == size
 
 
-@needs_qemu
-def test_dynamic_bitmap_zero_bits_read_as_zeros(tmp_path: Path) -> None:
-    """Spec: in a dynamic disk a sector whose bitmap bit is 0 is not in use and reads as zeros.
+def _bitmap_problems(img) -> list:
+    return [pr for pr in img.problems if pr.structure == "VHD block bitmap"]
 
-    qemu ignores dynamic-disk bitmaps (it reads the data area), so the expected content is qemu's
-    reading with those sectors zeroed; everything else must match qemu byte for byte.
-    """
+
+@needs_qemu
+def test_dynamic_clear_bits_over_data_read_like_qemu_and_are_reported(tmp_path: Path) -> None:
+    """A dynamic disk's block reads as its stored data, as qemu-img reads it (formats/vhd.py doc,
+    "Bitmaps"); clear bits over non-zero data are reported, naming the block, the bitmap's offset
+    and the guest sectors."""
     p = _dynamic(tmp_path, 6 * MiB, [(0, 6 * MiB)])
-    want = bytearray(qemu_to_raw(p, "vpc", tmp_path / "q.raw").read_bytes())
-    cleared = range(5, 4000, 7)
+    cleared = [*range(5, 9), 700, *range(4000, 4096)]
     clear_bitmap_bits(p, 1, cleared)
-    for s in cleared:
-        a = 2 * MiB + s * 512
-        want[a:a + 512] = bytes(512)
     with open_image(p) as img:
-        assert img.read(0, len(want)) == bytes(want)
-        holes = [(e.offset, e.length) for e in img.extents(0, 6 * MiB)
-                 if e.kind is Kind.UNALLOCATED]
-        assert holes == [(2 * MiB + s * 512, 512) for s in cleared]
+        assert_reads_like_qemu(img, p, "vpc", tmp_path)
+        assert our_map(img) == qemu_map(p)
+        [pr] = _bitmap_problems(img)
+        assert pr.severity == "warning" and pr.offset == _bitmap_offset(p, 1)
+        assert pr.message.startswith(f"block 1: {len(cleared)} sector(s) whose bit is clear")
+        assert "(guest sectors 4101-4104, 4796, 8096-8191);" in pr.message
+        assert "qemu-img reads that data" in pr.message and "read zeros" in pr.message
+
+
+@needs_qemu
+def test_dynamic_clear_bits_over_zeros_are_not_reported(tmp_path: Path) -> None:
+    """Partial bitmaps over zeroed sectors (what DiscUtils writes) agree with every reader."""
+    p = _dynamic(tmp_path, 6 * MiB, [(2 * MiB, 4096), (4 * MiB, 6 * 512)])
+    clear_bitmap_bits(p, 1, range(8, 4096))               # data only in sectors 0-7 of block 1
+    clear_bitmap_bits(p, 2, range(4, 4096))               # sectors 4-5 hold data: reported
+    with open_image(p) as img:
+        assert_reads_like_qemu(img, p, "vpc", tmp_path)
+        [pr] = _bitmap_problems(img)
+        assert pr.offset == _bitmap_offset(p, 2)
+        assert "block 2: 2 sector(s)" in pr.message and "(guest sectors 8196-8197);" in pr.message
+
+
+@needs_qemu
+def test_dynamic_bitmap_problems_are_bounded(tmp_path: Path) -> None:
+    p = _dynamic(tmp_path, 24 * MiB, [(0, 24 * MiB)])
+    for block in range(12):
+        clear_bitmap_bits(p, block, [block])
+    with open_image(p) as img:
+        found = _bitmap_problems(img)
+        assert [pr.offset for pr in found[:8]] == [_bitmap_offset(p, i) for i in range(8)]
+        assert found[8].offset is None and found[8].message.startswith("4 more block(s)")
+        assert len(found) == 9
+        assert_reads_like_qemu(img, p, "vpc", tmp_path)
 
 
 @needs_qemu
