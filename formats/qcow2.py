@@ -377,10 +377,13 @@ class Qcow2Image(DiskImage):
         """Refcount and snapshot tables are not needed to read; qemu refuses bad ones: note it."""
         tables = [("refcount table", 48, h.refcount_table_offset,
                    h.refcount_table_clusters * self.cluster_size)]
-        if h.nb_snapshots:
-            tables.append(("snapshot table", 64, h.snapshots_offset, h.nb_snapshots * 40))
+        # qemu validates the snapshot table's offset even when it holds no snapshot
+        # (block/qcow2.c qcow2_do_open -> qcow2_validate_table: offset_into_cluster)
+        tables.append(("snapshot table", 64, h.snapshots_offset, h.nb_snapshots * 40))
         for name, field, off, length in tables:
-            if off % self.cluster_size or off + length > self.file_size or not length:
+            empty_ok = name == "snapshot table" and not h.nb_snapshots
+            if (off % self.cluster_size or off + length > self.file_size
+                    or not (length or empty_ok)):
                 self.problem("error", f"qcow2 {name}", off,
                              f"{name} ({length} bytes at {off:#x}, header field at {field}) is "
                              "misaligned, empty or past the end of the file; qemu refuses to "

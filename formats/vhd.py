@@ -422,6 +422,11 @@ class VhdImage(DiskImage):
         if head is not None and head.raw[:len(end.raw)] != end.raw:
             self.problem("warning", "VHD footer copy", 0,
                          "the footer copy at offset 0 differs from the footer at the end")
+        if head is None and end.disk_type in (DYNAMIC, DIFFERENCING):
+            self.problem("warning", "VHD footer copy", 0,
+                         f"a {end.disk_type_name} VHD keeps a copy of its footer here and this "
+                         "one is missing or damaged: vhdtool reads the file by the footer at "
+                         "the end (the spec's), qemu-img refuses it ('invalid VPC image')")
         return self._checked(end)
 
     def _checked(self, f: Footer) -> Footer:
