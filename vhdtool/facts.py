@@ -21,7 +21,7 @@ from typing import Any
 
 from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
                          PartitionFacts, StructureError, normalize_type_id)
-from formats import CorruptImage, DiskImage, FormatError, open_image, probe
+from formats import DiskImage, open_image, probe
 from formats import vhd as vhdfmt
 from formats.partitions import Partition, PartitionTable, read_partition_table
 
@@ -124,8 +124,12 @@ def _needs_conversion(fmt: str, footer: FooterFacts | None) -> bool:
 def build_disk_facts(path: str, fmt: str | None = None) -> tuple[DiskFacts, int]:
     """The disk facts of ``path`` and the number of image bytes read to get them.
 
-    An image this build cannot read (a dynamic VHD, a format whose reader is missing) still gets
-    its container facts when it must be converted anyway; otherwise the FormatError propagates.
+    The image is opened with the format core, its whole backing chain included: a FormatError
+    (corrupt or truncated structure, backing loop, missing backing file, a backing file that is
+    no regular file...) propagates, so that no guest engine is ever handed an image vhdtool's own
+    reader refuses (libguestfs' ``qemu-img create -b`` spins on a loop and blocks on a FIFO).
+    An image that must be converted anyway whose reader is missing from this build (ImportError)
+    still gets its container facts.
     """
     name = fmt or probe(path)
     name = "vpc" if name == "vhd" else name
@@ -136,14 +140,12 @@ def build_disk_facts(path: str, fmt: str | None = None) -> tuple[DiskFacts, int]
     subformat = footer.disk_type_name if footer is not None and name == "vpc" else ""
     try:
         img = open_image(path, name)
-    except (FormatError, ImportError) as e:
+    except ImportError as e:
         if not _needs_conversion(name, footer):
             raise
         size = footer.current_size if footer is not None else None
-        damage = (StructureError(e.structure, e.offset, e.message),) \
-            if isinstance(e, CorruptImage) else ()
         return DiskFacts(path=path, format=name, subformat=subformat, file_size=file_size,
-                         virtual_size=size, footer=footer, structure_errors=damage,
+                         virtual_size=size, footer=footer,
                          unreadable=f"not readable by this build: {e}"), footer_bytes
     with img:
         reader = CountingReader(img)

@@ -8,7 +8,10 @@ fstab entries are mounted read-only on it (btrfs ``subvol=`` options kept) -- ab
 ``inspect_os`` takes 9-18 s under TCG; when no root is found that way, libguestfs inspection
 (``inspect_os``, ``inspect_get_mountpoints``) decides what to mount. :class:`GuestfsView` implements
 :class:`checks.guest.GuestView` over the handle with caching (the image cannot change under a
-read-only handle) and bounded reads; no guest program is ever run.
+read-only handle) and bounded reads; no guest program is ever run. Every process libguestfs
+starts (the overlay's ``qemu-img``, ``supermin``, the appliance) is marked by a
+:class:`vhdtool.procguard.Guard`: the launch timeout kills all of them, and none outlives vhdtool,
+even one killed with SIGKILL.
 
 References:
   - guestfs(3): ``add_drive_opts`` (readonly, format), ``set_backend_settings`` (``force_tcg``),
@@ -34,6 +37,7 @@ from checks.catalog import Context, Profile, Result, run_catalog
 from checks.guest import Filesystem, Guest, Stat, collect_facts, parse_fstab
 
 from .exitcodes import Exit
+from .procguard import Guard
 
 #: vhdtool format name -> libguestfs/qemu format name
 QEMU_FORMATS = {"vhd": "vpc", "vpc": "vpc", "raw": "raw", "qcow2": "qcow2", "vhdx": "vhdx"}
@@ -105,52 +109,13 @@ class _Progress:
         self.stop.set()
 
 
-class _Watchdog:
-    """Kills the appliance (our own qemu child, by pid) when the deadline passes."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.fired = False
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        if self.stop.wait(max(0.0, self.deadline - time.monotonic())):
-            return
-        self.fired = True
-        for pid in _child_pids(os.getpid()):
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-
-    def cancel(self) -> None:
-        self.stop.set()
-
-
-def _child_pids(parent: int) -> list[int]:
-    """Our direct children that are qemu (the appliance), read from /proc."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{d}/comm", "rb") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and comm.startswith(b"qemu"):
-            out.append(int(d))
-    return out
-
-
-def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool) -> Any:
+def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool, guard: Guard) -> Any:
     g = guestfs.GuestFS(python_return_dict=True)
     if tcg:
         g.set_backend_settings(["force_tcg"])
+    # the guard kills the appliance when vhdtool ends; libguestfs' own recovery process (a fork
+    # that polls every 2 s) is kept only where the guard cannot work
+    g.set_recovery_proc(not guard.active)
     try:
         g.add_drive_opts(path, readonly=True, format=fmt)   # qemu-img makes the overlay here
     except RuntimeError as e:
@@ -167,8 +132,12 @@ def _kvm_usable() -> bool:
 
 
 def launch(path: str, fmt: str, timing: Timing, progress: bool = True,
-           timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """A launched libguestfs handle with ``path`` attached read-only as ``fmt``."""
+           timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Guard]:
+    """A launched libguestfs handle with ``path`` attached read-only as ``fmt``, and the
+    :class:`~vhdtool.procguard.Guard` of the processes it runs (close it after the handle).
+
+    ``timeout`` bounds everything libguestfs runs until the appliance is up, the overlay's
+    ``qemu-img`` included."""
     global LAUNCHES
     guestfs = _import_guestfs()
     qfmt = QEMU_FORMATS.get(fmt)
@@ -177,32 +146,42 @@ def launch(path: str, fmt: str, timing: Timing, progress: bool = True,
     if not os.path.exists(path):
         raise GuestEngineError(f"{path}: no such file")
     start = time.monotonic()
-    watchdog = _Watchdog(start + timeout)
+    guard = Guard(limit=timeout)
     errors = []
+    timed_out = GuestEngineError(f"{path}: appliance launch timed out after {timeout:.0f} s")
     try:
         for tcg in ([False, True] if _kvm_usable() else [True]):
             backend = "TCG" if tcg else "KVM"
             timing.attempts.append(backend)
-            g = _new_handle(guestfs, path, qfmt, tcg)
+            try:
+                g = _new_handle(guestfs, path, qfmt, tcg, guard)
+            except GuestEngineError:
+                if guard.fired():
+                    raise timed_out from None
+                raise
             try:
                 with _Progress(f"starting the libguestfs appliance ({backend})", progress):
                     g.launch()
             except RuntimeError as e:
                 g.close()
-                if watchdog.fired:
-                    raise GuestEngineError(f"{path}: appliance launch timed out after "
-                                           f"{timeout:.0f} s") from None
+                if guard.fired():
+                    raise timed_out from None
                 errors.append(f"{backend}: {str(e).splitlines()[0]}")
                 continue
+            guard.disarm()
+            if guard.fired():       # the limit passed as the launch returned: qemu was killed
+                g.close()
+                raise timed_out
             LAUNCHES += 1
             timing.launch = time.monotonic() - start
             timing.backend = backend
-            return g
-    finally:
-        watchdog.cancel()
-    raise GuestEngineUnavailable(
-        "the libguestfs appliance could not start (" + "; ".join(errors) + "). Check "
-        "libguestfs-test-tool; a readable /boot/vmlinuz-* kernel and supermin are needed")
+            return g, guard
+        raise GuestEngineUnavailable(
+            "the libguestfs appliance could not start (" + "; ".join(errors) + "). Check "
+            "libguestfs-test-tool; a readable /boot/vmlinuz-* kernel and supermin are needed")
+    except BaseException:
+        guard.close()
+        raise
 
 
 ROOT_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
@@ -419,6 +398,8 @@ class GuestSession:
     handle: Any
     guest: Guest
     timing: Timing
+    #: ends whatever the handle started that is still running, once the handle is closed
+    guard: Guard | None = None
 
     def close(self) -> None:
         try:
@@ -426,7 +407,10 @@ class GuestSession:
             self.handle.shutdown()
         except RuntimeError:
             pass
-        self.handle.close()
+        finally:
+            self.handle.close()
+            if self.guard is not None:
+                self.guard.close()
 
     def __enter__(self) -> GuestSession:
         return self
@@ -438,7 +422,7 @@ class GuestSession:
 def open_guest(path: str, fmt: str, progress: bool = True,
                timeout: float = DEFAULT_TIMEOUT) -> GuestSession:
     timing = Timing()
-    g = launch(path, fmt, timing, progress, timeout)
+    g, guard = launch(path, fmt, timing, progress, timeout)
     try:
         t = time.monotonic()
         fss = filesystems(g, {})
@@ -453,8 +437,9 @@ def open_guest(path: str, fmt: str, progress: bool = True,
         timing.inspect = time.monotonic() - t
     except BaseException:
         g.close()
+        guard.close()
         raise
-    return GuestSession(path, fmt, g, guest, timing)
+    return GuestSession(path, fmt, g, guest, timing, guard)
 
 
 class GuestfsEngine:

@@ -24,7 +24,10 @@ Hostile images: every read goes through :class:`_Source`, which bounds a single 
 blocks, and enforces a deadline; a SIGALRM timer (main thread) also stops a reader spinning without
 reading. Anything a reader raises becomes :class:`GuestReadError` (an ``OSError`` naming the image,
 the device, the filesystem and the guest path), which the catalog reports as that check's error;
-failures while opening become :class:`NativeEngineError` (guest checks skipped with the reason).
+failures while opening become :class:`NativeEngineError` (guest checks skipped with the reason),
+except the format core's ``FormatError`` (the image, its backing chain or its partition table
+cannot be read), which propagates: exit 3, and ``--engine auto`` does not hand such an image to
+libguestfs.
 
 References:
   - guestfs_engine.py (the behaviour mirrored), checks/guest.py (the GuestView contract).
@@ -765,16 +768,17 @@ def open_guest(path: str, fmt: str | None = None, timeout: float = DEFAULT_TIMEO
                warn: Callable[[str], None] = _warn) -> NativeSession:
     """Open ``path``'s guest: volumes probed, root found by /etc/fstab, fstab mounts applied.
 
-    Raises :class:`NativeEngineUnavailable` (readers not installed) or :class:`NativeEngineError`
-    (no root, damaged structures, time budget spent) -- never another exception.
+    Raises :class:`NativeEngineUnavailable` (readers not installed), :class:`NativeEngineError`
+    (no root, damaged filesystem structures, time budget spent) or the format core's
+    :class:`~formats.FormatError` (the image itself, or its partition table, cannot be read: no
+    other engine can do better, so ``--engine auto`` does not fall back on it) -- never another
+    exception.
     """
     readers = _import_readers()
     t0 = time.monotonic()
     budget = _Budget(timeout)
     try:
         img = open_image(path, fmt)
-    except FormatError as e:
-        raise NativeEngineError(str(e)) from None
     except OSError as e:
         raise NativeEngineError(f"{path}: {e.strerror or e}") from None
     try:
@@ -801,7 +805,10 @@ def open_guest(path: str, fmt: str | None = None, timeout: float = DEFAULT_TIMEO
         img.close()
         raise NativeEngineError(f"{path}: opening the guest took longer than {timeout:.0f} s "
                                 "(damaged or hostile image)") from None
-    except (FormatError, GuestReadError) as e:
+    except FormatError:
+        img.close()
+        raise
+    except GuestReadError as e:
         img.close()
         raise NativeEngineError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - hostile structures: a clear error, never a traceback
@@ -825,6 +832,7 @@ class NativeEngine:
         self.skip_reason: str | None = None
 
     def __call__(self, image: str, facts: Any) -> Guest | None:
+        """The guest, or None with ``skip_reason``; a FormatError propagates (exit 3)."""
         fmt = getattr(facts, "format", None) or None
         try:
             self.session = open_guest(image, fmt, self.timeout, self.warn)

@@ -179,7 +179,8 @@ def test_backing_file_that_is_not_an_image(tmp_path: Path, backing: str) -> None
         want = "is a character device, not a disk image"
     img = tmp_path / "over.qcow2"
     qemu_img("create", "-f", "qcow2", "-u", "-b", target, "-F", "raw", img, "64M")
-    for command in (["info"], ["convert", str(img), str(tmp_path / "o.vhd")]):
+    for command in (["info"], ["check", "--no-guest"],
+                    ["convert", str(img), str(tmp_path / "o.vhd")]):
         args = command if command[0] == "convert" else [*command, str(img)]
         res = run(*args, timeout=30)
         assert res.returncode == 3, res.stderr
