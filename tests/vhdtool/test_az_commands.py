@@ -64,10 +64,13 @@ SHIM = textwrap.dedent(f"""\
 
 
 def az_env(home: Path) -> dict[str, str]:
+    """A fresh az configuration: no login, no telemetry, no survey, no upgrade check."""
+    config = home / ".azure"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "config").write_text("[core]\ncollect_telemetry = no\nsurvey_message = no\n"
+                                   "no_color = yes\n[auto-upgrade]\nenable = no\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
-    return {**env, "HOME": str(home), "AZURE_CONFIG_DIR": str(home / ".azure"),
-            "AZURE_CORE_COLLECT_TELEMETRY": "no", "AZURE_CORE_SURVEY_MESSAGE": "no",
-            "AZURE_CORE_NO_COLOR": "yes"}
+    return {**env, "HOME": str(home), "AZURE_CONFIG_DIR": str(config)}
 
 
 def offline() -> list[str]:
