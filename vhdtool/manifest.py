@@ -356,6 +356,9 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         lines.append(" ".join(["az", "sig", "image-definition", "create", "--resource-group",
                             '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
                             "--gallery-image-definition", f'"$DEFINITION{suffix}"',
+                            # the gallery's region, as for the version (az would otherwise ask
+                            # Azure for the resource group's, which may differ)
+                            "--location", '"$LOCATION"',
                             "--publisher", '"$PUBLISHER"', "--offer", '"$OFFER"',
                             "--sku", f'"$SKU{suffix}"', "--os-type", "Linux",
                             "--os-state", os_state, "--hyper-v-generation", gen,
