@@ -145,13 +145,25 @@ class DiskImage(ABC):
 
     format_name: ClassVar[str] = "?"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], _chain: tuple[str, ...] = ()) -> None:
+        """Open ``path`` and read its structures (``_open``); on any error the file is closed
+        again.  ``_chain``: the real paths of this image and of those it backs (``open_image``
+        passes it; a backing or parent file is opened with it, which stops loops)."""
         self.path = os.fspath(path)
         self._fd = -1
         self._fd, self.file_size = open_file(self.path)
         self.problems: list[Problem] = []
         #: backing file (qcow2) or parent (VHD/VHDX differencing), opened, or None
         self.backing: DiskImage | None = None
+        self._chain = _chain or (os.path.realpath(self.path),)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        """Read and check the format's structures (the file is open); FormatError if bad."""
 
     # -- what every format provides -------------------------------------------------------------
     @property

@@ -230,18 +230,12 @@ class Qcow2Image(DiskImage):
     format_name = "qcow2"
 
     def __init__(self, path: str | os.PathLike[str], _chain: tuple[str, ...] = ()) -> None:
-        super().__init__(path)
-        self._chain = _chain
         self._l1: array | None = None
         self._l2_cache: OrderedDict[int, array] = OrderedDict()
         self._zcache: tuple[int, bytes] | None = None
         self._counts: dict[str, int] | None = None
         self.data_file: RawImage | None = None
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(path, _chain)
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:

@@ -16,8 +16,12 @@ class RawImage(DiskImage):
     format_name = "raw"
 
     def __init__(self, path: str | os.PathLike[str], size: int | None = None) -> None:
-        super().__init__(path)
         #: a fixed VHD read as raw passes size = file size - 512 to hide its footer
+        self._size = size
+        super().__init__(path)
+
+    def _open(self) -> None:
+        size = self._size
         self._size = self.file_size if size is None else size
         if size is None and self.file_size % SECTOR:
             # qemu's block layer counts whole sectors: the last partial one reads as zero-padded

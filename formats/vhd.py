@@ -370,16 +370,10 @@ class VhdImage(DiskImage):
 
     format_name = "vpc"
 
-    def __init__(self, path: str | os.PathLike[str], _chain: tuple[str, ...] = ()) -> None:
-        super().__init__(path)
-        self._chain = _chain or (os.path.realpath(self.path),)
-        try:
-            self.footer = self._find_footer()
-            self._open_body()
-            self._note_sizes()
-        except BaseException:
-            self.close()
-            raise
+    def _open(self) -> None:
+        self.footer = self._find_footer()
+        self._open_body()
+        self._note_sizes()
 
     # -- footer ---------------------------------------------------------------------------------
     def _find_footer(self) -> Footer:

@@ -194,15 +194,6 @@ def _runs_of_bits(bits: int, nbits: int) -> Iterator[tuple[int, int, bool]]:
 class VhdxImage(DiskImage):
     format_name = "vhdx"
 
-    def __init__(self, path: str | os.PathLike[str], _chain: tuple[str, ...] = ()) -> None:
-        super().__init__(path)
-        self._chain = _chain or (os.path.realpath(self.path),)
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-
     # -- opening ---------------------------------------------------------------------------------
     def _open(self) -> None:
         self._overlay: dict[int, bytes] = {}
