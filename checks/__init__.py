@@ -9,7 +9,7 @@ from .disk import DiskFacts, supported_generations
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
 CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.guest_prov", "checks.guest_boot",
-                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery")
+                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery.rules")
 
 
 def load() -> dict[str, Check]:

@@ -18,7 +18,7 @@ import posixpath
 
 from .catalog import GENERALIZED, Applies, Context, Example, Finding, NotApplicable, Severity, check
 from .guest import Guest
-from .guest_prov import cloudinit_provisions
+from .provisioning import cloudinit_provisions
 from .guestlib import cloud_config, guest, home_dirs, parse_keyvalue, waagent_conf, where
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))

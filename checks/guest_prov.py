@@ -18,6 +18,8 @@ from .catalog import (GENERALIZED, SPECIALIZED, Applies, Context, Example, Findi
 from .fakeguest import symlink
 from .guestlib import (WAAGENT_CONF, cloud_config, cloudinit_enabled, cmdlines, guest, line_of,
                        provisioning_agent, units, waagent_conf, waagent_enabled, where)
+from .provisioning import (AGENT_VERSION_FILES, agent_version, cloudinit_provisions,
+                           waagent_provisions)
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))
 SPEC = Applies(os_states=frozenset({SPECIALIZED}))
@@ -28,23 +30,6 @@ NO_CLOUDINIT = {"/etc/cloud": None, "/usr/bin/cloud-init": None, CI_WANTS: None}
 WAAGENT_ONLY = {**NO_CLOUDINIT, WAAGENT_CONF: "Provisioning.Agent=waagent\n"
                 "Provisioning.RegenerateSshHostKeyPair=y\nResourceDisk.Format=y\n"}
 VALID_AGENTS = ("auto", "waagent", "cloud-init", "disabled")
-
-
-def _waagent_provisions(ctx: Context) -> bool:
-    agent = provisioning_agent(ctx)
-    value = agent.value if agent else "auto"
-    if waagent_conf(ctx) is None or not waagent_enabled(ctx):
-        return False
-    return value == "waagent" or (value == "auto" and not cloudinit_enabled(ctx))
-
-
-def cloudinit_provisions(ctx: Context) -> bool:
-    """cloud-init is enabled and its datasource list allows Azure."""
-    cfg = cloud_config(ctx)
-    if not cloudinit_enabled(ctx) or cfg is None:
-        return False
-    ds = cfg.merged.get("datasource_list")
-    return ds is None or (isinstance(ds, list) and "Azure" in ds)
 
 
 @check(id="guest.provisioner.present", title="A provisioner handles the first boot",
@@ -61,7 +46,7 @@ def cloudinit_provisions(ctx: Context) -> bool:
               Example("cloud-init disabled by marker, waagent defers to cloud-init",
                       files={"/etc/cloud/cloud-init.disabled": ""})])
 def provisioner_present(ctx: Context) -> list[Finding]:
-    if _waagent_provisions(ctx) or cloudinit_provisions(ctx):
+    if waagent_provisions(ctx) or cloudinit_provisions(ctx):
         return []
     g = guest(ctx)
     why = []
@@ -107,7 +92,7 @@ def provisioner_conflict(ctx: Context) -> list[Finding]:
                       profile={"os_state": SPECIALIZED})])
 def provisioner_specialized(ctx: Context) -> list[Finding]:
     agent = provisioning_agent(ctx)
-    if _waagent_provisions(ctx):
+    if waagent_provisions(ctx):
         return [Finding(f"waagent will provision (Provisioning.Agent="
                         f"{agent.value if agent else 'auto (default)'})",
                         agent.evidence if agent else WAAGENT_CONF,
@@ -150,24 +135,7 @@ def waagent_config(ctx: Context) -> list[Finding]:
     return out
 
 
-AGENT_VERSION_FILES = ("/usr/lib/python3/dist-packages/azurelinuxagent/common/version.py",
-                       "/usr/lib/python3/site-packages/azurelinuxagent/common/version.py")
 MIN_WAAGENT = (2, 2, 41)
-
-
-def _agent_version(ctx: Context) -> tuple[str, str] | None:
-    g = guest(ctx)
-    paths = list(AGENT_VERSION_FILES)
-    for lib in g.glob("/usr/lib", r"python3.*"):
-        paths.append(f"{lib}/site-packages/azurelinuxagent/common/version.py")
-    for path in paths:
-        no = line_of(g, path, r"^AGENT_VERSION\s*=")
-        if no:
-            text = (g.read_text(path) or "").splitlines()[no - 1]
-            m = re.search(r"['\"]([0-9.]+)['\"]", text)
-            if m:
-                return m.group(1), where(path, no)
-    return None
 
 
 @check(id="guest.waagent.version", title="waagent is recent enough", severity=Severity.WARNING,
@@ -179,13 +147,13 @@ def _agent_version(ctx: Context) -> tuple[str, str] | None:
                        files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.41'\n"})],
        fails=[Example("waagent 2.2.40", files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.40'\n"})])
 def waagent_version(ctx: Context) -> list[Finding]:
-    found = _agent_version(ctx)
-    if found is None:
+    found = agent_version(ctx)
+    if found is None or not re.fullmatch(r"[0-9.]+", found.version):
         if waagent_conf(ctx) is None:
             raise NotApplicable("waagent is not installed")
         return [Finding("waagent.conf exists but the agent's version.py was not found",
                         WAAGENT_CONF)]
-    version, evidence = found
+    version, evidence = found.version, found.evidence
     if tuple(int(p) for p in version.split(".")[:3]) < MIN_WAAGENT:
         return [Finding(f"waagent {version} is older than 2.2.41", evidence)]
     return []

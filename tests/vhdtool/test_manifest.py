@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from checks.catalog import V1, V2, Profile, Severity
 from checks.fakeguest import fake_guest
-from checks.gallery import UNSIGNED, Declaration, declare
+from checks.gallery import Declaration, declare
+from checks.gallery.rules import UNSIGNED
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.cli import cli
 from vhdtool.manifest import Digests, build, collect, script
