@@ -16,14 +16,13 @@ import re
 
 from .catalog import (GENERALIZED, V2, Applies, Context, Example, Finding, NotApplicable,
                       Severity, check)
-from .fakeguest import DISK_MODULES, INITRD_MODULES, KVER, MODS, initrd
+from .examples import INITRD, INITRD_MODULES, KVER, MODS, elf, initrd, modules_dep
 from .guest import fs_index
 from .guestlib import (disabled_findings, guest, has_arg, kernel_modules, missing_at_boot,
                        missing_installed, require_cmdlines)
 
 GRUB_CFG = "/boot/grub/grub.cfg"
 DEFAULT_GRUB = "/etc/default/grub"
-INITRD = f"/boot/initrd.img-{KVER}"
 MP = frozenset({"marketplace"})
 
 
@@ -166,9 +165,7 @@ def _fs_modules(ctx: Context, wanted: tuple[str, ...]) -> list[Finding]:
                                                    "kernel/drivers/nvme/host/nvme-core.ko\n"})],
        fails=[Example("CIS hardening disables udf",
                       files={"/etc/modprobe.d/CIS.conf": "install udf /bin/true\n"}),
-              Example("udf missing", files={
-                  f"/lib/modules/{KVER}/modules.dep":
-                      "".join(f"kernel/{m}:\n" for m in DISK_MODULES if "udf" not in m)})])
+              Example("udf missing", files=modules_dep("udf"))])
 def drivers_udf(ctx: Context) -> list[Finding]:
     return _fs_modules(ctx, ("udf", "vfat"))
 
@@ -214,9 +211,7 @@ AN_MODULES = ("mana", "mlx4_en", "mlx4_core", "mlx5_core", "pci_hyperv")
        source="AN, MANA (azure-requirements.md kernel.an)",
        remediation="Install a kernel with mana, mlx4_en, mlx5_core and pci-hyperv.",
        passes=[Example("baseline", profile={"features": AN})],
-       fails=[Example("no MANA driver", profile={"features": AN}, files={
-           f"/lib/modules/{KVER}/modules.dep":
-               "".join(f"kernel/{m}:\n" for m in DISK_MODULES if "mana" not in m)})])
+       fails=[Example("no MANA driver", profile={"features": AN}, files=modules_dep("mana"))])
 def drivers_mana(ctx: Context) -> list[Finding]:
     return _fs_modules(ctx, AN_MODULES)
 
@@ -230,7 +225,7 @@ ARCHES = ("x86_64", "aarch64")
        remediation="Build the image for x86_64 (amd64) or aarch64 (arm64).",
        passes=[Example("baseline")],
        fails=[Example("32-bit userland", files={
-           "/usr/lib/systemd/systemd": b"\x7fELF\x01\x01\x01" + b"\0" * 11 + b"\x03\x00" + b"\0" * 40})])
+           "/usr/lib/systemd/systemd": elf(1, 0x03)})])
 def guest_arch(ctx: Context) -> list[Finding]:
     arch = guest(ctx).facts.arch
     if arch is None:

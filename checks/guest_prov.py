@@ -15,7 +15,7 @@ import re
 
 from .catalog import (GENERALIZED, SPECIALIZED, Applies, Context, Example, Finding, NotApplicable,
                       Severity, check)
-from .fakeguest import symlink
+from .examples import symlink
 from .guestlib import (WAAGENT_CONF, cloud_config, cloudinit_enabled, cmdlines, guest, line_of,
                        provisioning_agent, units, waagent_conf, waagent_enabled, where)
 from .provisioning import (AGENT_VERSION_FILES, agent_version, cloudinit_provisions,

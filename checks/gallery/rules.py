@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..catalog import (SPECIALIZED, V1, V2, Applies, Context, Example, Finding, NotApplicable,
                        Profile, Severity, check)
-from ..fakeguest import DISK_MODULES, ELF_X86_64, KVER, pe_image
+from ..examples import KVER, elf, modules_dep, pe
 from ..guestlib import WAAGENT_CONF
 from .declaration import (DEFINITION_RE, GALLERY_RE, OS_STATES, SIGNED_TYPES, Declaration,
                           declared_accelerated, declared_controllers, declared_security_type,
@@ -41,11 +41,10 @@ class DeclaredApplies(Applies):
 
 DECLARED = DeclaredApplies()
 D = Declaration()
-UNSIGNED = {"/boot/efi/EFI/BOOT/BOOTX64.EFI": pe_image(None)}
+UNSIGNED = {"/boot/efi/EFI/BOOT/BOOTX64.EFI": pe(None)}
 NO_NVME = {f"/lib/modules/{KVER}/modules.builtin": ""}
-NO_MANA = {f"/lib/modules/{KVER}/modules.dep":
-           "".join(f"kernel/{m}:\n" for m in DISK_MODULES if "mana" not in m)}
-ARM64_SYSTEMD = {"/usr/lib/systemd/systemd": ELF_X86_64[:18] + b"\xb7\x00" + ELF_X86_64[20:]}
+NO_MANA = modules_dep("mana")
+ARM64_SYSTEMD = {"/usr/lib/systemd/systemd": elf(2, 0xB7)}
 
 
 def _derived(ctx: Context) -> Derivation:

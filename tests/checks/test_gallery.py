@@ -8,7 +8,7 @@ import pytest
 from checks.catalog import SPECIALIZED, V1, V2, Context, Profile, Verdict, run_check
 from checks.disk import baseline_disk, with_partition, without_partition
 from checks.examples import context_for
-from checks.fakeguest import fake_guest
+from tests.checks.fakeguest import fake_guest
 from checks.gallery import (Declaration, declare, derive, identifier_problems, parse_date,
                             version_problems)
 from checks.gallery.rules import ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED
