@@ -1,10 +1,10 @@
 """Guest checks: the provisioner (waagent, cloud-init) and sshd.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (rows prov.*, ssh.*), which cites:
-    Azure "Prepare a Linux VHD" (GEN), "Azure Linux VM provisioning" (PROVE), the Marketplace
-    certification tests (MKT), WALinuxAgent README configuration (WA-CONF) and
-    ``azurelinuxagent/pa/provision`` (WA-PROV), cloud-init DataSourceAzure docs (CI).
+  - :mod:`checks.sources`: Azure "Prepare a Linux VHD" (GEN), "Azure Linux VM provisioning"
+    (PROVE), the Marketplace certification tests (MKT), WALinuxAgent README configuration
+    (WA-CONF) and ``azurelinuxagent/pa/provision`` (WA-PROV), cloud-init DataSourceAzure docs (CI).
+  - Who provisions, and the agent's version: :mod:`checks.provisioning`.
   - WALinuxAgent ``azurelinuxagent/common/version.py`` (``AGENT_VERSION``).
   - sshd_config(5) (``Include``, first value wins, ``ClientAliveInterval``).
 """
@@ -37,7 +37,7 @@ VALID_AGENTS = ("auto", "waagent", "cloud-init", "disabled")
        rationale="A generalized image is provisioned on first boot (hostname, user, SSH key) and "
                  "must report ready to the Azure fabric; without waagent provisioning or cloud-init "
                  "with the Azure datasource, deployment times out after 20-40 minutes.",
-       source="GEN, PROVE, NOAG (azure-requirements.md prov.agent)",
+       source=("GEN", "PROVE", "NOAG"),
        remediation="Install and enable cloud-init with the Azure datasource (or waagent with "
                    "Provisioning.Agent=auto/waagent).",
        passes=[Example("waagent provisions alone", files=WAAGENT_ONLY)],
@@ -64,7 +64,7 @@ def provisioner_present(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR, applies=GEN,
        rationale="With Provisioning.Agent=waagent and cloud-init enabled, the agent refuses to "
                  "provision ('cloud-init appears to be installed and enabled').",
-       source="WA-PROV (azure-requirements.md prov.conflict)",
+       source=("WA-PROV",),
        remediation="Set Provisioning.Agent=cloud-init (or auto) when cloud-init provisions, or "
                    "disable cloud-init when waagent does.",
        passes=[Example("waagent alone", files=WAAGENT_ONLY)],
@@ -83,7 +83,7 @@ def provisioner_conflict(ctx: Context) -> list[Finding]:
        rationale="A specialized disk keeps its identity: waagent must be Provisioning.Agent="
                  "disabled (it then only reports ready) or leave it to cloud-init; a generalized "
                  "provisioning setup on a specialized image times out.",
-       source="GEN, WA-PROV, PROVE (azure-requirements.md prov.specialized)",
+       source=("GEN", "WA-PROV", "PROVE"),
        remediation="Set Provisioning.Agent=disabled (or cloud-init) in /etc/waagent.conf.",
        passes=[Example("specialized with Provisioning.Agent=disabled",
                        files={WAAGENT_CONF: "Provisioning.Agent=disabled\n"},
@@ -104,7 +104,7 @@ def provisioner_specialized(ctx: Context) -> list[Finding]:
        rationale="Provisioning.Agent accepts auto, waagent, cloud-init, disabled; "
                  "Provisioning.Enabled/UseCloudInit were removed in 2.2.45 and are ignored; when "
                  "cloud-init provisions, the agent must not format the resource disk nor make swap.",
-       source="WA-CONF, GEN (azure-requirements.md prov.waagent.conf)",
+       source=("WA-CONF", "GEN"),
        remediation="Fix the named lines of /etc/waagent.conf.",
        passes=[Example("waagent provisioning config", files=WAAGENT_ONLY)],
        fails=[Example("resource disk formatted while cloud-init provisions",
@@ -141,7 +141,7 @@ MIN_WAAGENT = (2, 2, 41)
 @check(id="guest.waagent.version", title="waagent is recent enough", severity=Severity.WARNING,
        error_when=("marketplace",),
        rationale="Marketplace requires WALinuxAgent 2.2.41 or later (since 2020-05-01).",
-       source="MKT (azure-requirements.md prov.waagent.version)",
+       source=("MKT",),
        remediation="Update the walinuxagent / WALinuxAgent package.",
        passes=[Example("exactly 2.2.41",
                        files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.41'\n"})],
@@ -164,7 +164,7 @@ def waagent_version(ctx: Context) -> list[Finding]:
        rationale="waagent (walinuxagent.service on Debian/Ubuntu) runs VM extensions, reports "
                  "health and, with Provisioning.Agent=auto/waagent, provisions; a generalized "
                  "image needs it enabled.",
-       source="GEN, IMGL (azure-requirements.md prov.waagent.enabled)",
+       source=("GEN", "IMGL"),
        remediation="Install walinuxagent/WALinuxAgent and enable its service.",
        passes=[Example("waagent.service name (RHEL)", files={
            WA_WANTS: None, "/etc/systemd/system/multi-user.target.wants/waagent.service":
@@ -189,7 +189,7 @@ DS_IDENTIFY = "/etc/cloud/ds-identify.cfg"
        rationale="cloud-init provisions on Azure only with the Azure datasource: datasource_list "
                  "(merged from cloud.cfg and cloud.cfg.d/*.cfg in lexical order) must contain "
                  "Azure, ds-identify must not exclude it, and cloud-init must not be disabled.",
-       source="GEN, UBU, CI (azure-requirements.md prov.ci.datasource)",
+       source=("GEN", "UBU", "CI"),
        remediation="Write /etc/cloud/cloud.cfg.d/90-azure.cfg with 'datasource_list: [ Azure ]', "
                    "remove /etc/cloud/cloud-init.disabled and restrictive ds-identify.cfg.",
        passes=[Example("a later file narrows the list to Azure",
@@ -232,7 +232,7 @@ SSH_UNITS = ("ssh.service", "sshd.service")
        applies=GEN,
        rationale="Azure Linux VMs are reached over SSH; a generalized image without an enabled "
                  "sshd cannot be logged into.",
-       source="GEN (azure-requirements.md ssh.server)",
+       source=("GEN",),
        remediation="Install openssh-server and enable ssh.service.",
        passes=[Example("unit enabled under its alias sshd.service",
                        files={"/etc/systemd/system/multi-user.target.wants/ssh.service": None,
@@ -291,7 +291,7 @@ def _expand_include(ctx: Context, spec: str) -> list[str]:
        severity=Severity.WARNING, applies=MP, error_when=("marketplace",),
        rationale="Marketplace certification requires ClientAliveInterval between 30 and 235 "
                  "seconds (180 recommended) so idle sessions survive the Azure load balancer.",
-       source="MKT test 46, RHEL (azure-requirements.md ssh.clientalive)",
+       source=("MKT: test 46", "RHEL"),
        remediation="Set 'ClientAliveInterval 180' in /etc/ssh/sshd_config.",
        passes=[Example("180 s", profile={"features": frozenset({"marketplace"})})],
        fails=[Example("not set", files={SSHD_CONFIG: "PasswordAuthentication no\n"},

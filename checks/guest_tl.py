@@ -1,7 +1,7 @@
 """Guest check: Trusted Launch needs a first-stage loader signed by the Microsoft UEFI CA.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (row tl.shim; sources TLF, SBC, UEFIK).
+  - Sources TLF, SBC, UEFIK of :mod:`checks.sources` (Trusted Launch, its Secure Boot certificates).
   - checks/authenticode.py (the PE security directory and the chain to the CA).
 """
 
@@ -25,7 +25,7 @@ MAX_LOADER = 64 * 1024 * 1024
                  "(shim) must carry an Authenticode signature chaining to Microsoft Corporation "
                  "UEFI CA 2011 or Microsoft UEFI CA 2023, or the VM does not boot unless the "
                  "image defines custom uefiSettings.",
-       source="TLF, SBC, UEFIK (azure-requirements.md tl.shim)",
+       source=("TLF", "SBC", "UEFIK"),
        remediation="Install the distribution's Microsoft-signed shim (shim-signed) as "
                    "EFI/BOOT/BOOTX64.EFI, or register the image with custom UEFI keys.",
        passes=[Example("Debian's signed shim", profile={"features": TL})],

@@ -22,9 +22,6 @@ from .declaration import (DEFINITION_RE, GALLERY_RE, OS_STATES, SIGNED_TYPES, De
                           identifier_problems, parse_date, version_problems)
 from .derivation import Definition, Derivation, Property, derive
 
-SOURCE = "azure-requirements.md section 2 (ACG, ACG-OV, ACG-TS)"
-
-
 @dataclass(frozen=True)
 class DeclaredApplies(Applies):
     """Applies like :class:`Applies`, and only when the profile carries a gallery declaration."""
@@ -92,7 +89,7 @@ def _gen2_only(ctx: Context, want: str, feature: str,
                  "no account to log in with); a specialized one registered as generalized fails "
                  "provisioning. Generalized needs every deprovisioning check to pass and a "
                  "provisioner; Specialized keeps its identity or disables provisioning.",
-       source=SOURCE + "; PROVE",
+       source=("ACG-OV", "PROVE"),
        remediation="Declare the OS state the disk is prepared for (--os-state), or deprovision "
                    "the image (waagent -deprovision+user, cloud-init clean) for Generalized.",
        passes=[Example("deprovisioned image declared generalized", profile={"gallery": D}),
@@ -121,7 +118,7 @@ def os_state(ctx: Context) -> list[Finding]:
                  "mismatch gives 'different Hypervisor generation' or a VM that never boots. V1 "
                  "needs a BIOS-bootable layout, V2 an ESP with the removable-media loader; Arm64 "
                  "VMs are Gen2 only.",
-       source=SOURCE + "; GEN2, DPS6",
+       source=("ACG-OV", "GEN2", "DPS6"),
        remediation="Declare a generation the disk boots (--generation auto), or add the missing "
                    "boot path (see boot.g1.bios, boot.g2.esp, guest.efi.fallback).",
        passes=[Example("hybrid disk declared V1", profile={"gallery": D,
@@ -153,7 +150,7 @@ def generation(ctx: Context) -> list[Finding]:
                  "TrustedLaunchSupported needs a V2 definition and a shim signed by the "
                  "Microsoft UEFI CA. Confidential VM suitability cannot be derived offline; "
                  "TrustedLaunch and ConfidentialVM are for private galleries only.",
-       source=SOURCE + "; TLF, TL",
+       source=("ACG-OV", "TLF", "TL"),
        remediation="Declare Standard, or install the distribution's Microsoft-signed shim as "
                    "EFI/BOOT/BOOTX64.EFI and register a V2 definition.",
        passes=[Example("signed shim, TrustedLaunchSupported",
@@ -180,7 +177,7 @@ def security_type(ctx: Context) -> list[Finding]:
        rationale="On NVMe VM sizes the OS disk is an NVMe namespace: the nvme drivers must load "
                  "at boot, fstab must not name /dev/sd*, and nvme_core.io_timeout=240 is set. "
                  "NVMe is never offered on Gen1.",
-       source=SOURCE + "; NVF, NVME, NVC",
+       source=("ACG-OV", "NVF", "NVME"),
        remediation="Declare DiskControllerTypes=SCSI, or add nvme to the initramfs, use UUID= "
                    "in fstab and add nvme_core.io_timeout=240 (see guest.drivers.nvme).",
        passes=[Example("nvme built in, SCSI,NVMe",
@@ -208,7 +205,7 @@ def disk_controller(ctx: Context) -> list[Finding]:
        rationale="IsAcceleratedNetworkSupported=True lets VMs get a Mellanox or MANA virtual "
                  "function; without mlx4/mlx5/mana and pci-hyperv the VM silently falls back to "
                  "the synthetic NIC.",
-       source=SOURCE + "; AN, MANA",
+       source=("ACG-OV", "AN", "MANA"),
        remediation="Declare IsAcceleratedNetworkSupported=False, or install a kernel with mana, "
                    "mlx4_en, mlx5_core and pci-hyperv.",
        passes=[Example("drivers present, declared True",
@@ -244,7 +241,7 @@ def _decl(ctx: Context) -> Declaration:
        rationale="The image identifier (publisher <= 128 characters, offer and SKU <= 64) uses "
                  "only letters, digits, '.', '_' and '-' and does not end in '.'; it is immutable "
                  "and unique per gallery.",
-       source=SOURCE,
+       source=("ACG-OV",),
        remediation="Choose names within the rules, e.g. from /etc/os-release ID and VERSION_ID "
                    "(publisher myorg, offer debian, sku 12-gen2).",
        passes=[Example("myorg / debian-12 / 12-gen2", profile={"gallery": Declaration(
@@ -273,7 +270,7 @@ def identifier(ctx: Context) -> list[Finding]:
                  "a letter or digit, at most 80 characters, does not end in '-' or '.'); a "
                  "gallery name has at most 80 letters, digits, '_' or '.', starting and ending "
                  "with a letter or digit.",
-       source=SOURCE,
+       source=("ACG-OV",),
        remediation="Rename: e.g. gallery my_gallery, definition debian-12-gen2.",
        passes=[Example("my_gallery / debian-12-gen2", profile={"gallery": Declaration(
            gallery="my_gallery", definition="debian-12-gen2")})],
@@ -300,7 +297,7 @@ def names(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR, needs="disk", applies=NAMES,
        rationale="An image version name is MAJOR.MINOR.PATCH, digits and periods only, each part "
                  "a 32-bit integer; 'latest' is the highest Major, then Minor, then Patch.",
-       source=SOURCE + "; IMGV",
+       source=("ACG-OV", "IMGV"),
        remediation="Use e.g. 1.0.0, or a date as 2026.1125.0.",
        passes=[Example("2026.1125.0", profile={"gallery": Declaration(version="2026.1125.0")})],
        fails=[Example("v1.0", profile={"gallery": Declaration(version="v1.0")}),
@@ -317,7 +314,7 @@ def version(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR, needs="disk", applies=NAMES,
        rationale="endOfLifeDate is ISO-8601 and must lie in the future (it is informational: "
                  "Azure still deploys the image after it).",
-       source=SOURCE,
+       source=("ACG-OV",),
        remediation="Give a future date, e.g. the distribution's end of support (2028-06-30 for "
                    "Debian 12).",
        passes=[Example("2999-12-31", profile={"gallery": Declaration(end_of_life="2999-12-31")})],
