@@ -1,4 +1,23 @@
-"""The check catalog. Importing :func:`load` registers every check module."""
+"""The check catalog: every check vhdtool runs, declared once. :func:`load` registers them all.
+
+Open:
+  - :mod:`checks.catalog` for the declaration model (:func:`~checks.catalog.check`, Check,
+    Profile, Context, Finding, verdicts) and how a run applies the catalog;
+  - :mod:`checks.sources` for the references every check cites (title and URL);
+  - :mod:`checks.examples` for how a check's pass/fail examples become contexts (the guest
+    baseline itself is the test suite's, tests/checks/fakeguest.py);
+  - :mod:`checks.disk` for the disk facts, :mod:`checks.disk_checks` for the checks on them;
+  - :mod:`checks.guest` (the read-only guest view and its facts) and :mod:`checks.guestlib`
+    (shared derived facts: units, waagent.conf, cloud-init config, command lines, modules);
+  - :mod:`checks.provisioning` for who provisions and the agents' versions;
+  - the guest checks by subject: :mod:`checks.guest_prov` (provisioner, sshd),
+    :mod:`checks.guest_boot` (command line, drivers, EFI loader, fstab, swap),
+    :mod:`checks.guest_deprov` (generalized state), :mod:`checks.guest_tl` (Trusted Launch,
+    with :mod:`checks.authenticode` and :mod:`checks.initramfs` as readers);
+  - :mod:`checks.gallery` for the gallery definition: declared, derived, and checked.
+
+This package never imports ``vhdtool`` nor a libguestfs handle.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +28,7 @@ from .disk import DiskFacts, supported_generations
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
 CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.guest_prov", "checks.guest_boot",
-                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery")
+                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery.rules")
 
 
 def load() -> dict[str, Check]:

@@ -4,9 +4,9 @@ A check is a function over a :class:`Context` (the author's :class:`Profile`, th
 when the guest was opened, a read-only guest view) that returns its findings: an empty list is a
 pass.  It raises :class:`NotApplicable` when the subject it needs is absent (e.g. no cloud-init
 on the guest for a cloud-init check).  The declaration carries the permanent id, title, severity,
-where it applies, rationale with its source, remediation, and examples where it passes and where it
-fails; the examples are deltas on a known-good baseline (see :mod:`checks.examples`) and the test
-suite runs every check on each of them.
+where it applies, rationale with its sources (keys of :mod:`checks.sources`), remediation, and
+examples where it passes and where it fails; the examples are deltas on a known-good baseline (see
+:mod:`checks.examples`) and the test suite runs every check on each of them.
 
 This package never imports ``vhdtool`` nor a libguestfs handle; the facts it works on are its own.
 """
@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import sources as refs
 
 ID_RE = re.compile(r"^[a-z0-9]+(\.[a-z0-9-]+)+$")
 
@@ -178,7 +180,8 @@ class Check:
     severity: Severity
     applies: Applies
     rationale: str
-    source: str
+    #: citations, each a key of checks.sources.REFERENCES with an optional ": detail"
+    sources: tuple[str, ...]
     remediation: str
     passes: tuple[Example, ...]
     fails: tuple[Example, ...]
@@ -191,6 +194,16 @@ class Check:
         if any(profile.has(f) for f in self.error_when):
             return Severity.ERROR
         return self.severity
+
+    @property
+    def source(self) -> str:
+        """The sources as text, with their URLs."""
+        return refs.text(self.sources)
+
+    @property
+    def help_uri(self) -> str:
+        """The URL of the first source (SARIF ``helpUri``)."""
+        return refs.reference(self.sources[0]).url
 
     @property
     def doc_anchor(self) -> str:
@@ -215,11 +228,12 @@ class Result:
 CATALOG: dict[str, Check] = {}
 
 
-def check(*, id: str, title: str, severity: Severity, rationale: str, source: str,
+def check(*, id: str, title: str, severity: Severity, rationale: str, source: str | Sequence[str],
           remediation: str, passes: Sequence[Example], fails: Sequence[Example],
           needs: str = "guest", applies: Applies = ALL,
           error_when: Iterable[str] = ()) -> Callable[[CheckFunc], CheckFunc]:
-    """Declare a check. Ids are permanent and never reused."""
+    """Declare a check. Ids are permanent and never reused; ``source`` is one citation or a
+    sequence of them, each ``"KEY"`` or ``"KEY: detail"`` with KEY in checks.sources.REFERENCES."""
 
     def register(func: CheckFunc) -> CheckFunc:
         if not ID_RE.match(id):
@@ -228,7 +242,12 @@ def check(*, id: str, title: str, severity: Severity, rationale: str, source: st
             raise ValueError(f"check id {id!r} declared twice")
         if needs not in ("disk", "guest"):
             raise ValueError(f"{id}: needs must be 'disk' or 'guest'")
-        CATALOG[id] = Check(id, title, severity, applies, rationale, source, remediation,
+        cited = (source,) if isinstance(source, str) else tuple(source)
+        if not cited:
+            raise ValueError(f"{id}: no source cited")
+        for c in cited:
+            refs.reference(c)           # KeyError naming the unknown key
+        CATALOG[id] = Check(id, title, severity, applies, rationale, cited, remediation,
                             tuple(passes), tuple(fails), needs, func, frozenset(error_when))
         return func
 

@@ -7,7 +7,7 @@ module never reads an image: the checks only look at these facts.
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer fields, CHS algorithm);
   UEFI 2.x §5 (GPT header AlternateLBA, partition type GUIDs); the MBR partition type registry
-  (0x82 swap, 0x8e LVM, 0xef EFI); ../shared/reference/formats.md §1, azure-requirements.md §1.
+  (0x82 swap, 0x8e LVM, 0xef EFI); docs/formats.md; the checks' sources in :mod:`checks.sources`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Disk-level checks: the VHD container, its sizes, the partition layout and what it can boot.
 
-Every check reads only :class:`checks.disk.DiskFacts`.  Rules and sources come from
-``../shared/reference/azure-requirements.md`` §1 (source keys expanded in :data:`SRC`); "U" marks a
-design inference that no source confirmed, which is why those checks are warnings.
+Every check reads only :class:`checks.disk.DiskFacts`.  Each check cites its sources by key of
+:mod:`checks.sources`; a "U" in a citation marks a design inference that no source confirmed,
+which is why those checks are warnings.
 
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer: cookie @0, version @12, data offset
@@ -20,28 +20,6 @@ from .disk import (DISK_TYPE_FIXED, ESP_TYPES, FIXED_DATA_OFFSET, GIB, GPT_BIOS_
                    MIB, SECTOR, SWAP_TYPES, TIB, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
                    PartitionFacts, StructureError, bios_bootable, supported_generations,
                    with_partition, without_partition)
-
-SRC = {
-    "GEN": "https://learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic",
-    "MKT": "https://learn.microsoft.com/partner-center/marketplace-offers/"
-           "azure-vm-certification-faq",
-    "VHDU": "https://github.com/Microsoft/azure-vhd-utils (vhdcore/footer, "
-            "vhdcore/validator/validator.go)",
-    "GEN2": "https://learn.microsoft.com/azure/virtual-machines/generation-2",
-    "UPL": "https://learn.microsoft.com/azure/virtual-machines/linux/"
-           "disks-upload-vhd-to-managed-disk-cli",
-    "UEFIB": "https://learn.microsoft.com/troubleshoot/azure/virtual-machines/linux/"
-             "azure-linux-vm-uefi-boot-failures",
-    "ACG": "https://learn.microsoft.com/azure/virtual-machines/azure-compute-gallery",
-    "VHDSPEC": "Virtual Hard Disk Image Format Specification v1.0 "
-               "(https://www.microsoft.com/en-us/download/details.aspx?id=23850)",
-    "UEFI": "UEFI Specification 2.10 §5.3 (GUID Partition Table)",
-}
-
-
-def src(*keys: str) -> str:
-    return "; ".join(SRC.get(k, k) for k in keys)
-
 
 CONVERT = "vhdtool convert IMAGE OUT.vhd"
 #: the fix for a damaged container (disk.structure), and for every finding on such an image
@@ -128,8 +106,8 @@ _FOOTER_AT = 4 * GIB
                  "refuses a VHD whose footer checksum is wrong; overlapping blocks share their "
                  "bytes, so a write to one changes the other) and a conversion would carry one "
                  "reader's guess into the uploaded disk.",
-       source=src("VHDSPEC") + "; qemu block/vpc.c (vpc_open); the formats/ module docs (which "
-                               "problem each reader reports)",
+       source=("VHDSPEC", "QEMU-VPC: vpc_open; docs/formats.md says which problem each "
+                                     "reader reports"),
        remediation=DAMAGED,
        passes=[Example("no structure damage")],
        fails=[Example("a footer checksum that does not match", disk={"structure_errors": (
@@ -156,7 +134,7 @@ def structure(ctx: Context) -> Iterator[Finding]:
                  "the "
                  "upload with InvalidVhd ('cookie value in VHD footer ... expected conectix') "
                  "when it is missing: raw, VHDX and qcow2 files are refused.",
-       source=src("MKT", "VHDU", "VHDSPEC"),
+       source=("MKT", "VHDU", "VHDSPEC"),
        remediation=CONVERT,
        passes=[Example("a fixed VHD")],
        fails=[Example("a damaged cookie", disk={"footer.cookie": b"conectiv"})])
@@ -172,7 +150,7 @@ def vhd_cookie(ctx: Context) -> Iterator[Finding]:
        rationale="The footer checksum is the one's complement of the byte sum of the footer "
                  "without its checksum field; azure-vhd-utils validates it and qemu refuses a VHD "
                  "whose checksum is wrong (U: whether Azure itself enforces it).",
-       source=src("VHDU", "VHDSPEC"), remediation=CONVERT,
+       source=("VHDU", "VHDSPEC"), remediation=CONVERT,
        passes=[Example("a correct checksum")],
        fails=[Example("a footer edited without updating the checksum",
                       disk={"footer.checksum_ok": False})])
@@ -188,7 +166,7 @@ def vhd_checksum(ctx: Context) -> Iterator[Finding]:
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
        rationale="The only file format version defined by the VHD specification is 0x00010000; "
                  "azure-vhd-utils rejects other values.",
-       source=src("VHDU", "VHDSPEC"), remediation=CONVERT,
+       source=("VHDU", "VHDSPEC"), remediation=CONVERT,
        passes=[Example("version 1.0")],
        fails=[Example("version 2.0", disk={"footer.version": 0x00020000})])
 def vhd_version(ctx: Context) -> Iterator[Finding]:
@@ -202,7 +180,7 @@ def vhd_version(ctx: Context) -> Iterator[Finding]:
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
        rationale="In a fixed VHD the footer's data offset must be all ones (there is no dynamic "
                  "header); azure-vhd-utils checks it.",
-       source=src("VHDU", "VHDSPEC"), remediation=CONVERT,
+       source=("VHDU", "VHDSPEC"), remediation=CONVERT,
        passes=[Example("all ones")],
        fails=[Example("offset 512 on a fixed disk", disk={"footer.data_offset": 512})])
 def vhd_data_offset(ctx: Context) -> Iterator[Finding]:
@@ -216,7 +194,7 @@ def vhd_data_offset(ctx: Context) -> Iterator[Finding]:
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
        rationale="Azure accepts only fixed VHDs; dynamic (3) and differencing (4) VHDs are "
                  "rejected.",
-       source=src("GEN", "MKT", "VHDU"), remediation=CONVERT,
+       source=("GEN", "MKT", "VHDU"), remediation=CONVERT,
        passes=[Example("a fixed VHD")],
        fails=[Example("a dynamic VHD", disk={"footer.disk_type": 3, "subformat": "dynamic",
                                             "footer.data_offset": 512})])
@@ -230,7 +208,7 @@ def vhd_fixed(ctx: Context) -> Iterator[Finding]:
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
        rationale="Azure takes a fixed VHD only. qcow2, VHDX, raw and dynamic or differencing "
                  "VHDs must be converted first, to a whole-MiB fixed VHD.",
-       source=src("GEN", "MKT"), remediation=CONVERT,
+       source=("GEN", "MKT"), remediation=CONVERT,
        passes=[Example("a fixed VHD")],
        fails=[Example("a qcow2 image", disk={"format": "qcow2", "subformat": "", "footer": None}),
               Example("a dynamic VHD", disk={"footer.disk_type": 3, "subformat": "dynamic"})])
@@ -249,7 +227,7 @@ def convert_needed(ctx: Context) -> Iterator[Finding]:
        rationale="The page blob holds the disk data and the 512-byte footer and nothing else: "
                  "the file length must equal current size + 512 and be a multiple of 512; "
                  "--upload-size-bytes must equal the file length.",
-       source=src("MKT", "UPL"), remediation=CONVERT,
+       source=("MKT", "UPL"), remediation=CONVERT,
        passes=[Example("file = current + 512")],
        fails=[Example("a footer claiming more than the file holds",
                       disk={"footer.current_size": 8 * GIB}),
@@ -272,7 +250,7 @@ def size_current_vs_file(ctx: Context) -> Iterator[Finding]:
        rationale="Azure refuses 'unsupported virtual size ... The size must be a whole number "
                  "(in MBs)'. qemu-img convert -O vpc without force_size rounds the size to a CHS "
                  "geometry, which is rarely a whole MiB.",
-       source=src("GEN", "MKT"),
+       source=("GEN", "MKT"),
        remediation="vhdtool convert IMAGE OUT.vhd (rounds up to a whole MiB), or: qemu-img resize "
                    "-f raw disk.raw <MiB-multiple> && qemu-img convert -f raw -O vpc "
                    "-o subformat=fixed,force_size disk.raw OUT.vhd",
@@ -295,7 +273,7 @@ def size_mib(ctx: Context) -> Iterator[Finding]:
        rationale="A disk must be at least 20 MiB and at most 32 TiB. An OS disk larger than 2 TiB "
                  "boots only as Gen2, and OS disks above 4 TiB are unsupported. Marketplace Linux "
                  "OS disks are 1-1023 GB (taken here as GiB).",
-       source=src("MKT", "GEN2", "ACG") + "; AzureStorageExplorer#3029",
+       source=("MKT", "GEN2", "ACG", "ASE-3029"),
        remediation="vhdtool convert IMAGE OUT.vhd after shrinking the filesystem and partitions "
                    "(or register the disk as Gen2: --generation 2)",
        passes=[Example("4 GiB OS disk"),
@@ -342,7 +320,7 @@ def size_limit(ctx: Context) -> Iterator[Finding]:
        rationale="A fixed VHD converted again as if it were raw keeps its old footer as the last "
                  "sector of the new disk: the guest sees 512 stray bytes and the size is one "
                  "sector more than intended.",
-       source=src("VHDSPEC") + "; U", remediation="vhdtool convert -f vpc OLD.vhd OUT.vhd",
+       source=("VHDSPEC: U",), remediation="vhdtool convert -f vpc OLD.vhd OUT.vhd",
        passes=[Example("no footer inside the data")],
        fails=[Example("the old footer is the last data sector",
                       disk={"stale_footer_at": 4 * GIB - 512})])
@@ -359,7 +337,7 @@ def stale_footer(ctx: Context) -> Iterator[Finding]:
                  "creators it does not know, unless the geometry is maxed out) use the CHS "
                  "geometry. When they differ, a disk checked or converted with those tools is "
                  "not the disk Azure boots.",
-       source=src("VHDSPEC") + "; qemu block/vpc.c (vpc_open); ../shared/reference/formats.md §1.3",
+       source=("VHDSPEC", "QEMU-VPC: vpc_open uses the CHS geometry unless it knows the creator or the geometry is maxed out"),
        remediation=CONVERT + " (writes a geometry every reader agrees with)",
        passes=[Example("maxed geometry: every reader uses current size")],
        fails=[Example("qemu 7.2 would read the CHS size",
@@ -381,7 +359,7 @@ def chs_size(ctx: Context) -> Iterator[Finding]:
        rationale="A fixed VHD always presents 512-byte sectors. A layout made for 4096-byte "
                  "sectors (e.g. from a 4Kn VHDX) puts the GPT where a 512-byte reader does not "
                  "look, and the disk does not boot.",
-       source=src("VHDSPEC") + "; [MS-VHDX] §2.6.2.4 (LogicalSectorSize); U",
+       source=("VHDSPEC", "VHDX: section 2.6.2.4, LogicalSectorSize; U"),
        remediation="recreate the partition table for 512-byte sectors, then " + CONVERT,
        passes=[Example("512-byte sectors")],
        fails=[Example("a 4Kn VHDX", disk={"format": "vhdx", "logical_sector_size": 4096})])
@@ -398,7 +376,7 @@ def sector_size(ctx: Context) -> Iterator[Finding]:
        rationale="Azure boots the OS disk through BIOS (Gen1, MBR boot code) or UEFI (Gen2, an "
                  "EFI system partition in a GPT); a disk without a partition table boots as "
                  "neither.",
-       source=src("GEN2", "UEFIB"), remediation="sgdisk -o DISK (then recreate the partitions), "
+       source=("GEN2", "UEFIB"), remediation="sgdisk -o DISK (then recreate the partitions), "
                                                 "or build the image with a partitioned layout",
        passes=[Example("GPT")],
        fails=[Example("no partition table", disk={"scheme": "none", "partitions": ()})])
@@ -417,7 +395,7 @@ def part_scheme(ctx: Context) -> Iterator[Finding]:
        rationale="A partition that runs past the end of the disk (typically after the disk was "
                  "shrunk, or rounded down by a converter) loses its last blocks: the filesystem "
                  "is truncated.",
-       source=src("UEFI") + "; U",
+       source=("UEFI: section 5.3, GUID Partition Table; U",),
        remediation="shrink the filesystem and the partition (resize2fs, sgdisk -d/-n), or grow "
                    "the disk: qemu-img resize -f raw disk.raw <size> && " + CONVERT,
        passes=[Example("partitions inside the disk")],
@@ -437,7 +415,7 @@ def part_bounds(ctx: Context) -> Iterator[Finding]:
 @check(id="disk.part.overlap", title="No two partitions overlap",
        severity=Severity.ERROR, needs="disk", applies=OS_AND_DATA,
        rationale="Overlapping partitions share blocks: writing one filesystem corrupts the other.",
-       source=src("UEFI"), remediation="fix the table with gdisk/fdisk so no ranges overlap",
+       source=("UEFI: section 5.3, GUID Partition Table",), remediation="fix the table with gdisk/fdisk so no ranges overlap",
        passes=[Example("disjoint partitions")],
        fails=[Example("ESP overlaps root", disk={"partitions": with_partition(2, size=200 * MIB)})])
 def part_overlap(ctx: Context) -> Iterator[Finding]:
@@ -454,7 +432,7 @@ def part_overlap(ctx: Context) -> Iterator[Finding]:
        rationale="Marketplace certification requires the first 1 MB of the disk to be empty of "
                  "partitions (no partition before LBA 2048); partition tables and boot code may "
                  "stay there (U).",
-       source=src("MKT"), remediation="recreate the partition starting at 1 MiB: "
+       source=("MKT",), remediation="recreate the partition starting at 1 MiB: "
                                       "sgdisk -a 2048 -n N:2048:... DISK (after moving data)",
        passes=[Example("first partition at 1 MiB")],
        fails=[Example("a partition at LBA 63",
@@ -471,7 +449,7 @@ def part_first_mib(ctx: Context) -> Iterator[Finding]:
        rationale="Azure storage works in 4 KiB pages and larger stripes; partitions aligned to "
                  "1 MiB (the default of every modern partitioner) avoid read-modify-write across "
                  "page boundaries (U).",
-       source=src("MKT") + " (the 1 MB rule); U",
+       source=("MKT: the 1 MB rule; U",),
        remediation="recreate the partition aligned: sgdisk -a 2048 ... / parted -a optimal ...",
        passes=[Example("aligned partitions")],
        fails=[Example("root at an odd sector",
@@ -488,7 +466,7 @@ def part_alignment(ctx: Context) -> Iterator[Finding]:
        rationale="After a disk is grown (or rounded up to a whole MiB) the backup GPT header is "
                  "no longer at the last LBA; firmware and tools then report a damaged GPT and "
                  "growpart may refuse to grow the root partition (U).",
-       source=src("UEFI") + "; U", remediation="sgdisk -e DISK (move the backup header to the end)",
+       source=("UEFI: section 5.3, GUID Partition Table; U",), remediation="sgdisk -e DISK (move the backup header to the end)",
        passes=[Example("backup at the last LBA"),
                Example("an 8 GiB disk whose backup moved to its end (sgdisk -e)",
                        disk={"virtual_size": 8 * GIB, "gpt_alternate_lba": 8 * GIB // 512 - 1})],
@@ -522,7 +500,7 @@ _SWAP_AT = 3 * GIB - MIB
        rationale="Swap belongs on the temporary resource disk (waagent ResourceDisk.EnableSwap or "
                  "cloud-init mounts), never on the OS disk; Marketplace test 41 fails an image "
                  "with a swap partition.",
-       source=src("GEN", "MKT") + " (test 41)",
+       source=("GEN", "MKT: test 41"),
        remediation="delete the swap partition (sgdisk -d N DISK) and its /etc/fstab line",
        passes=[Example("no swap")],
        fails=[Example("a swap partition",
@@ -544,7 +522,7 @@ def part_swap(ctx: Context) -> Iterator[Finding]:
        rationale="A single root partition is recommended. LVM on the OS disk makes every VM "
                  "created from the image carry the same volume group name, which clashes when "
                  "one VM's OS disk is attached to another (e.g. for repair).",
-       source=src("MKT", "GEN") + " (Marketplace test 42)",
+       source=("MKT: test 42", "GEN"),
        remediation="build the image with a plain root partition, or give the VG a unique name "
                    "at first boot (vgimportclone)",
        passes=[Example("plain partitions")],
@@ -567,7 +545,7 @@ def part_lvm(ctx: Context) -> Iterator[Finding]:
        rationale="Gen2 VMs boot through UEFI, which loads the boot loader from a FAT-formatted "
                  "EFI system partition; without one the VM shows 'The boot loader did not load "
                  "an operating system' and falls back to PXE.",
-       source=src("UEFIB", "GEN2", "UEFI"),
+       source=("UEFIB", "GEN2", "UEFI: section 5.3, GUID Partition Table"),
        remediation="sgdisk -n 0:0:+100M -t 0:ef00 DISK && mkfs.vfat -F 32 PART && "
                    "grub-install --target=x86_64-efi --removable",
        passes=[Example("a FAT ESP")],
@@ -591,7 +569,7 @@ def g2_esp(ctx: Context) -> Iterator[Finding]:
        rationale="Gen1 VMs boot through BIOS (PCAT): sector 0 needs boot code and the 0x55AA "
                  "signature, and a GPT disk additionally needs a BIOS boot partition (GUID "
                  "21686148-6449-6E6F-744E-656564454649) for grub's core image.",
-       source=src("GEN2") + "; details U",
+       source=("GEN2: Gen1 boots through BIOS, PCAT; details U",),
        remediation="sgdisk -n 0:0:+1M -t 0:ef02 DISK && grub-install --target=i386-pc DISK",
        passes=[Example("boot code + BIOS boot partition"),
                Example("an MBR disk with boot code",
@@ -617,7 +595,7 @@ def g1_bios(ctx: Context) -> Iterator[Finding]:
                  "mismatch gives 'different Hypervisor generation' or a VM that never boots. "
                  "A hybrid disk (BIOS boot partition + ESP) supports both: register one "
                  "definition per generation.",
-       source=src("ACG", "GEN2") + "; ../shared/reference/azure-requirements.md §2",
+       source=("ACG", "GEN2"),
        remediation="pass the generation the disk supports (--generation auto), or add the "
                    "missing boot path (see boot.g1.bios / boot.g2.esp)",
        passes=[Example("hybrid disk, both generations"),
@@ -658,4 +636,4 @@ def _gen_option(gens: frozenset[str]) -> str:
     return "1" if V1 in gens else "2"
 
 
-__all__ = ["SRC", "bios_bootable", "supported_generations"]
+__all__ = ["bios_bootable", "supported_generations"]

@@ -15,7 +15,7 @@ References:
   - Kernel layout: ``/boot/vmlinuz-<v>``, ``/boot/initrd.img-<v>`` (Debian initramfs-tools),
     ``/boot/initramfs-<v>.img`` (dracut), ``/lib/modules/<v>/modules.builtin``.
   - ELF header (System V ABI): ``e_machine`` at offset 18 (0x3E x86-64, 0xB7 aarch64, 0x03 i386).
-  - /work/shared/reference/azure-requirements.md section 1 (what the checks need).
+  - The guest checks' sources: :mod:`checks.sources`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Guest checks: kernel command line, drivers, architecture, EFI fallback loader, fstab and swap.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (rows boot.cmdline.*, kernel.*,
-    boot.g2.fallback, fs.fstab, disk.part.swap), which cites the Azure "Prepare a Linux VHD" guide
-    (GEN), the Marketplace certification tests (MKT), Hyper-V driver notes (HVD), NVMe guides
-    (NVME, NVC), Accelerated Networking / MANA docs (AN, MANA), Ubuntu's guide (UBU).
+  - :mod:`checks.sources`: the Azure "Prepare a Linux VHD" guide (GEN), the Marketplace
+    certification tests (MKT), Hyper-V driver notes (HVD), the NVMe guide (NVME), Accelerated
+    Networking / MANA docs (AN, MANA), Ubuntu's guide (UBU).
   - UEFI specification 2.10 section 3.5.1 (removable-media path ``\\EFI\\BOOT\\BOOTX64.EFI``,
     ``BOOTAA64.EFI``).
   - fstab(5), swapon(8).
@@ -16,14 +15,13 @@ import re
 
 from .catalog import (GENERALIZED, V2, Applies, Context, Example, Finding, NotApplicable,
                       Severity, check)
-from .fakeguest import DISK_MODULES, INITRD_MODULES, KVER, MODS, initrd
+from .examples import INITRD, INITRD_MODULES, KVER, MODS, elf, initrd, modules_dep
 from .guest import fs_index
 from .guestlib import (disabled_findings, guest, has_arg, kernel_modules, missing_at_boot,
                        missing_installed, require_cmdlines)
 
 GRUB_CFG = "/boot/grub/grub.cfg"
 DEFAULT_GRUB = "/etc/default/grub"
-INITRD = f"/boot/initrd.img-{KVER}"
 MP = frozenset({"marketplace"})
 
 
@@ -49,7 +47,7 @@ def _missing_args(ctx: Context, wanted: list[tuple[str, str | None]]) -> list[Fi
                  "/etc/fstab, a filesystem the engines cannot mount, an appliance that never "
                  "started) has had none of its guest checks run; a gate must not pass it as if "
                  "it had. An OS disk without a Linux root does not boot on Azure either.",
-       source="GEN (azure-requirements.md section 1: the guest checks need a readable root)",
+       source=("GEN: the guest checks need a readable root",),
        remediation="Check the disk holds the OS (the root filesystem with /etc/fstab); see the "
                    "reason; --no-guest runs the disk-level checks only, deliberately.",
        passes=[Example("the guest engine opened the Debian root")],
@@ -72,7 +70,7 @@ def guest_opened(ctx: Context) -> list[Finding]:
        severity=Severity.WARNING, error_when=("marketplace",),
        rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "
                  "view of a VM that does not boot (boot diagnostics, serial console).",
-       source="MKT test 40, GEN (azure-requirements.md boot.cmdline.console)",
+       source=("MKT: test 40", "GEN"),
        remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub and regenerate "
                    "grub.cfg (update-grub / grub2-mkconfig).",
        passes=[Example("console=ttyS0,115200 on both", files=_grub_with("console=ttyS0,115200"))],
@@ -87,7 +85,7 @@ def cmdline_console(ctx: Context) -> list[Finding]:
        severity=Severity.WARNING, applies=Applies(features=MP),
        rationale="The Marketplace certification expects earlyprintk=ttyS0 and rootdelay=300 on "
                  "the kernel command line.",
-       source="MKT, GEN (azure-requirements.md boot.cmdline.earlyprintk-rootdelay)",
+       source=("MKT", "GEN"),
        remediation="Add 'earlyprintk=ttyS0 rootdelay=300' to GRUB_CMDLINE_LINUX and regenerate.",
        passes=[Example("baseline", profile={"features": MP})],
        fails=[Example("missing", files=_grub_with("console=ttyS0"), profile={"features": MP})])
@@ -102,7 +100,7 @@ NVME = frozenset({"nvme"})
        severity=Severity.WARNING, applies=Applies(features=NVME),
        rationale="Azure NVMe disks can pause I/O for servicing; the default 30 s timeout makes the "
                  "kernel fail I/O and remount read-only.",
-       source="NVME, RHEL, UBU, AVU (azure-requirements.md boot.cmdline.nvme)",
+       source=("NVME", "RHEL", "UBU", "AVU"),
        remediation="Add nvme_core.io_timeout=240 to GRUB_CMDLINE_LINUX and regenerate.",
        passes=[Example("baseline", profile={"features": NVME})],
        fails=[Example("missing", files=_grub_with("console=ttyS0"), profile={"features": NVME})])
@@ -117,7 +115,7 @@ HV_BOOT = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
        severity=Severity.ERROR,
        rationale="Without hv_vmbus and hv_storvsc built in or in the initramfs, the kernel cannot "
                  "see its root disk on Hyper-V and the VM does not boot; hv_netvsc gives it a NIC.",
-       source="GEN, HVD (azure-requirements.md kernel.hv-initramfs)",
+       source=("GEN", "HVD"),
        remediation="Add hv_vmbus, hv_storvsc, hv_netvsc to /etc/initramfs-tools/modules "
                    "(dracut: add_drivers+=) and rebuild the initramfs of every kernel.",
        passes=[Example("built in instead", files={
@@ -134,7 +132,7 @@ def hyperv_initramfs(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR,
        rationale="A 'blacklist hv_*' or 'install hv_* /bin/true' line in modprobe.d stops the "
                  "Hyper-V drivers from loading.",
-       source="HVD (azure-requirements.md kernel.hv-blocked)",
+       source=("HVD",),
        remediation="Remove the lines from /etc/modprobe.d.",
        passes=[Example("unrelated blacklist",
                        files={"/etc/modprobe.d/bl.conf": "blacklist floppy\n"})],
@@ -156,7 +154,7 @@ def _fs_modules(ctx: Context, wanted: tuple[str, ...]) -> list[Finding]:
                  "DVD, and the ESP is vfat: without udf provisioning fails (cloud-init >= 21.2 "
                  "tolerates it only for SSH-key logins without customData); without vfat boot fails. "
                  "CIS hardening often adds 'install udf /bin/true'.",
-       source="GEN (azure-requirements.md kernel.udf-vfat)",
+       source=("GEN",),
        remediation="Remove 'install udf /bin/true' / 'blacklist udf|vfat' lines; install the "
                    "kernel's filesystem modules.",
        passes=[Example("udf built in", files={
@@ -166,9 +164,7 @@ def _fs_modules(ctx: Context, wanted: tuple[str, ...]) -> list[Finding]:
                                                    "kernel/drivers/nvme/host/nvme-core.ko\n"})],
        fails=[Example("CIS hardening disables udf",
                       files={"/etc/modprobe.d/CIS.conf": "install udf /bin/true\n"}),
-              Example("udf missing", files={
-                  f"/lib/modules/{KVER}/modules.dep":
-                      "".join(f"kernel/{m}:\n" for m in DISK_MODULES if "udf" not in m)})])
+              Example("udf missing", files=modules_dep("udf"))])
 def drivers_udf(ctx: Context) -> list[Finding]:
     return _fs_modules(ctx, ("udf", "vfat"))
 
@@ -176,7 +172,7 @@ def drivers_udf(ctx: Context) -> list[Finding]:
 @check(id="guest.drivers.cdrom", title="The CD-ROM driver is available", severity=Severity.WARNING,
        applies=Applies(os_states=frozenset({GENERALIZED})),
        rationale="The provisioning ISO is attached as a virtual CD-ROM; sr_mod and cdrom read it.",
-       source="azure-docs#12407 (azure-requirements.md kernel.cdrom)",
+       source=("DOCS-12407",),
        remediation="Install the kernel's SCSI CD-ROM modules (sr_mod, cdrom).",
        passes=[Example("baseline")],
        fails=[Example("sr_mod disabled", files={"/etc/modprobe.d/x.conf": "blacklist sr_mod\n"})])
@@ -188,7 +184,7 @@ def drivers_cdrom(ctx: Context) -> list[Finding]:
        applies=Applies(features=NVME),
        rationale="On NVMe-interface VM sizes the OS disk is an NVMe namespace: nvme and nvme_core "
                  "must be built in or in the initramfs of every kernel.",
-       source="NVME, RHEL, UBU (azure-requirements.md kernel.nvme)",
+       source=("NVME", "RHEL", "UBU"),
        remediation="Add nvme and nvme_core to the initramfs (initramfs-tools modules / dracut "
                    "add_drivers+=) and rebuild it.",
        passes=[Example("built in (baseline)", profile={"features": NVME}),
@@ -211,12 +207,10 @@ AN_MODULES = ("mana", "mlx4_en", "mlx4_core", "mlx5_core", "pci_hyperv")
        rationale="Accelerated Networking passes a Mellanox (mlx4/mlx5) or MANA virtual function "
                  "through pci-hyperv; without the drivers the VM silently falls back to the "
                  "synthetic NIC. Mellanox drivers are still needed on MANA hosts.",
-       source="AN, MANA (azure-requirements.md kernel.an)",
+       source=("AN", "MANA"),
        remediation="Install a kernel with mana, mlx4_en, mlx5_core and pci-hyperv.",
        passes=[Example("baseline", profile={"features": AN})],
-       fails=[Example("no MANA driver", profile={"features": AN}, files={
-           f"/lib/modules/{KVER}/modules.dep":
-               "".join(f"kernel/{m}:\n" for m in DISK_MODULES if "mana" not in m)})])
+       fails=[Example("no MANA driver", profile={"features": AN}, files=modules_dep("mana"))])
 def drivers_mana(ctx: Context) -> list[Finding]:
     return _fs_modules(ctx, AN_MODULES)
 
@@ -226,11 +220,11 @@ ARCHES = ("x86_64", "aarch64")
 
 @check(id="guest.arch", title="The guest is 64-bit x86_64 or aarch64", severity=Severity.ERROR,
        rationale="Azure runs x86_64 and Arm64 guests only.",
-       source="MKT test 49 (azure-requirements.md kernel.arch)",
+       source=("MKT: test 49",),
        remediation="Build the image for x86_64 (amd64) or aarch64 (arm64).",
        passes=[Example("baseline")],
        fails=[Example("32-bit userland", files={
-           "/usr/lib/systemd/systemd": b"\x7fELF\x01\x01\x01" + b"\0" * 11 + b"\x03\x00" + b"\0" * 40})])
+           "/usr/lib/systemd/systemd": elf(1, 0x03)})])
 def guest_arch(ctx: Context) -> list[Finding]:
     arch = guest(ctx).facts.arch
     if arch is None:
@@ -260,7 +254,7 @@ def efi_fallback_path(ctx: Context) -> tuple[str, str]:
        severity=Severity.ERROR, applies=Applies(generations=frozenset({V2})),
        rationale="Hyper-V Gen2 firmware has no boot entries for a new VM: it boots "
                  "\\EFI\\BOOT\\BOOTX64.EFI (BOOTAA64.EFI on Arm64) from the ESP.",
-       source="UBU, UEFI 2.10 section 3.5.1 (azure-requirements.md boot.g2.fallback)",
+       source=("UBU", "UEFI: section 3.5.1, removable media boot path"),
        remediation="Install the loader to the removable path (grub-install --removable, or "
                    "copy shimx64.efi to EFI/BOOT/BOOTX64.EFI with grubx64.efi next to it).",
        passes=[Example("lower-case name on FAT", files={
@@ -283,7 +277,7 @@ SWAPFILES = ("/swapfile", "/swap.img", "/swap/swapfile", "/var/swap")
        error_when=("marketplace",),
        rationale="Swap belongs on the temporary resource disk (cloud-init or waagent set it up); "
                  "swap on the OS disk wears premium storage and fails Marketplace certification.",
-       source="GEN, UBU, MKT test 41 (azure-requirements.md disk.part.swap)",
+       source=("GEN", "UBU", "MKT: test 41"),
        remediation="Remove the swap line from /etc/fstab and the swap file; configure swap on "
                    "the resource disk with cloud-init (mounts/swap) or waagent.",
        passes=[Example("commented-out swap line",
@@ -310,7 +304,7 @@ UNSTABLE = re.compile(r"^/dev/(sd[a-z]+|hd[a-z]+|vd[a-z]+|xvd[a-z]+|nvme\d+n\d+)
        severity=Severity.WARNING, error_when=("nvme",),
        rationale="Kernel device names (/dev/sda1, /dev/nvme0n1p1) change between VM sizes and "
                  "between SCSI and NVMe; the VM then drops to emergency mode.",
-       source="RHEL, UBU, NVC (azure-requirements.md fs.fstab)",
+       source=("RHEL", "UBU", "NVME"),
        remediation="Use UUID=, LABEL=, PARTUUID= or /dev/disk/by-* in /etc/fstab.",
        passes=[Example("by-uuid link", files={"/etc/fstab": "/dev/disk/by-uuid/"
                        "6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f / ext4 defaults 0 1\n"})],
@@ -326,7 +320,7 @@ def fstab_stable(ctx: Context) -> list[Finding]:
        rationale="An fstab entry naming a filesystem that is not on the disk (a UUID from the "
                  "build host, a reformatted partition) stops the boot in emergency mode unless "
                  "it is nofail.",
-       source="RHEL, UBU, NVC (azure-requirements.md fs.fstab)",
+       source=("RHEL", "UBU", "NVME"),
        remediation="Correct the UUID (blkid) or add nofail for optional mounts.",
        passes=[Example("LABEL of the ESP", files={"/etc/fstab":
                        "UUID=6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f / ext4 defaults 0 1\n"

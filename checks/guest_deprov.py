@@ -4,10 +4,9 @@ A generalized image must not carry the identity or the secrets of the machine it
 what ``waagent -deprovision+user`` and ``cloud-init clean --logs --machine-id`` remove.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (rows deprov.*), which cites
-    WALinuxAgent ``azurelinuxagent/pa/deprovision/default.py`` (WA-DP), cloud-init
-    ``cmd/clean.py`` (CI), the Marketplace certification tests (MKT), Azure "Prepare a Linux VHD"
-    (GEN).
+  - :mod:`checks.sources`: WALinuxAgent ``azurelinuxagent/pa/deprovision/default.py`` (WA-DP),
+    cloud-init ``cmd/clean.py`` (CI-CLEAN), the Marketplace certification tests (MKT), Azure
+    "Prepare a Linux VHD" (GEN).
   - shadow(5) (``!``/``*`` locked fields), login.defs(5) (``UID_MIN``), machine-id(5)
     (``uninitialized``).
 """
@@ -18,7 +17,7 @@ import posixpath
 
 from .catalog import GENERALIZED, Applies, Context, Example, Finding, NotApplicable, Severity, check
 from .guest import Guest
-from .guest_prov import cloudinit_provisions
+from .provisioning import cloudinit_provisions
 from .guestlib import cloud_config, guest, home_dirs, parse_keyvalue, waagent_conf, where
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))
@@ -45,7 +44,7 @@ def _host_keys(ctx: Context) -> list[Finding]:
        applies=GEN, error_when=("marketplace",),
        rationale="Host keys baked into an image are those of the build machine; a generalized "
                  "image should not carry them even when the provisioner regenerates them.",
-       source="WA-DP, CI (azure-requirements.md deprov.ssh-hostkeys)",
+       source=("WA-DP", "CI-CLEAN"),
        remediation="rm -f /etc/ssh/ssh_host_*key* before capture (waagent -deprovision does it).",
        passes=[Example("baseline")],
        fails=[Example("keys left, cloud-init regenerates them",
@@ -59,7 +58,7 @@ def ssh_host_keys(ctx: Context) -> list[Finding]:
        rationale="Host keys in the image that no provisioner regenerates are shared by every VM "
                  "made from it (one can impersonate another). cloud-init (ssh_deletekeys, default "
                  "true) regenerates them; waagent only with Provisioning.RegenerateSshHostKeyPair=y.",
-       source="WA-DP, WA-CONF, CI (azure-requirements.md deprov.ssh-hostkeys)",
+       source=("WA-DP", "WA-CONF", "CI: ssh_deletekeys"),
        remediation="Delete /etc/ssh/ssh_host_*key*, or set Provisioning.RegenerateSshHostKeyPair=y.",
        passes=[Example("keys present but cloud-init regenerates them",
                        files={"/etc/ssh/ssh_host_ed25519_key": "k"}),
@@ -83,7 +82,7 @@ def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
        severity=Severity.WARNING, applies=GEN,
        rationale="A baked machine-id is shared by every clone: DHCP client ids, journald and "
                  "systemd-networkd identities collide.",
-       source="CI clean --machine-id (azure-requirements.md deprov.machine-id)",
+       source=("CI-CLEAN: --machine-id",),
        remediation="truncate -s 0 /etc/machine-id (or write 'uninitialized').",
        passes=[Example("uninitialized", files={"/etc/machine-id": "uninitialized\n"}),
                Example("absent", files={"/etc/machine-id": None})],
@@ -104,7 +103,7 @@ HISTORIES = (".bash_history", ".zsh_history", ".python_history", ".mysql_history
        applies=GEN, error_when=("marketplace",),
        rationale="Shell histories leak the build commands and sometimes secrets; Marketplace "
                  "fails when a history is over 1 KB.",
-       source="MKT test 48, WA-DP (azure-requirements.md deprov.history)",
+       source=("MKT: test 48", "WA-DP"),
        remediation="Delete the files and run 'export HISTSIZE=0' before capture.",
        passes=[Example("baseline")],
        fails=[Example("root history", files={"/root/.bash_history": "apt install x\n"}),
@@ -125,7 +124,7 @@ def history(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR, applies=GEN,
        rationale="A baked authorized_keys lets whoever built the image log into every VM made from "
                  "it; private keys in a home directory are secrets.",
-       source="GEN, MKT (azure-requirements.md deprov.authkeys)",
+       source=("GEN", "MKT"),
        remediation="Delete ~/.ssh/authorized_keys and ~/.ssh/id_* of root and every user.",
        passes=[Example("public key only", files={"/root/.ssh/known_hosts": "h"})],
        fails=[Example("root authorized_keys", files={"/root/.ssh/authorized_keys": "ssh-ed25519 A"}),
@@ -143,7 +142,7 @@ def authorized_keys(ctx: Context) -> list[Finding]:
        rationale="/var/lib/waagent of a provisioned VM holds 'provisioned' (the agent then skips "
                  "provisioning: the deployment times out), ovf-env.xml (with the admin password "
                  "hash), the transport private key and goal state.",
-       source="WA-DP, WA-PROV, WALinuxAgent#706 (azure-requirements.md deprov.waagent-state)",
+       source=("WA-DP", "WA-PROV", "WA-706"),
        remediation="waagent -deprovision (or rm -rf /var/lib/waagent/*) before capture.",
        passes=[Example("absent", files={"/var/lib/waagent": None})],
        fails=[Example("provisioned marker", files={"/var/lib/waagent/provisioned": ""}),
@@ -160,7 +159,7 @@ CLOUD_STATE = r"instance|instances|data|sem|handlers|scripts"
        rationale="With /var/lib/cloud/instance(s) present cloud-init believes it already ran "
                  "(per-instance modules are skipped); a seed/azure/ovf-env.xml is read before the "
                  "real provisioning media.",
-       source="CI clean.py, DataSourceAzure (azure-requirements.md deprov.ci-state)",
+       source=("CI-CLEAN", "CI: the seed directory is searched first"),
        remediation="cloud-init clean --logs --seed before capture.",
        passes=[Example("empty /var/lib/cloud", files={"/var/lib/cloud": None})],
        fails=[Example("instance dir", files={"/var/lib/cloud/instances/abc/boot-finished": "1"}),
@@ -185,7 +184,7 @@ def _login_defs(g: Guest) -> tuple[int, int]:
        applies=GEN, error_when=("marketplace",),
        rationale="Build users (UID_MIN..UID_MAX) and their homes survive into every VM; waagent "
                  "-deprovision+user removes only the provisioned user.",
-       source="WA-DP, GEN (azure-requirements.md deprov.users)",
+       source=("WA-DP", "GEN"),
        remediation="userdel -r <user> before capture.",
        passes=[Example("system users only")],
        fails=[Example("build user", files={
@@ -218,7 +217,7 @@ def _usable_hash(field: str) -> bool:
        applies=GEN, error_when=("marketplace",),
        rationale="A root password or any usable password hash in the image is a default credential "
                  "on every VM made from it.",
-       source="WA-DP (DeleteRootPassword), MKT (azure-requirements.md deprov.root-pw)",
+       source=("WA-DP: DeleteRootPassword", "MKT"),
        remediation="passwd -l root (and every account); Azure sets the admin credentials.",
        passes=[Example("root locked with the waagent marker",
                        files={"/etc/shadow": "root:*LOCK*:14600::::::\n"})],
@@ -246,7 +245,7 @@ LEASE_DIRS = (("/var/lib/dhcp", r".+\.leases?"), ("/var/lib/dhclient", r".+\.lea
 @check(id="guest.deprovision.dhcp-leases", title="No DHCP leases", severity=Severity.WARNING,
        applies=GEN,
        rationale="A stale lease makes the client request the build machine's address first.",
-       source="WA-DP (azure-requirements.md deprov.dhcp)",
+       source=("WA-DP",),
        remediation="Delete the lease files before capture.",
        passes=[Example("baseline")],
        fails=[Example("dhclient lease", files={"/var/lib/dhcp/dhclient.eth0.leases": "lease {}"})])
@@ -262,7 +261,7 @@ NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
        severity=Severity.WARNING, applies=GEN,
        rationale="Rules or configs bound to the build machine's MAC address leave the new VM's "
                  "NIC unconfigured (it gets another MAC).",
-       source="WA-PROV, PROVE (azure-requirements.md deprov.net-persist)",
+       source=("WA-PROV", "PROVE"),
        remediation="Delete 70-persistent-net.rules and HWADDR=/macaddress lines.",
        passes=[Example("baseline")],
        fails=[Example("udev persistent rules", files={
@@ -289,7 +288,7 @@ LOGS = (("/var/log", r"waagent\.log.*|cloud-init.*\.log.*|azure"),)
 @check(id="guest.deprovision.logs", title="No provisioning logs", severity=Severity.WARNING,
        applies=GEN,
        rationale="Agent and cloud-init logs of the build VM confuse support and leak its details.",
-       source="WA-DP, GEN, CI (azure-requirements.md deprov.logs)",
+       source=("WA-DP", "GEN", "CI-CLEAN: --logs"),
        remediation="cloud-init clean --logs; rm -rf /var/log/waagent.log /var/log/azure.",
        passes=[Example("baseline")],
        fails=[Example("waagent.log", files={"/var/log/waagent.log": "x"}),

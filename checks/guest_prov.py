@@ -1,10 +1,10 @@
 """Guest checks: the provisioner (waagent, cloud-init) and sshd.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (rows prov.*, ssh.*), which cites:
-    Azure "Prepare a Linux VHD" (GEN), "Azure Linux VM provisioning" (PROVE), the Marketplace
-    certification tests (MKT), WALinuxAgent README configuration (WA-CONF) and
-    ``azurelinuxagent/pa/provision`` (WA-PROV), cloud-init DataSourceAzure docs (CI).
+  - :mod:`checks.sources`: Azure "Prepare a Linux VHD" (GEN), "Azure Linux VM provisioning"
+    (PROVE), the Marketplace certification tests (MKT), WALinuxAgent README configuration
+    (WA-CONF) and ``azurelinuxagent/pa/provision`` (WA-PROV), cloud-init DataSourceAzure docs (CI).
+  - Who provisions, and the agent's version: :mod:`checks.provisioning`.
   - WALinuxAgent ``azurelinuxagent/common/version.py`` (``AGENT_VERSION``).
   - sshd_config(5) (``Include``, first value wins, ``ClientAliveInterval``).
 """
@@ -15,9 +15,11 @@ import re
 
 from .catalog import (GENERALIZED, SPECIALIZED, Applies, Context, Example, Finding, NotApplicable,
                       Severity, check)
-from .fakeguest import symlink
+from .examples import symlink
 from .guestlib import (WAAGENT_CONF, cloud_config, cloudinit_enabled, cmdlines, guest, line_of,
                        provisioning_agent, units, waagent_conf, waagent_enabled, where)
+from .provisioning import (AGENT_VERSION_FILES, agent_version, cloudinit_provisions,
+                           waagent_provisions)
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))
 SPEC = Applies(os_states=frozenset({SPECIALIZED}))
@@ -30,29 +32,12 @@ WAAGENT_ONLY = {**NO_CLOUDINIT, WAAGENT_CONF: "Provisioning.Agent=waagent\n"
 VALID_AGENTS = ("auto", "waagent", "cloud-init", "disabled")
 
 
-def _waagent_provisions(ctx: Context) -> bool:
-    agent = provisioning_agent(ctx)
-    value = agent.value if agent else "auto"
-    if waagent_conf(ctx) is None or not waagent_enabled(ctx):
-        return False
-    return value == "waagent" or (value == "auto" and not cloudinit_enabled(ctx))
-
-
-def cloudinit_provisions(ctx: Context) -> bool:
-    """cloud-init is enabled and its datasource list allows Azure."""
-    cfg = cloud_config(ctx)
-    if not cloudinit_enabled(ctx) or cfg is None:
-        return False
-    ds = cfg.merged.get("datasource_list")
-    return ds is None or (isinstance(ds, list) and "Azure" in ds)
-
-
 @check(id="guest.provisioner.present", title="A provisioner handles the first boot",
        severity=Severity.ERROR, applies=GEN,
        rationale="A generalized image is provisioned on first boot (hostname, user, SSH key) and "
                  "must report ready to the Azure fabric; without waagent provisioning or cloud-init "
                  "with the Azure datasource, deployment times out after 20-40 minutes.",
-       source="GEN, PROVE, NOAG (azure-requirements.md prov.agent)",
+       source=("GEN", "PROVE", "NOAG"),
        remediation="Install and enable cloud-init with the Azure datasource (or waagent with "
                    "Provisioning.Agent=auto/waagent).",
        passes=[Example("waagent provisions alone", files=WAAGENT_ONLY)],
@@ -61,7 +46,7 @@ def cloudinit_provisions(ctx: Context) -> bool:
               Example("cloud-init disabled by marker, waagent defers to cloud-init",
                       files={"/etc/cloud/cloud-init.disabled": ""})])
 def provisioner_present(ctx: Context) -> list[Finding]:
-    if _waagent_provisions(ctx) or cloudinit_provisions(ctx):
+    if waagent_provisions(ctx) or cloudinit_provisions(ctx):
         return []
     g = guest(ctx)
     why = []
@@ -79,7 +64,7 @@ def provisioner_present(ctx: Context) -> list[Finding]:
        severity=Severity.ERROR, applies=GEN,
        rationale="With Provisioning.Agent=waagent and cloud-init enabled, the agent refuses to "
                  "provision ('cloud-init appears to be installed and enabled').",
-       source="WA-PROV (azure-requirements.md prov.conflict)",
+       source=("WA-PROV",),
        remediation="Set Provisioning.Agent=cloud-init (or auto) when cloud-init provisions, or "
                    "disable cloud-init when waagent does.",
        passes=[Example("waagent alone", files=WAAGENT_ONLY)],
@@ -98,7 +83,7 @@ def provisioner_conflict(ctx: Context) -> list[Finding]:
        rationale="A specialized disk keeps its identity: waagent must be Provisioning.Agent="
                  "disabled (it then only reports ready) or leave it to cloud-init; a generalized "
                  "provisioning setup on a specialized image times out.",
-       source="GEN, WA-PROV, PROVE (azure-requirements.md prov.specialized)",
+       source=("GEN", "WA-PROV", "PROVE"),
        remediation="Set Provisioning.Agent=disabled (or cloud-init) in /etc/waagent.conf.",
        passes=[Example("specialized with Provisioning.Agent=disabled",
                        files={WAAGENT_CONF: "Provisioning.Agent=disabled\n"},
@@ -107,7 +92,7 @@ def provisioner_conflict(ctx: Context) -> list[Finding]:
                       profile={"os_state": SPECIALIZED})])
 def provisioner_specialized(ctx: Context) -> list[Finding]:
     agent = provisioning_agent(ctx)
-    if _waagent_provisions(ctx):
+    if waagent_provisions(ctx):
         return [Finding(f"waagent will provision (Provisioning.Agent="
                         f"{agent.value if agent else 'auto (default)'})",
                         agent.evidence if agent else WAAGENT_CONF,
@@ -119,7 +104,7 @@ def provisioner_specialized(ctx: Context) -> list[Finding]:
        rationale="Provisioning.Agent accepts auto, waagent, cloud-init, disabled; "
                  "Provisioning.Enabled/UseCloudInit were removed in 2.2.45 and are ignored; when "
                  "cloud-init provisions, the agent must not format the resource disk nor make swap.",
-       source="WA-CONF, GEN (azure-requirements.md prov.waagent.conf)",
+       source=("WA-CONF", "GEN"),
        remediation="Fix the named lines of /etc/waagent.conf.",
        passes=[Example("waagent provisioning config", files=WAAGENT_ONLY)],
        fails=[Example("resource disk formatted while cloud-init provisions",
@@ -150,42 +135,25 @@ def waagent_config(ctx: Context) -> list[Finding]:
     return out
 
 
-AGENT_VERSION_FILES = ("/usr/lib/python3/dist-packages/azurelinuxagent/common/version.py",
-                       "/usr/lib/python3/site-packages/azurelinuxagent/common/version.py")
 MIN_WAAGENT = (2, 2, 41)
-
-
-def _agent_version(ctx: Context) -> tuple[str, str] | None:
-    g = guest(ctx)
-    paths = list(AGENT_VERSION_FILES)
-    for lib in g.glob("/usr/lib", r"python3.*"):
-        paths.append(f"{lib}/site-packages/azurelinuxagent/common/version.py")
-    for path in paths:
-        no = line_of(g, path, r"^AGENT_VERSION\s*=")
-        if no:
-            text = (g.read_text(path) or "").splitlines()[no - 1]
-            m = re.search(r"['\"]([0-9.]+)['\"]", text)
-            if m:
-                return m.group(1), where(path, no)
-    return None
 
 
 @check(id="guest.waagent.version", title="waagent is recent enough", severity=Severity.WARNING,
        error_when=("marketplace",),
        rationale="Marketplace requires WALinuxAgent 2.2.41 or later (since 2020-05-01).",
-       source="MKT (azure-requirements.md prov.waagent.version)",
+       source=("MKT",),
        remediation="Update the walinuxagent / WALinuxAgent package.",
        passes=[Example("exactly 2.2.41",
                        files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.41'\n"})],
        fails=[Example("waagent 2.2.40", files={AGENT_VERSION_FILES[0]: "AGENT_VERSION = '2.2.40'\n"})])
 def waagent_version(ctx: Context) -> list[Finding]:
-    found = _agent_version(ctx)
-    if found is None:
+    found = agent_version(ctx)
+    if found is None or not re.fullmatch(r"[0-9.]+", found.version):
         if waagent_conf(ctx) is None:
             raise NotApplicable("waagent is not installed")
         return [Finding("waagent.conf exists but the agent's version.py was not found",
                         WAAGENT_CONF)]
-    version, evidence = found
+    version, evidence = found.version, found.evidence
     if tuple(int(p) for p in version.split(".")[:3]) < MIN_WAAGENT:
         return [Finding(f"waagent {version} is older than 2.2.41", evidence)]
     return []
@@ -196,7 +164,7 @@ def waagent_version(ctx: Context) -> list[Finding]:
        rationale="waagent (walinuxagent.service on Debian/Ubuntu) runs VM extensions, reports "
                  "health and, with Provisioning.Agent=auto/waagent, provisions; a generalized "
                  "image needs it enabled.",
-       source="GEN, IMGL (azure-requirements.md prov.waagent.enabled)",
+       source=("GEN", "IMGL"),
        remediation="Install walinuxagent/WALinuxAgent and enable its service.",
        passes=[Example("waagent.service name (RHEL)", files={
            WA_WANTS: None, "/etc/systemd/system/multi-user.target.wants/waagent.service":
@@ -221,7 +189,7 @@ DS_IDENTIFY = "/etc/cloud/ds-identify.cfg"
        rationale="cloud-init provisions on Azure only with the Azure datasource: datasource_list "
                  "(merged from cloud.cfg and cloud.cfg.d/*.cfg in lexical order) must contain "
                  "Azure, ds-identify must not exclude it, and cloud-init must not be disabled.",
-       source="GEN, UBU, CI (azure-requirements.md prov.ci.datasource)",
+       source=("GEN", "UBU", "CI"),
        remediation="Write /etc/cloud/cloud.cfg.d/90-azure.cfg with 'datasource_list: [ Azure ]', "
                    "remove /etc/cloud/cloud-init.disabled and restrictive ds-identify.cfg.",
        passes=[Example("a later file narrows the list to Azure",
@@ -264,7 +232,7 @@ SSH_UNITS = ("ssh.service", "sshd.service")
        applies=GEN,
        rationale="Azure Linux VMs are reached over SSH; a generalized image without an enabled "
                  "sshd cannot be logged into.",
-       source="GEN (azure-requirements.md ssh.server)",
+       source=("GEN",),
        remediation="Install openssh-server and enable ssh.service.",
        passes=[Example("unit enabled under its alias sshd.service",
                        files={"/etc/systemd/system/multi-user.target.wants/ssh.service": None,
@@ -323,7 +291,7 @@ def _expand_include(ctx: Context, spec: str) -> list[str]:
        severity=Severity.WARNING, applies=MP, error_when=("marketplace",),
        rationale="Marketplace certification requires ClientAliveInterval between 30 and 235 "
                  "seconds (180 recommended) so idle sessions survive the Azure load balancer.",
-       source="MKT test 46, RHEL (azure-requirements.md ssh.clientalive)",
+       source=("MKT: test 46", "RHEL"),
        remediation="Set 'ClientAliveInterval 180' in /etc/ssh/sshd_config.",
        passes=[Example("180 s", profile={"features": frozenset({"marketplace"})})],
        fails=[Example("not set", files={SSHD_CONFIG: "PasswordAuthentication no\n"},

@@ -1,41 +1,21 @@
 """Guest check: Trusted Launch needs a first-stage loader signed by the Microsoft UEFI CA.
 
 References:
-  - /work/shared/reference/azure-requirements.md section 1 (row tl.shim; sources TLF, SBC, UEFIK).
+  - Sources TLF, SBC, UEFIK of :mod:`checks.sources` (Trusted Launch, its Secure Boot certificates).
   - checks/authenticode.py (the PE security directory and the chain to the CA).
 """
 
 from __future__ import annotations
 
-import datetime
-
 from .authenticode import PEError, microsoft_uefi_ca, signatures
 from .catalog import V2, Applies, Context, Example, Finding, Severity, check
-from .fakeguest import pe_image
+from .examples import pe
 from .guest_boot import efi_fallback_path
 from .guestlib import guest
 
 TL = frozenset({"trusted_launch"})
 BOOTX64 = "/boot/efi/EFI/BOOT/BOOTX64.EFI"
 MAX_LOADER = 64 * 1024 * 1024
-
-
-def forged_pkcs7(name: str = "Microsoft Corporation UEFI CA 2011") -> bytes:
-    """SignedData from a self-made certificate that only *names* the Microsoft CA (test data)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import pkcs7
-    from cryptography.x509.oid import NameOID
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime(2024, 1, 1)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
-    return (pkcs7.PKCS7SignatureBuilder().set_data(b"authenticode")
-            .add_signer(cert, key, hashes.SHA256())
-            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoAttributes]))
 
 
 @check(id="guest.trusted-launch.shim-signed",
@@ -45,14 +25,14 @@ def forged_pkcs7(name: str = "Microsoft Corporation UEFI CA 2011") -> bytes:
                  "(shim) must carry an Authenticode signature chaining to Microsoft Corporation "
                  "UEFI CA 2011 or Microsoft UEFI CA 2023, or the VM does not boot unless the "
                  "image defines custom uefiSettings.",
-       source="TLF, SBC, UEFIK (azure-requirements.md tl.shim)",
+       source=("TLF", "SBC", "UEFIK"),
        remediation="Install the distribution's Microsoft-signed shim (shim-signed) as "
                    "EFI/BOOT/BOOTX64.EFI, or register the image with custom UEFI keys.",
        passes=[Example("Debian's signed shim", profile={"features": TL})],
        fails=[Example("unsigned loader", profile={"features": TL},
-                      files={BOOTX64: pe_image(None)}),
+                      files={BOOTX64: pe(None)}),
               Example("self-made certificate named after the Microsoft CA",
-                      profile={"features": TL}, files={BOOTX64: pe_image(forged_pkcs7())}),
+                      profile={"features": TL}, files={BOOTX64: pe("forged")}),
               Example("grub copied as the fallback loader (not a PE signed by Microsoft)",
                       profile={"features": TL}, files={BOOTX64: b"MZ" + b"\0" * 100})])
 def shim_signed(ctx: Context) -> list[Finding]:

@@ -1,11 +1,13 @@
 """The catalog as text: ``vhdtool checks list``/``show`` and the generated docs/checks.md.
 
 References:
-  checks.catalog (the declarations); GitHub-flavoured Markdown (tables, explicit anchors).
+  checks.catalog (the declarations), checks.sources (the references they cite, with URLs);
+  GitHub-flavoured Markdown (tables, explicit anchors, inline links).
 """
 
 from __future__ import annotations
 
+from checks import sources
 from checks.catalog import Check, Example
 
 
@@ -40,9 +42,9 @@ def show(c: Check) -> str:
              f"applies to:  {c.applies.describe()}; {'/'.join(sorted(c.applies.roles))} disk"
              + (f"; needs {c.needs}" if c.needs else ""),
              f"rationale:   {c.rationale}",
-             f"source:      {c.source}",
-             f"remediation: {c.remediation}",
-             "passes when:"]
+             "sources:"]
+    lines += [f"  - {sources.text((s,))}" for s in c.sources]
+    lines += [f"remediation: {c.remediation}", "passes when:"]
     lines += [f"  - {_example(e)}" for e in c.passes]
     lines.append("fails when:")
     lines += [f"  - {_example(e)}" for e in c.fails]
@@ -65,7 +67,7 @@ def markdown(catalog: dict[str, Check]) -> str:
                 f"- **Applies to**: {c.applies.describe()}; "
                 f"{'/'.join(sorted(c.applies.roles))} disk; reads the {c.needs}",
                 f"- **Why**: {c.rationale}",
-                f"- **Source**: {c.source}",
+                f"- **Source**: {sources.markdown(c.sources)}",
                 f"- **Fix**: `{c.remediation}`",
                 "- **Passes**: " + "; ".join(_example(e) for e in c.passes),
                 "- **Fails**: " + "; ".join(_example(e) for e in c.fails)]

@@ -114,9 +114,38 @@ def _profile(os_state: str, generation: str, role: str, features: dict[str, bool
                    role=role, features=frozenset(name for name, on in features.items() if on))
 
 
+def _stack(func: Any, opts: list[Any]) -> Any:
+    """``func`` decorated with ``opts`` (listed in the order --help shows them)."""
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def image_options(os_state_help: str, generation_help: str) -> Any:
+    """-f/--image-format, --os-state and --generation, shared by check and manifest (and fix):
+    what the image is and how it will be registered; each command words the help its way."""
+
+    def apply(func: Any) -> Any:
+        return _stack(func, [
+            click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
+                         help="Image format (probed from magic bytes when omitted)."),
+            click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
+                         show_default=True, help=os_state_help),
+            click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
+                         show_default=True, help=generation_help)])
+    return apply
+
+
+def fail_on_option(func: Any) -> Any:
+    """--fail-on, shared by check and manifest."""
+    return click.option("--fail-on", type=click.Choice(["error", "warning", "info"]),
+                        default="error", show_default=True,
+                        help="Exit 1 when a finding is at or above this severity.")(func)
+
+
 def guest_options(func: Any) -> Any:
     """--guest/--no-guest, --guest-timeout and --engine, shared by check and manifest."""
-    opts = [
+    return _stack(func, [
         click.option("--guest/--no-guest", default=True, show_default=True,
                      help="Open the guest read-only (see --engine) and run the guest checks "
                           "(--no-guest: disk-level checks only, no guest engine needed)."),
@@ -127,10 +156,7 @@ def guest_options(func: Any) -> Any:
                      help="Guest engine: native (in-process readers, no appliance), guestfs "
                           "(libguestfs), auto (native when it reads every filesystem the guest "
                           "mounts)."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
+    ])
 
 
 def _run_with_engine(command: str, image: str, guest: bool, engine_name: str, timeout: float,
@@ -153,7 +179,7 @@ def _run_with_engine(command: str, image: str, guest: bool, engine_name: str, ti
 
 def gallery_options(func: Any) -> Any:
     """Declared gallery values; the gallery.* checks compare them with what the disk supports."""
-    opts = [
+    return _stack(func, [
         click.option("--security-type", type=click.Choice(SECURITY_TYPES), default=None,
                      help="Declared features SecurityType (TrustedLaunchSupported needs a "
                           "Microsoft-signed shim and Gen2)."),
@@ -167,10 +193,7 @@ def gallery_options(func: Any) -> Any:
         click.option("--image-version", default=None, help="Image version (MAJOR.MINOR.PATCH)."),
         click.option("--end-of-life", default=None, metavar="DATE",
                      help="Image definition end-of-life date (ISO-8601, in the future)."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
+    ])
 
 
 def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
@@ -190,26 +213,22 @@ def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
 
 @cli.command("check")
 @click.argument("image", type=IMAGE_PATH)
-@click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
-              help="Image format (probed from magic bytes when omitted).")
-@click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
-              show_default=True, help="How the image will be registered.")
-@click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
-              show_default=True, help="Hyper-V generation(s) intended; auto = what the disk boots.")
+@image_options(os_state_help="How the image will be registered.",
+               generation_help="Hyper-V generation(s) intended; auto = what the disk boots.")
 @click.option("--role", type=click.Choice(["os", "data"]), default="os", show_default=True)
 @click.option("--marketplace", is_flag=True, help="Intended for the Azure Marketplace.")
 @click.option("--trusted-launch", is_flag=True, help="Intended for Trusted Launch VMs.")
 @click.option("--nvme", is_flag=True, help="Intended for NVMe disk controllers.")
 @click.option("--accelerated-networking", is_flag=True, help="Intended for Accelerated Networking.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error",
-              show_default=True, help="Exit 1 when a finding is at or above this severity.")
+@fail_on_option
 @click.option("--select", multiple=True, metavar="ID", help="Run only these ids or prefixes.")
 @click.option("--ignore", multiple=True, metavar="ID", help="Skip these ids or prefixes.")
 @click.option("--format", "formats", multiple=True, metavar="NAME[:FILE]",
               help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File for the first --format that names none.")
-@click.option("--color/--no-color", default=None, help="Colour the text report (default: on a TTY).")
+@click.option("--color/--no-color", default=None,
+              help="Colour the text report (default: on a TTY).")
 @click.option("--show-skipped", is_flag=True,
               help="Text report: list the checks that did not apply, with the reason "
                    "(else counted).")
@@ -291,12 +310,8 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 
 @cli.command("manifest")
 @click.argument("image", type=IMAGE_PATH)
-@click.option("-f", "--image-format", "fmt", type=FORMAT_CHOICE, default=None,
-              help="Image format (probed from magic bytes when omitted).")
-@click.option("--os-state", type=click.Choice(OS_STATES), default=OS_STATES[0],
-              show_default=True, help="Declared osState (checked against the disk).")
-@click.option("--generation", type=click.Choice(list(GENERATIONS)), default="auto",
-              show_default=True, help="Declared hyperVGeneration(s); auto = what the disk boots.")
+@image_options(os_state_help="Declared osState (checked against the disk).",
+               generation_help="Declared hyperVGeneration(s); auto = what the disk boots.")
 @gallery_options
 @click.option("--accelerated-networking/--no-accelerated-networking", default=None,
               help="Declared IsAcceleratedNetworkSupported (default: derived).")
@@ -311,8 +326,7 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.option("--resource-group", default=None, help="Upload commands: resource group.")
 @click.option("--location", default=None, help="Upload commands: Azure region.")
 @click.option("--disk-name", default=None, help="Upload commands: managed disk name.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error",
-              show_default=True, help="Exit 1 when a finding is at or above this severity.")
+@fail_on_option
 @guest_options
 def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
                  accelerated_networking: bool | None, md5: bool, digests_from: str | None,

@@ -37,8 +37,8 @@ from typing import Any
 
 from checks.catalog import V2, Context, Severity, Verdict
 from checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, declared_accelerated,
-                            declared_controllers, declared_security_type, derive, feature_values,
-                            provisioners)
+                            declared_controllers, declared_security_type, derive, feature_values)
+from checks.provisioning import provisioners
 
 from . import __version__
 from .exitcodes import trips

@@ -5,9 +5,8 @@ import struct
 import pytest
 
 from checks.authenticode import CA_2011, PEError, microsoft_uefi_ca, signatures
-from checks.fakeguest import pe_image
-from checks.guest_tl import forged_pkcs7
-from checks.shimsig import DEBIAN_SHIM_PKCS7
+from tests.checks.fakeguest import forged_pkcs7, pe_image
+from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
 
 
 def test_debian_shim_chains_to_the_2011_ca_by_key() -> None:

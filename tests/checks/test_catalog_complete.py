@@ -65,3 +65,44 @@ def test_fails_on_fail_examples(cid: str) -> None:
         r = run_check(c, context_for(ex))
         assert r.verdict is Verdict.FAIL, (cid, ex.summary, r.reason)
         assert all(f.message for f in r.findings)
+
+
+def test_sources_resolve_and_every_reference_is_cited() -> None:
+    """Every citation names a registry key; every URL is https and well-formed; none unused."""
+    from urllib.parse import urlsplit
+
+    from checks.sources import REFERENCES, split
+    cited = {split(s)[0] for c in CATALOG.values() for s in c.sources}
+    assert cited <= set(REFERENCES), cited - set(REFERENCES)
+    assert set(REFERENCES) <= cited, f"unused references: {set(REFERENCES) - cited}"
+    for key, ref in REFERENCES.items():
+        u = urlsplit(ref.url)
+        assert u.scheme == "https" and u.netloc and "." in u.netloc, (key, ref.url)
+        assert not any(ch.isspace() for ch in ref.url) and ref.title.strip(), key
+    for cid, c in CATALOG.items():
+        assert c.help_uri.startswith("https://"), cid
+
+
+def test_no_source_points_outside_the_repository() -> None:
+    """Sources, rationale and remediation cite the registry, never ../shared or an absolute path."""
+    for cid, c in CATALOG.items():
+        for text in (c.source, c.rationale, c.remediation):
+            assert "../" not in text and "/work/" not in text, (cid, text)
+
+
+def test_unknown_source_key_is_refused() -> None:
+    from checks.catalog import check
+    with pytest.raises(KeyError, match="NOPE"):
+        check(id="test.unknown-source", title="t", severity=checks.Severity.INFO,
+              rationale="r", source=("GEN", "NOPE: detail"), remediation="f", passes=(),
+              fails=())(lambda ctx: [])
+    assert "test.unknown-source" not in CATALOG
+
+
+def test_no_file_of_the_catalog_points_outside_the_repository() -> None:
+    from pathlib import Path
+    root = Path(checks.__file__).parent
+    files = sorted(root.rglob("*.py")) + [root.parent / "docs" / "checks.md"]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert "../shared" not in text and "/work/shared" not in text, path

@@ -8,7 +8,7 @@ from checks.catalog import (ALL, Applies, Check, Context, Example, Finding, NotA
 
 def _mk(cid: str, func, **kw) -> dict[str, Check]:
     cat: dict[str, Check] = {}
-    defaults = dict(title="t", severity=Severity.WARNING, rationale="r", source="s",
+    defaults = dict(title="t", severity=Severity.WARNING, rationale="r", source="GEN",
                     remediation="fix", passes=(Example("p"),), fails=(Example("f"),),
                     needs="disk", applies=ALL)
     defaults.update(kw)

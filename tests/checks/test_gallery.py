@@ -8,10 +8,11 @@ import pytest
 from checks.catalog import SPECIALIZED, V1, V2, Context, Profile, Verdict, run_check
 from checks.disk import baseline_disk, with_partition, without_partition
 from checks.examples import context_for
-from checks.fakeguest import fake_guest
-from checks.gallery import (ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED, Declaration, declare,
-                            derive, dpkg_versions, identifier_problems, parse_date, provisioners,
+from tests.checks.fakeguest import fake_guest
+from checks.gallery import (Declaration, declare, derive, identifier_problems, parse_date,
                             version_problems)
+from checks.gallery.rules import ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED
+from checks.provisioning import dpkg_versions, provisioners
 from checks.guestlib import WAAGENT_CONF
 import checks
 

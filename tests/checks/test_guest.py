@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from checks.fakeguest import ESP_UUID, KVER, ROOT_UUID, fake_guest, symlink
+from tests.checks.fakeguest import ESP_UUID, KVER, ROOT_UUID, fake_guest, symlink
 from checks.guest import fs_index, module_name, parse_fstab
 
 

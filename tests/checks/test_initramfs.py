@@ -130,7 +130,7 @@ def test_bad_archives_raise_initramfs_error(data: bytes) -> None:
 
 
 def test_truncated_entry_data() -> None:
-    from checks.fakeguest import newc
+    from tests.checks.fakeguest import newc
     arc = newc({"a.ko": b"x" * 100}, trailer=False)
     with pytest.raises(InitramfsError, match="truncated"):
         read_initramfs(arc[:-60])

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from checks.catalog import V1, V2, Profile, Severity
-from checks.fakeguest import fake_guest
-from checks.gallery import UNSIGNED, Declaration, declare
+from tests.checks.fakeguest import fake_guest
+from checks.gallery import Declaration, declare
+from checks.gallery.rules import UNSIGNED
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.cli import cli
 from vhdtool.manifest import Digests, build, collect, script
@@ -32,7 +33,7 @@ NAMES = dict(publisher="myorg", offer="debian", sku="12", gallery="my_gallery",
 
 
 class FakeEngine:
-    """The pipeline's guest engine over checks.fakeguest (counts its calls)."""
+    """The pipeline's guest engine over tests.checks.fakeguest (counts its calls)."""
 
     skip_reason = None
     timing = None

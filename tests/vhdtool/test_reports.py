@@ -175,7 +175,7 @@ def test_guest_checks_skip_with_reason(images) -> None:
     saved = dict(CATALOG)
     try:
         check(id="test.guest-only", title="t", severity=Severity.ERROR, rationale="r",
-              source="s", remediation="f", passes=[], fails=[], needs="guest")(
+              source="GEN", remediation="f", passes=[], fails=[], needs="guest")(
                   lambda ctx: [Finding("x")])
         r = {x.check.id: x for x in run(str(images["good"]), Profile()).results}
         assert r["test.guest-only"].verdict is Verdict.SKIP
@@ -198,7 +198,7 @@ def test_guest_engine_seam(images) -> None:
     saved = dict(CATALOG)
     try:
         check(id="test.guest-view", title="t", severity=Severity.ERROR, rationale="r",
-              source="s", remediation="f", passes=[], fails=[], needs="guest")(
+              source="GEN", remediation="f", passes=[], fails=[], needs="guest")(
                   lambda ctx: [Finding(ctx.guest["etc/hostname"])])
         res = {x.check.id: x for x in run(str(images["good"]), Profile(),
                                            guest_engine=engine).results}

@@ -25,6 +25,7 @@ def rule(c: Check) -> dict[str, Any]:
         "shortDescription": {"text": c.title},
         "fullDescription": {"text": c.rationale},
         "help": {"text": f"{c.remediation}\nSource: {c.source}"},
+        "helpUri": c.help_uri,
         "defaultConfiguration": {"level": LEVEL[c.severity]},
         "properties": {"source": c.source, "applies": c.applies.describe(), "needs": c.needs,
                        "docs": f"docs/checks.md#{c.doc_anchor}"},

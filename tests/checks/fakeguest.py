@@ -1,9 +1,11 @@
-"""An in-memory guest for unit tests and catalog examples, and the known-good guest baseline.
+"""An in-memory guest for unit tests and catalog examples, and the known-good guest baseline
+(test-suite only: importing this module registers the ``guest`` baseline of checks.examples).
 
 :class:`FakeView` implements :class:`checks.guest.GuestView` over a dict ``{path: content}``:
 ``str``/``bytes`` are regular files, :func:`symlink` values are symbolic links, :data:`DIR` is an
 (empty) directory; parent directories are implied. Example deltas (``Example.files``) write files
-or delete them (``None`` deletes the path and everything under it).
+or delete them (``None`` deletes the path and everything under it); a
+:class:`checks.examples.Made` value is built here by its recipe (:func:`build`).
 
 :func:`baseline` is a well-prepared, generalized Debian 12 (cloud kernel, cloud-init with the Azure
 datasource plus walinuxagent for extensions, grub with the serial console, no leftover state); every
@@ -18,23 +20,18 @@ References:
 
 from __future__ import annotations
 
+import datetime
+import functools
 import gzip
 import posixpath
 import stat as statmod
 import struct
 from collections.abc import Mapping
 
-from .examples import register_baseline
-from .shimsig import DEBIAN_SHIM_PKCS7
-from .guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
-
-LINK = "\0symlink:"
-DIR = "\0dir"
-
-
-def symlink(target: str) -> str:
-    """A value of the files mapping that makes a symbolic link to ``target``."""
-    return LINK + target
+from checks.examples import (DIR, DISK_MODULES, INITRD_MODULES, KVER, LINK, MODS, Made,
+                             register_baseline, symlink)
+from checks.guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
+from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
 
 
 class FakeView:
@@ -115,6 +112,12 @@ def newc(entries: Mapping[str, bytes | None], trailer: bool = True) -> bytes:
     return bytes(out)
 
 
+def elf_header(elf_class: int, machine: int) -> bytes:
+    """The first 64 bytes of an executable ELF file (little-endian)."""
+    return (b"\x7fELF" + bytes([elf_class, 1, 1]) + b"\0" * 9 + b"\x02\x00"
+            + machine.to_bytes(2, "little") + b"\0" * 44)
+
+
 def pe_image(pkcs7: bytes | None = None) -> bytes:
     """A minimal PE32+ (x86-64) image; with ``pkcs7``, an Authenticode security directory."""
     lfanew, opt_size = 0x40, 240
@@ -135,21 +138,11 @@ def pe_image(pkcs7: bytes | None = None) -> bytes:
     return bytes(out)
 
 
-KVER = "6.1.0-56-cloud-amd64"
 ROOT_UUID = "6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f"
 ESP_UUID = "7A1B-2C3D"
-ELF_X86_64 = (b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\x3e\x00" + b"\0" * 44)
+ELF_X86_64 = elf_header(2, 0x3E)
 CMDLINE = ("console=tty0 console=ttyS0,115200n8 earlyprintk=ttyS0,115200 rootdelay=300 "
            "net.ifnames=0 nvme_core.io_timeout=240")
-MODS = f"/lib/modules/{KVER}/kernel"
-INITRD_MODULES = ("drivers/hv/hv_vmbus.ko", "drivers/scsi/hv_storvsc.ko",
-                  "drivers/net/hyperv/hv_netvsc.ko", "drivers/pci/controller/pci-hyperv.ko")
-DISK_MODULES = INITRD_MODULES + (
-    "fs/udf/udf.ko", "fs/fat/vfat.ko", "drivers/scsi/sr_mod.ko", "drivers/cdrom/cdrom.ko",
-    "drivers/net/ethernet/microsoft/mana/mana.ko",
-    "drivers/net/ethernet/mellanox/mlx4/mlx4_en.ko",
-    "drivers/net/ethernet/mellanox/mlx4/mlx4_core.ko",
-    "drivers/net/ethernet/mellanox/mlx5/core/mlx5_core.ko")
 
 
 def initrd(modules: tuple[str, ...] = INITRD_MODULES, kver: str = KVER) -> bytes:
@@ -243,10 +236,43 @@ def fake_guest(files: Mapping[str, str | bytes | None] | None = None,
     for path, content in (files or {}).items():
         view.remove(path)
         if content is not None:
-            view.add(path, content)
+            view.add(path, build(content) if isinstance(content, Made) else content)
     g = Guest(view)
     g._facts = collect_facts(g, filesystems)
     return g
+
+
+@functools.lru_cache(maxsize=None)
+def forged_pkcs7(name: str = "Microsoft Corporation UEFI CA 2011") -> bytes:
+    """SignedData from a self-made certificate that only *names* the Microsoft CA (test data)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs7
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime(2024, 1, 1)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    return (pkcs7.PKCS7SignatureBuilder().set_data(b"authenticode")
+            .add_signer(cert, key, hashes.SHA256())
+            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoAttributes]))
+
+
+SIGNATURES = {None: lambda: None, "debian-shim": lambda: DEBIAN_SHIM_PKCS7, "forged": forged_pkcs7}
+
+
+def build(made: Made) -> bytes:
+    """The content a :class:`checks.examples.Made` describes."""
+    if made.recipe == "pe":
+        return pe_image(SIGNATURES[made.args[0]]())
+    if made.recipe == "initrd":
+        return initrd(*made.args)
+    if made.recipe == "elf":
+        return elf_header(*made.args)
+    raise ValueError(f"no recipe {made.recipe!r}")
 
 
 def baseline(files: Mapping[str, str | bytes | None] | None = None) -> Guest:
@@ -255,5 +281,6 @@ def baseline(files: Mapping[str, str | bytes | None] | None = None) -> Guest:
 
 register_baseline("guest", baseline)
 
-__all__ = ["FakeView", "fake_guest", "baseline", "symlink", "DIR", "newc", "initrd", "KVER",
-           "ROOT_UUID", "ESP_UUID", "GuestFacts"]
+__all__ = ["DIR", "DISK_MODULES", "ESP_UUID", "FakeView", "GuestFacts", "INITRD_MODULES", "KVER",
+           "MODS", "ROOT_UUID", "baseline", "build", "elf_header", "fake_guest", "forged_pkcs7",
+           "initrd", "newc", "pe_image", "symlink"]
