@@ -13,7 +13,7 @@ References:
     qemu block/vhdx.c (header choice, region checks, metadata items, BAT states incl. legacy
     UNMAPPED=5, chunk ratio), block/vhdx-log.c (log search: entry/descriptor validation, active
     sequence, flush), block/vhdx-endian.c (field layout), block/vhdx.h (GUIDs, limits) — facts only.
-    /work/shared/reference/formats.md section 2.
+    Every fact above verified against qemu-img 7.2 (Debian 12) and a Hyper-V-made sample in tests.
 """
 
 from __future__ import annotations
