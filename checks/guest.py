@@ -23,9 +23,9 @@ from __future__ import annotations
 import posixpath
 import re
 import stat as statmod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 #: default bound on one file read (config files, cpio archives read separately with their own bound)
 MAX_READ = 16 * 1024 * 1024
@@ -69,38 +69,64 @@ def _norm(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/")).replace("//", "/")
 
 
+T = TypeVar("T")
+
+
+def walk(path: str, start: T, step: Callable[[T, str], T | None],
+         link: Callable[[T], str | None], follow_last: bool = True,
+         hops: int = MAX_LINK_HOPS) -> tuple[list[T], list[str]]:
+    """Resolve ``path`` component by component from ``start`` (the guest's ``/``), inside it.
+
+    ``step(parent, name)`` is the child (None when it is missing or ``parent`` is no directory);
+    ``link(node)`` is a symbolic link's target (None when ``node`` is no link).  An absolute
+    target restarts at ``start``, ``..`` never climbs above it, the last component's link is
+    followed only when ``follow_last``.  Returns the chain of nodes walked (``start`` first, the
+    node of ``path`` last) and the components left when one was missing (else empty).  Raises
+    :class:`GuestLoopError` after ``hops`` links (path_resolution(7): ELOOP).
+    """
+    stack = [start]
+    todo = [p for p in path.split("/") if p]
+    used = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if len(stack) > 1:
+                stack.pop()
+            continue
+        child = step(stack[-1], name)
+        if child is None:
+            return stack, [name] + todo
+        target = link(child) if todo or follow_last else None
+        if target is None:
+            stack.append(child)
+            continue
+        used += 1
+        if used > hops:
+            raise GuestLoopError(f"too many symbolic links resolving {path}")
+        if target.startswith("/"):
+            del stack[1:]
+        todo = [p for p in target.split("/") if p] + todo
+    return stack, []
+
+
 def realpath(view: GuestView, path: str, hops: int = MAX_LINK_HOPS) -> str:
     """Resolve ``path`` inside the guest root. Raises :class:`GuestLoopError` after ``hops`` links.
 
     A missing component ends resolution (the rest is appended unresolved), like ``realpath -m``.
     """
-    todo = [p for p in _norm(path).split("/") if p]
-    done: list[str] = []
-    used = 0
-    while todo:
-        part = todo.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        cur = "/" + "/".join(done + [part])
+    def step(parent: tuple[str, Stat | None], name: str) -> tuple[str, Stat | None] | None:
+        cur = posixpath.join(parent[0], name)
         st = view.lstat(cur)
-        if st is None or not st.is_link:
-            done.append(part)
-            if st is None:
-                done.extend(p for p in todo if p not in (".",))
-                return _norm("/".join(done))
-            continue
-        used += 1
-        if used > hops:
-            raise GuestLoopError(f"too many symbolic links resolving {path}")
-        target = view.readlink(cur) or ""
-        if target.startswith("/"):
-            done = []
-        todo = [p for p in target.split("/") if p] + todo
-    return "/" + "/".join(done)
+        return None if st is None else (cur, st)
+
+    def link(node: tuple[str, Stat | None]) -> str | None:
+        st = node[1]
+        return (view.readlink(node[0]) or "") if st is not None and st.is_link else None
+
+    stack, rest = walk(_norm(path), ("/", None), step, link, hops=hops)
+    return _norm("/".join([stack[-1][0], *rest]))
 
 
 class Guest:
@@ -337,4 +363,4 @@ def fs_index(filesystems: Iterable[Filesystem]) -> Mapping[str, set[str]]:
 
 __all__ = ["Guest", "GuestView", "GuestFacts", "GuestLoopError", "Stat", "Kernel", "FstabEntry",
            "Filesystem", "collect_facts", "parse_fstab", "parse_os_release", "module_name",
-           "realpath", "elf_arch", "fs_index", "MAX_READ"]
+           "realpath", "walk", "elf_arch", "fs_index", "MAX_READ"]

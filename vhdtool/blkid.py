@@ -1,14 +1,17 @@
 """What ``blkid`` says about a volume (TYPE, UUID, LABEL), from its first bytes: pure functions.
 
-The libguestfs engine asks the appliance's ``blkid`` for every partition and logical volume; the
-native engine must report the same values for the checks to see the same facts, so this module
+vhdtool's one filesystem prober, in libblkid's vocabulary: the disk model probes every partition
+with it once (:mod:`vhdtool.disk`; the disk facts map its TYPE to their coarser names), the native
+engine every logical volume.  The libguestfs engine asks the appliance's ``blkid``; the native
+engine must report the same values for the checks to see the same facts, so this module
 follows util-linux libblkid's probers for the types a Linux OS disk holds: ext2/3/4, XFS, btrfs,
 vfat, swap, LVM2 physical volumes, LUKS, NTFS. ``probe(read)`` reads at most
 :data:`PROBE_BYTES` (plus the FAT root directory, bounded) through ``read(offset, length)``.
 
 References (util-linux 2.38, ``libblkid/src/superblocks/``):
   - ``ext.c``: s_magic 0xEF53 at 1024+56; s_uuid at +104, s_volume_name at +120; ext4 when an
-    incompat/ro_compat feature outside ext3's set is on, ext3 with a journal (compat 0x4), else ext2;
+    incompat/ro_compat feature outside ext3's set is on, ext3 with a journal (compat 0x4), else
+    ext2;
     a journal device (incompat 0x8) is ``jbd``.
   - ``xfs.c``: "XFSB"; sb_uuid at 32, sb_fname[12] at 108.
   - ``btrfs.c``: "_BHRfS_M" at 64 KiB + 0x40; fsid at +0x20, label[256] at +0x12b.
@@ -83,7 +86,8 @@ def _lvm(head: bytes) -> Probe | None:
             raw = head[at:at + 32].decode("ascii", "replace") if offset_xl < 512 - 32 else ""
             if len(raw) != 32:
                 return Probe("LVM2_member")
-            parts = [raw[0:6], raw[6:10], raw[10:14], raw[14:18], raw[18:22], raw[22:26], raw[26:32]]
+            parts = [raw[0:6], raw[6:10], raw[10:14], raw[14:18], raw[18:22], raw[22:26],
+                     raw[26:32]]
             return Probe("LVM2_member", "-".join(parts))
     return None
 

@@ -17,6 +17,7 @@ from formats import FormatError, open_image
 from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, OutputError, check_exit
+from .session import NOTICE
 
 if TYPE_CHECKING:
     from checks.catalog import Profile
@@ -74,7 +75,7 @@ def cli(verbose: int) -> None:
     handler.vhdtool = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("vhdtool: %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.WARNING - 10 * min(verbose, 2))
+    log.setLevel(NOTICE - 10 * min(verbose, 2))     # notices (the guest engine chosen) shown
     log.propagate = False
 
 

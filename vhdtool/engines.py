@@ -7,13 +7,17 @@
 * ``auto``: native when its readers are installed and it can read every filesystem the guest mounts
   (the root holding /etc/fstab and every fstab entry); libguestfs otherwise. The choice and its
   reason go to stderr and into the report (``CheckRun.extra["guest_engine"]``).
+
+Both engines receive the run's opened disk (:class:`vhdtool.disk.Disk`), mount through the same
+core (:mod:`vhdtool.mountplan`) and share their session and timing types (:mod:`vhdtool.session`).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
+
+from .session import notice, warn
 
 ENGINES = ("auto", "native", "guestfs")
 
@@ -25,10 +29,6 @@ class Choice:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "reason": self.reason}
-
-
-def _say(msg: str) -> None:
-    print(f"vhdtool: {msg}", file=sys.stderr, flush=True)
 
 
 class AutoEngine:
@@ -48,56 +48,56 @@ class AutoEngine:
     def timing(self) -> Any:
         return getattr(self.engine, "timing", None)
 
-    def _guestfs(self, image: str, facts: Any, why: str) -> Any:
+    def _guestfs(self, image: str, disk: Any, why: str) -> Any:
         from .guestfs_engine import GuestfsEngine
         self.engine = GuestfsEngine(progress=self.progress, timeout=self.timeout)
         self.choice = Choice("guestfs", why)
-        _say(f"guest engine: libguestfs ({why})")
-        guest = self.engine(image, facts)
+        notice(f"guest engine: libguestfs ({why})")
+        guest = self.engine(image, disk)
         self.skip_reason = self.engine.skip_reason
         return guest
 
-    def __call__(self, image: str, facts: Any) -> Any:
+    def __call__(self, image: str, disk: Any) -> Any:
         from . import native_engine as ne
         if self.mode == "guestfs":
-            return self._guestfs(image, facts, "--engine guestfs")
+            return self._guestfs(image, disk, "--engine guestfs")
         missing = ne.available()
         if missing is not None:
             if self.mode == "native":
                 raise ne.NativeEngineUnavailable(f"--engine native: {missing}")
             from .guestfs_engine import GuestEngineUnavailable
             try:
-                return self._guestfs(image, facts, f"native readers unavailable: {missing}")
+                return self._guestfs(image, disk, f"native readers unavailable: {missing}")
             except GuestEngineUnavailable as e:
                 raise GuestEngineUnavailable(f"no guest engine: the native engine's readers are "
                                              f"missing ({missing}) and {e}") from None
         quiet: list[str] = []
-        warn = (lambda m: quiet.append(m)) if self.mode == "auto" else ne._warn
-        native = ne.NativeEngine(timeout=self.native_timeout or min(self.timeout, ne.DEFAULT_TIMEOUT),
-                                 warn=warn)
-        guest = native(image, facts)
+        say = quiet.append if self.mode == "auto" else warn
+        limit = self.native_timeout or min(self.timeout, ne.DEFAULT_TIMEOUT)
+        native = ne.NativeEngine(timeout=limit, warn=say)
+        guest = native(image, disk)
         if self.mode == "native":
             self.engine, self.skip_reason = native, native.skip_reason
             self.choice = Choice("native" if guest is not None else None,
                                  "--engine native" + (f": {native.skip_reason}"
                                                       if guest is None else ""))
-            _say(f"guest engine: native ({self.choice.reason})")
+            notice(f"guest engine: native ({self.choice.reason})")
             return guest
         if guest is None:
-            return self._guestfs(image, facts, f"the native engine cannot open the guest: "
+            return self._guestfs(image, disk, f"the native engine cannot open the guest: "
                                                f"{native.skip_reason}")
         unreadable = native.session.timing.unreadable if native.session else []
         if unreadable:
             native.close()
-            return self._guestfs(image, facts, "the guest mounts filesystems the native engine "
+            return self._guestfs(image, disk, "the guest mounts filesystems the native engine "
                                                f"cannot read: {'; '.join(unreadable)}")
         self.engine = native
         for msg in quiet:
-            ne._warn(msg)
+            warn(msg)
         mounted = ", ".join(f"{fs.fstype} {fs.mountpoint}" for fs in native.session.filesystems
                             if fs.mountpoint)
         self.choice = Choice("native", f"it reads every filesystem the guest mounts: {mounted}")
-        _say(f"guest engine: native ({self.choice.reason})")
+        notice(f"guest engine: native ({self.choice.reason})")
         return guest
 
     def close(self) -> None:

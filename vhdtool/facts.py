@@ -1,9 +1,10 @@
-"""Build :class:`checks.disk.DiskFacts` from an image file through the format core.
+"""The disk facts the checks judge (:class:`checks.disk.DiskFacts`): a projection of a ``Disk``.
 
-Reads only what the disk checks need: the footer (last 512 bytes of the file), sector 0, the GPT
-header and its backup, the partition table, the first :data:`~vhdtool.fssniff.SNIFF_BYTES` of each
-partition, and the disk's last sector.  Every read goes through a :class:`CountingReader`, so the
-benchmark can show how little is read.
+Nothing here opens or probes anything: the footer is the one the format reader chose, the layout
+is :meth:`vhdtool.disk.Disk.table` with the image's sector size, and each partition's ``fs`` is
+its ``blkid`` TYPE (:mod:`vhdtool.blkid`) in the checks' coarser vocabulary (:data:`FS_KIND`).
+Reads: the partition table (sector 0, the GPT header, its entries and backup), the first
+:data:`~vhdtool.blkid.PROBE_BYTES` of each partition, and the disk's last sector.
 
 References:
   Virtual Hard Disk Image Format Specification v1.0 (footer at EOF; copy at offset 0 for
@@ -13,62 +14,32 @@ References:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, VHD_VERSION, DiskFacts, FooterFacts,
+from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, DiskFacts, FooterFacts,
                          PartitionFacts, StructureError, normalize_type_id)
-from formats import DiskImage, open_image, probe
 from formats import vhd as vhdfmt
-from formats.partitions import Partition, PartitionTable, read_partition_table
+from formats.partitions import Partition, PartitionTable
 
-from .fssniff import SNIFF_BYTES, sniff_fs
+from .disk import Disk
 
-@dataclass
-class CountingReader:
-    """``read(offset, length)`` over an image, counting calls and bytes."""
+#: blkid TYPE -> the name ``PartitionFacts.fs`` uses (checks.disk: fat, ext, xfs, swap, lvm2...)
+FS_KIND = {"vfat": "fat", "ext2": "ext", "ext3": "ext", "ext4": "ext", "jbd": "ext",
+           "LVM2_member": "lvm2", "crypto_LUKS": "luks"}
 
-    image: DiskImage
-    calls: int = 0
-    bytes_read: int = 0
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.calls += 1
-        self.bytes_read += length
-        return self.image.read(offset, length)
+#: problems of formats.partitions that the partition checks report themselves
+_PARTITION_LEVEL = re.compile(r"^(GPT|MBR) partition \d+$")
 
 
-def footer_facts(raw: bytes, path: str, offset: int) -> FooterFacts:
-    f = vhdfmt.parse_footer(raw, path, offset, verify=False)
+def footer_facts(f: vhdfmt.Footer) -> FooterFacts:
     return FooterFacts(
         cookie=f.cookie, checksum_ok=f.checksum_ok, version=f.version, data_offset=f.data_offset,
         disk_type=f.disk_type, current_size=f.current_size, original_size=f.original_size,
         geometry=f.disk_geometry, chs_size=f.chs_size,
-        creator_app=f.creator_app.decode("latin-1"), offset=offset,
+        creator_app=f.creator_app.decode("latin-1"), offset=f.offset,
         sizes_by_reader=vhdfmt.sizes_by_reader(f))
-
-
-def _looks_like_footer(f: FooterFacts) -> bool:
-    """A footer with a damaged cookie still has the spec's version and a known disk type."""
-    return f.cookie == VHD_COOKIE or (f.version == VHD_VERSION and f.disk_type in (2, 3, 4))
-
-
-def read_footer(path: str, file_size: int) -> FooterFacts | None:
-    """The VHD footer at the end of the file (or the copy at offset 0), if there is one."""
-    if file_size < SECTOR:
-        return None
-    with open(path, "rb") as fh:
-        tail = os.pread(fh.fileno(), SECTOR, file_size - SECTOR)
-        head = os.pread(fh.fileno(), SECTOR, 0)
-    end = footer_facts(tail, path, file_size - SECTOR)
-    if end.cookie == VHD_COOKIE:
-        return end
-    if head[:8] == VHD_COOKIE:
-        return footer_facts(head, path, 0)
-    return end if _looks_like_footer(end) else None
 
 
 def _stale_footer(read: Callable[[int, int], bytes], size: int, path: str) -> int | None:
@@ -81,15 +52,11 @@ def _stale_footer(read: Callable[[int, int], bytes], size: int, path: str) -> in
     return size - SECTOR if inner.checksum_ok else None
 
 
-#: problems of formats.partitions that the partition checks report themselves
-_PARTITION_LEVEL = re.compile(r"^(GPT|MBR) partition \d+$")
-
-
-def _sniffed(p: Partition, read: Callable[[int, int], bytes]) -> PartitionFacts:
-    head = read(p.start, min(SNIFF_BYTES, p.size)) if p.size > 0 else b""
+def _partition(p: Partition, fstype: str | None) -> PartitionFacts:
     return PartitionFacts(index=p.index, start=p.start, size=p.size,
                           type_id=normalize_type_id(p.type_id), type_name=p.type_name,
-                          name=p.name, bootable=p.bootable, fs=sniff_fs(head))
+                          name=p.name, bootable=p.bootable,
+                          fs=FS_KIND.get(fstype, fstype) if fstype else None)
 
 
 def _backup(table: PartitionTable, last_lba: int) -> tuple[int | None, bool | None]:
@@ -102,11 +69,11 @@ def _backup(table: PartitionTable, last_lba: int) -> tuple[int | None, bool | No
     return alternate, found
 
 
-def _layout(reader: CountingReader, img: DiskImage) -> dict[str, Any]:
-    size, ss = img.virtual_size, img.logical_sector_size
-    table = read_partition_table(reader.read, size, ss, img.path)
-    alternate, found = _backup(table, size // ss - 1)
-    parts = tuple(_sniffed(p, reader.read) for p in table.partitions
+def _layout(disk: Disk) -> dict[str, Any]:
+    table = disk.table()
+    alternate, found = _backup(table, disk.virtual_size // disk.sector_size - 1)
+    types = {v.partition.index: v.probe.type for v in disk.partitions() if v.probe is not None}
+    parts = tuple(_partition(p, types.get(p.index)) for p in table.partitions
                   if p.type_short != "extended")
     problems = tuple(f"{p.structure}: {p.message}" for p in table.problems
                      if p.severity == "error" and not _PARTITION_LEVEL.match(p.structure))
@@ -121,40 +88,39 @@ def _needs_conversion(fmt: str, footer: FooterFacts | None) -> bool:
     return fmt != "vpc" or footer is None or footer.disk_type != DISK_TYPE_FIXED
 
 
-def build_disk_facts(path: str, fmt: str | None = None) -> tuple[DiskFacts, int]:
-    """The disk facts of ``path`` and the number of image bytes read to get them.
+def disk_facts(disk: Disk) -> DiskFacts:
+    """The disk facts of an opened :class:`Disk`.
 
-    The image is opened with the format core, its whole backing chain included: a FormatError
-    (corrupt or truncated structure, backing loop, missing backing file, a backing file that is
-    no regular file...) propagates, so that no guest engine is ever handed an image vhdtool's own
-    reader refuses (libguestfs' ``qemu-img create -b`` spins on a loop and blocks on a FIFO).
-    An image that must be converted anyway whose reader is missing from this build (ImportError)
-    still gets its container facts.
+    An image that must be converted anyway whose reader is missing from this build still gets
+    its container facts; one that needs no conversion re-raises the missing reader.
     """
-    name = fmt or probe(path)
-    name = "vpc" if name == "vhd" else name
-    file_size = os.stat(path).st_size
-    sniffed = name in ("vpc", "raw") and file_size >= SECTOR
-    footer = read_footer(path, file_size) if sniffed else None
-    footer_bytes = 2 * SECTOR if sniffed else 0
-    subformat = footer.disk_type_name if footer is not None and name == "vpc" else ""
-    try:
-        img = open_image(path, name)
-    except ImportError as e:
-        if not _needs_conversion(name, footer):
-            raise
+    footer = footer_facts(disk.footer) if disk.footer is not None else None
+    subformat = footer.disk_type_name if footer is not None and disk.format == "vpc" else ""
+    img = disk.image
+    if img is None:
+        if not _needs_conversion(disk.format, footer):
+            raise ImportError(disk.unreadable)
         size = footer.current_size if footer is not None else None
-        return DiskFacts(path=path, format=name, subformat=subformat, file_size=file_size,
-                         virtual_size=size, footer=footer,
-                         unreadable=f"not readable by this build: {e}"), footer_bytes
-    with img:
-        reader = CountingReader(img)
-        layout = _layout(reader, img)
-        stale = _stale_footer(reader.read, img.virtual_size, path)
-        damage = tuple(StructureError(p.structure, p.offset, p.message)
-                       for p in img.all_problems() if p.severity == "error")
-        facts = DiskFacts(path=path, format=name, subformat=img.subformat or subformat,
-                          file_size=file_size, virtual_size=img.virtual_size,
-                          logical_sector_size=img.logical_sector_size, footer=footer,
-                          stale_footer_at=stale, structure_errors=damage, **layout)
-    return facts, reader.bytes_read + footer_bytes
+        return DiskFacts(path=disk.path, format=disk.format, subformat=subformat,
+                         file_size=disk.file_size, virtual_size=size, footer=footer,
+                         unreadable=disk.unreadable)
+    layout = _layout(disk)
+    stale = _stale_footer(disk.read, img.virtual_size, disk.path)
+    damage = tuple(StructureError(p.structure, p.offset, p.message)
+                   for p in img.all_problems() if p.severity == "error")
+    return DiskFacts(path=disk.path, format=disk.format, subformat=img.subformat or subformat,
+                     file_size=disk.file_size, virtual_size=img.virtual_size,
+                     logical_sector_size=img.logical_sector_size, footer=footer,
+                     stale_footer_at=stale, structure_errors=damage, **layout)
+
+
+def footer_bytes(disk: Disk) -> int:
+    """Bytes of the file read to find the footer (the last sector, and the copy at offset 0)."""
+    return 2 * SECTOR if disk.format in ("vpc", "raw") and disk.file_size >= SECTOR else 0
+
+
+def build_disk_facts(path: str, fmt: str | None = None) -> tuple[DiskFacts, int]:
+    """The disk facts of ``path`` and the number of image bytes read to get them (a FormatError
+    propagates: see :class:`vhdtool.disk.Disk`)."""
+    with Disk(path, fmt) as disk:
+        return disk.facts, disk.bytes_read + footer_bytes(disk)

@@ -3,13 +3,14 @@
 One appliance launch per image: the drive is added read-only with its format named explicitly
 (never probed), KVM is tried first and TCG used when KVM is absent or the launch fails (KVM fails
 at once on these machines: 0.07 s measured, then TCG launches in ~8-10 s). Every partition and
-logical volume is probed with blkid; the root is the filesystem holding ``/etc/fstab`` and the
-fstab entries are mounted read-only on it (btrfs ``subvol=`` options kept) -- about 2 s, where
+logical volume is probed with blkid; the mount core (:mod:`vhdtool.mountplan`, shared with the
+native engine) finds the root holding ``/etc/fstab`` and mounts the fstab entries on it through
+:class:`GuestfsBackend` (read-only, btrfs ``subvol=`` options kept) -- about 2 s, where
 ``inspect_os`` takes 9-18 s under TCG; when no root is found that way, libguestfs inspection
-(``inspect_os``, ``inspect_get_mountpoints``) decides what to mount. :class:`GuestfsView` implements
-:class:`checks.guest.GuestView` over the handle with caching (the image cannot change under a
-read-only handle) and bounded reads; no guest program is ever run. Every process libguestfs
-starts (the overlay's ``qemu-img``, ``supermin``, the appliance) is marked by a
+(``inspect_os``, ``inspect_get_mountpoints``) decides what to mount.  The views are in
+:mod:`vhdtool.guestfs_view` (read-only for the checks; writable, into libguestfs' overlay, for
+``vhdtool fix``: ``open_guest(..., writable=True)``); no guest program is ever run.  Every process
+libguestfs starts (the overlay's ``qemu-img``, ``supermin``, the appliance) is marked by a
 :class:`vhdtool.procguard.Guard`: the launch timeout kills all of them, and none outlives vhdtool,
 even one killed with SIGKILL.
 
@@ -25,25 +26,24 @@ References:
 from __future__ import annotations
 
 import os
-import stat as statmod
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from checks.catalog import Context, Profile, Result, run_catalog
-from checks.guest import Filesystem, Guest, Stat, collect_facts, parse_fstab
+from checks.guest import Filesystem, GuestView
 
+from . import mountplan
 from .exitcodes import Exit
+from .guestfs_view import GuestfsView, GuestfsWritableView
+from .mountplan import MountError, WritableView
 from .procguard import Guard
+from .session import Engine, Session, Timing, notice, warn
 
 #: vhdtool format name -> libguestfs/qemu format name
 QEMU_FORMATS = {"vhd": "vpc", "vpc": "vpc", "raw": "raw", "qcow2": "qcow2", "vhdx": "vhdx"}
 DEFAULT_TIMEOUT = 300.0
-#: bytes per pread message (libguestfs' protocol carries up to ~4 MB per message)
-READ_CHUNK = 2 << 20
 #: launches performed by this process (tests assert one per image)
 LAUNCHES = 0
 
@@ -62,19 +62,6 @@ class NoLinuxRoot(GuestEngineError):
     """The disk holds no Linux root filesystem: the guest checks have nothing to read."""
 
 
-@dataclass
-class Timing:
-    launch: float = 0.0
-    inspect: float = 0.0
-    checks: float = 0.0
-    backend: str = ""
-    attempts: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        return (f"appliance launch {self.launch:.1f} s ({self.backend}), inspection and mounts "
-                f"{self.inspect:.1f} s, checks {self.checks:.2f} s")
-
-
 def _import_guestfs() -> Any:
     try:
         import guestfs
@@ -86,7 +73,7 @@ def _import_guestfs() -> Any:
 
 
 class _Progress:
-    """Prints elapsed time on stderr while the appliance starts (every ``every`` seconds)."""
+    """Says the elapsed time (:func:`vhdtool.session.notice`) while the appliance starts."""
 
     def __init__(self, label: str, enabled: bool, every: float = 3.0) -> None:
         self.label, self.enabled, self.every = label, enabled, every
@@ -96,12 +83,11 @@ class _Progress:
     def _run(self) -> None:
         start = time.monotonic()
         while not self.stop.wait(self.every):
-            print(f"vhdtool: {self.label}... {time.monotonic() - start:.0f} s", file=sys.stderr,
-                  flush=True)
+            notice(f"{self.label}... {time.monotonic() - start:.0f} s")
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            print(f"vhdtool: {self.label}", file=sys.stderr, flush=True)
+            notice(self.label)
             self.thread.start()
         return self
 
@@ -184,73 +170,76 @@ def launch(path: str, fmt: str, timing: Timing, progress: bool = True,
         raise
 
 
-ROOT_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
+class GuestfsBackend:
+    """:class:`vhdtool.mountplan.MountBackend` over a launched handle; ``close()`` shuts the
+    appliance down and ends what it started (:class:`~vhdtool.procguard.Guard`)."""
+
+    name = "guestfs"
+
+    def __init__(self, g: Any, guard: Guard | None, writable: bool = False) -> None:
+        self.g, self.guard, self.writable = g, guard, writable
+        self._view: GuestfsView | None = None
+
+    def readable(self, fstype: str) -> bool:
+        return True          # whatever the appliance's kernel reads; a failed mount says why
+
+    def mount(self, fs: Filesystem, mountpoint: str, options: Sequence[str]) -> None:
+        opts = ([] if self.writable else ["ro"]) + list(options)
+        try:
+            self.g.mount_options(",".join(opts), fs.device, mountpoint)
+        except RuntimeError as e:
+            raise MountError(str(e).splitlines()[0]) from None
+
+    def unmount_all(self) -> None:
+        self.g.umount_all()
+
+    def is_file(self, path: str) -> bool:
+        return bool(self.g.is_file(path, followsymlinks=True))
+
+    def is_dir(self, path: str) -> bool:
+        return bool(self.g.is_dir(path, followsymlinks=True))
+
+    def read_file(self, path: str, limit: int) -> bytes:
+        return bytes(self.g.pread(path, limit, 0))
+
+    def view(self) -> GuestView:
+        if self._view is None:
+            self._view = GuestfsWritableView(self.g) if self.writable else GuestfsView(self.g)
+        return self._view
+
+    def writable_view(self) -> WritableView:
+        if not self.writable:
+            raise GuestEngineError("the guest was mounted read-only: open it with writable=True")
+        view = self.view()
+        assert isinstance(view, GuestfsWritableView)
+        return view
+
+    def close(self) -> None:
+        try:
+            self.g.umount_all()
+            self.g.shutdown()
+        except RuntimeError:
+            pass
+        finally:
+            self.g.close()
+            if self.guard is not None:
+                self.guard.close()
 
 
-def _resolve_spec(g: Any, spec: str, fss: Sequence[Filesystem]) -> str | None:
-    """The appliance device of an fstab spec (UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/...)."""
-    key, sep, val = spec.partition("=")
-    val = val.strip('"')
-    attr = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid", "PARTLABEL": "partlabel"}
-    if sep and key in attr:
-        want = val.lower() if key.endswith("UUID") else val
-        for fs in fss:
-            have = getattr(fs, attr[key])
-            if have and (have.lower() if key.endswith("UUID") else have) == want:
-                return fs.device
-        return None
-    if spec.startswith("/dev/disk/by-"):
-        kind, _, val = spec[len("/dev/disk/by-"):].partition("/")
-        key = {"uuid": "UUID", "label": "LABEL", "partuuid": "PARTUUID",
-               "partlabel": "PARTLABEL"}.get(kind)
-        return _resolve_spec(g, f"{key}={val}", fss) if key else None
-    if any(fs.device == spec for fs in fss):
-        return spec
-    try:
-        return str(g.lvm_canonical_lv_name(spec))
-    except RuntimeError:
-        return None
-
-
-def mount_by_fstab(g: Any, fss: Sequence[Filesystem]) -> dict[str, str] | None:
-    """Find the root (the filesystem holding /etc/fstab), mount it and its fstab entries read-only.
+def mount_by_fstab(backend: GuestfsBackend, fss: Sequence[Filesystem],
+                   path: str) -> dict[str, str] | None:
+    """The root holding /etc/fstab and its fstab entries, mounted by the mount core.
 
     Several times faster than ``inspect_os`` under TCG (which probes every filesystem); None when
     no root is found this way (the caller then falls back to libguestfs inspection).
     """
-    for fs in fss:
-        if fs.fstype not in ROOT_FSTYPES:
-            continue
-        try:
-            g.mount_ro(fs.device, "/")
-        except RuntimeError:
-            continue
-        if g.is_file("/etc/fstab", followsymlinks=True):
-            return _mount_fstab(g, fs.device, fss)
-        g.umount_all()
-    return None
+    root = mountplan.find_root(backend, fss, warn, path)
+    if root is None:
+        return None
+    return mountplan.mount_fstab(backend, root, fss, warn).where
 
 
-def _mount_fstab(g: Any, root: str, fss: Sequence[Filesystem]) -> dict[str, str]:
-    mounted = {"/": root}
-    text = bytes(g.pread("/etc/fstab", 1 << 20, 0)).decode("utf-8", "replace")
-    for e in sorted(parse_fstab(text), key=lambda e: e.mountpoint.count("/")):
-        if not e.mountpoint.startswith("/") or e.mountpoint == "/" or e.fstype in ("swap", "none"):
-            continue
-        dev = _resolve_spec(g, e.spec, fss)
-        if dev is None or not g.is_dir(e.mountpoint, followsymlinks=True):
-            continue
-        subvol = [o for o in e.options.split(",") if o.startswith(("subvol=", "subvolid="))]
-        try:
-            g.mount_options(",".join(["ro"] + subvol), dev, e.mountpoint)
-            mounted[e.mountpoint] = dev
-        except RuntimeError as err:
-            print(f"vhdtool: warning: cannot mount {dev} on {e.mountpoint}: "
-                  f"{str(err).splitlines()[0]}", file=sys.stderr)
-    return mounted
-
-
-def mount_guest(g: Any, path: str) -> tuple[str, dict[str, str]]:
+def mount_guest(g: Any, path: str, writable: bool = False) -> tuple[str, dict[str, str]]:
     """Inspect and mount every filesystem of the (first) OS read-only; (root, mountpoints)."""
     roots = g.inspect_os()
     linux = [r for r in sorted(roots) if g.inspect_get_type(r) == "linux"]
@@ -264,11 +253,10 @@ def mount_guest(g: Any, path: str) -> tuple[str, dict[str, str]]:
     mounted = {}
     for mp, dev in sorted(mps.items(), key=lambda kv: (kv[0].count("/"), len(kv[0]))):
         try:
-            g.mount_ro(dev, mp)
+            g.mount_options("" if writable else "ro", dev, mp)
             mounted[mp] = dev
         except RuntimeError as e:
-            print(f"vhdtool: warning: cannot mount {dev} on {mp}: {str(e).splitlines()[0]}",
-                  file=sys.stderr)
+            warn(f"cannot mount {dev} on {mp}: {str(e).splitlines()[0]}")
     return root, mounted
 
 
@@ -302,179 +290,56 @@ def _blkid(g: Any, dev: str) -> dict[str, str]:
         return {}
 
 
-class GuestfsView:
-    """:class:`checks.guest.GuestView` over a mounted libguestfs handle (cached, read-only)."""
+def open_guest(path: str, fmt: str, progress: bool = True, timeout: float = DEFAULT_TIMEOUT,
+               writable: bool = False) -> Session:
+    """Launch the appliance on ``path`` (read-only drive) and mount its guest.
 
-    def __init__(self, g: Any) -> None:
-        self.g = g
-        self._stat: dict[str, Stat | None] = {}
-        self._links: dict[str, str | None] = {}
-        self._dirs: dict[str, list[str]] = {}
-        self.calls = 0
-
-    def _call(self, name: str, *args: Any) -> Any:
-        self.calls += 1
-        return getattr(self.g, name)(*args)
-
-    @staticmethod
-    def _to_stat(st: dict[str, int]) -> Stat:
-        return Stat(st["st_mode"], st["st_size"], st["st_uid"], st["st_gid"])
-
-    def lstat(self, path: str) -> Stat | None:
-        if path not in self._stat:
-            try:
-                self._stat[path] = self._to_stat(self._call("lstatns", path))
-            except RuntimeError:
-                self._stat[path] = None
-        return self._stat[path]
-
-    def readlink(self, path: str) -> str | None:
-        if path not in self._links:
-            try:
-                self._links[path] = self._call("readlink", path)
-            except RuntimeError:
-                self._links[path] = None
-        return self._links[path]
-
-    def list_dir(self, path: str) -> list[str]:
-        if path not in self._dirs:
-            try:
-                names = list(self._call("ls", path))
-            except RuntimeError:
-                names = []
-            self._dirs[path] = names
-            self._prefetch(path, names)
-        return self._dirs[path]
-
-    def _prefetch(self, path: str, names: list[str]) -> None:
-        """Stat (and readlink) every entry in one call each, so walks cost few round trips."""
-        if not names:
-            return
-        base = path.rstrip("/")
-        try:
-            stats = self._call("lstatnslist", path, names)
-        except RuntimeError:
-            return
-        links = []
-        for name, st in zip(names, stats):
-            full = f"{base}/{name}"
-            self._stat[full] = self._to_stat(st)
-            if statmod.S_ISLNK(st["st_mode"]):
-                links.append(name)
-        if links:
-            try:
-                targets = self._call("readlinklist", path, links)
-            except RuntimeError:
-                return
-            for name, target in zip(links, targets):
-                self._links[f"{base}/{name}"] = target or None
-
-    def read_raw(self, path: str, limit: int) -> bytes | None:
-        """Up to ``limit`` bytes of a regular file, in ``pread`` pieces of :data:`READ_CHUNK`.
-
-        (A 16 MB initramfs: ~0.35 s this way under TCG, ~1.5 s through ``download`` and a
-        temporary file.)
-        """
-        st = self.lstat(path)
-        if st is None:
-            return None
-        size = min(st.size, limit)
-        parts, done = [], 0
-        while done < size:
-            piece = bytes(self._call("pread", path, min(READ_CHUNK, size - done), done))
-            if not piece:
-                break          # the file is shorter than its stat said
-            parts.append(piece)
-            done += len(piece)
-        return b"".join(parts)
-
-
-@dataclass
-class GuestSession:
-    """An opened guest: the handle, the checks' view, and timings."""
-
-    path: str
-    fmt: str
-    handle: Any
-    guest: Guest
-    timing: Timing
-    #: ends whatever the handle started that is still running, once the handle is closed
-    guard: Guard | None = None
-
-    def close(self) -> None:
-        try:
-            self.handle.umount_all()
-            self.handle.shutdown()
-        except RuntimeError:
-            pass
-        finally:
-            self.handle.close()
-            if self.guard is not None:
-                self.guard.close()
-
-    def __enter__(self) -> GuestSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_guest(path: str, fmt: str, progress: bool = True,
-               timeout: float = DEFAULT_TIMEOUT) -> GuestSession:
-    timing = Timing()
+    ``writable``: the filesystems are mounted read-write and ``session.backend.writable_view()``
+    writes -- into libguestfs' temporary overlay, discarded on close; the image is never written.
+    """
+    timing = Timing(backend="")
     g, guard = launch(path, fmt, timing, progress, timeout)
+    backend = GuestfsBackend(g, guard, writable)
     try:
         t = time.monotonic()
         fss = filesystems(g, {})
-        mounted = mount_by_fstab(g, fss)
+        mounted = mount_by_fstab(backend, fss, path)
         if mounted is None:
-            _, mounted = mount_guest(g, path)
-        where = {dev: mp for mp, dev in mounted.items()}
-        fss = tuple(replace(fs, mountpoint=where.get(fs.device)) for fs in fss)
-        view = GuestfsView(g)
-        guest = Guest(view)
-        guest._facts = collect_facts(guest, fss)
+            _, mounted = mount_guest(g, path, writable)
+        guest, fss = mountplan.open_view(backend.view(), fss, mounted)
         timing.inspect = time.monotonic() - t
     except BaseException:
         g.close()
         guard.close()
         raise
-    return GuestSession(path, fmt, g, guest, timing, guard)
+    return Session(path, fmt, guest, fss, timing, backend)
 
 
-class GuestfsEngine:
-    """The pipeline's guest engine: ``engine(image, disk_facts)`` opens the guest once.
+class GuestfsEngine(Engine):
+    """The pipeline's guest engine: ``engine(image, disk)`` launches one appliance.
 
     Returns the :class:`checks.guest.Guest` the checks read, or None with ``skip_reason`` set
     when libguestfs finds no operating system; :class:`GuestEngineUnavailable` propagates (exit 4).
     ``close()`` shuts the appliance down; ``timing`` holds launch/inspection seconds.
     """
 
+    name = "guestfs"
+    skips = (GuestEngineError, RuntimeError)
+    fatal = (GuestEngineUnavailable,)
+
     def __init__(self, progress: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__()
         self.progress, self.timeout = progress, timeout
-        self.session: GuestSession | None = None
-        self.timing: Timing | None = None
-        self.skip_reason: str | None = None
 
-    def __call__(self, image: str, facts: Any) -> Guest | None:
-        fmt = getattr(facts, "format", None) or "raw"
-        try:
-            self.session = open_guest(image, fmt, self.progress, self.timeout)
-        except GuestEngineUnavailable:
-            raise
-        except GuestEngineError as e:
-            self.skip_reason = str(e)
-            return None
-        except RuntimeError as e:     # libguestfs failed after the launch (appliance died...)
-            self.skip_reason = f"{image}: libguestfs failed: {str(e).splitlines()[0]}"
-            return None
-        self.timing = self.session.timing
-        return self.session.guest
+    def open(self, image: str, disk: Any) -> Session:
+        fmt = getattr(disk, "format", None) or "raw"
+        return open_guest(image, fmt, self.progress, self.timeout)
 
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+    def describe_failure(self, image: str, e: BaseException) -> str:
+        if isinstance(e, GuestEngineError):
+            return str(e)
+        # libguestfs failed after the launch (appliance died...)
+        return f"{image}: libguestfs failed: {str(e).splitlines()[0]}"
 
 
 def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequence[str] = (),
@@ -493,6 +358,6 @@ def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequen
         return results, s.timing
 
 
-__all__ = ["open_guest", "run_guest_checks", "GuestfsEngine", "GuestSession", "GuestfsView",
+__all__ = ["open_guest", "run_guest_checks", "GuestfsEngine", "GuestfsBackend", "GuestfsView",
            "Timing", "GuestEngineUnavailable", "GuestEngineError", "NoLinuxRoot", "LAUNCHES",
            "QEMU_FORMATS"]

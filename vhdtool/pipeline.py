@@ -1,8 +1,9 @@
 """``vhdtool check``'s pipeline: open the image, gather facts, build the context, run the catalog.
 
-The guest engine plugs in through :data:`GuestEngine`: a callable that opens the image's guest
-read-only and returns a ``checks.guest.GuestView`` (or raises).  Without one, checks that need the
-guest are skipped with a reason that says how to enable them.
+The image is opened once (:class:`vhdtool.disk.Disk`); the disk facts are its projection and the
+guest engine plugs in through :data:`GuestEngine`: a callable given the same opened disk that
+opens its guest read-only and returns a ``checks.guest.GuestView`` (or raises).  Without one,
+checks that need the guest are skipped with a reason that says how to enable them.
 
 References:
   ../shared/reference/azure-requirements.md §1 (the checks), §2 (hyperVGeneration from the disk).
@@ -19,10 +20,13 @@ import checks
 from checks.catalog import V1, V2, Check, Context, Profile, Result, run_catalog, selected
 from checks.disk import DiskFacts, supported_generations
 
-from .facts import build_disk_facts
+from .disk import Disk
+from .facts import footer_bytes
 
-#: (image path, disk facts) -> guest view; supplied by the guest engine when guest checks run
-GuestEngine = Callable[[str, DiskFacts], Any]
+#: (image path, the run's opened disk) -> guest view; supplied by the guest engine when guest
+#: checks run (``disk.format`` and ``disk.facts`` are there; the native engine reads the guest
+#: through ``disk.image``)
+GuestEngine = Callable[[str, Disk], Any]
 
 NO_GUEST = "disk-only run (--no-guest): the guest was not opened"
 
@@ -70,7 +74,15 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
     """
     t0 = time.perf_counter()
     catalog = checks.load()
-    facts, nbytes = build_disk_facts(image, fmt)
+    with Disk(image, fmt) as disk:
+        return _run(disk, t0, catalog, profile, select, ignore, guest_engine, collect)
+
+
+def _run(disk: Disk, t0: float, catalog: Mapping[str, Check], profile: Profile,
+         select: Sequence[str], ignore: Sequence[str], guest_engine: GuestEngine | None,
+         collect: Callable[[Context], Mapping[str, Any]] | None) -> CheckRun:
+    image, facts = disk.path, disk.facts
+    nbytes = disk.bytes_read + footer_bytes(disk)      # the facts' reads, not the guest's
     supported = supported_generations(facts) if facts.scheme is not None else frozenset()
     gens = target_generations(profile, supported)
     extra: dict[str, Any] = {}
@@ -79,7 +91,7 @@ def run(image: str, profile: Profile, fmt: str | None = None, select: Sequence[s
     try:
         if use_guest:
             ctx.guest_requested = True
-            ctx.guest = guest_engine(image, facts)  # type: ignore[misc]
+            ctx.guest = guest_engine(image, disk)  # type: ignore[misc]
             ctx.guest_skip_reason = getattr(guest_engine, "skip_reason", None) or NO_GUEST
         t1 = time.perf_counter()
         results = run_catalog(ctx, select, ignore, catalog)

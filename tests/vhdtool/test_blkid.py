@@ -64,3 +64,25 @@ def test_short_volume_with_a_magic(size: int) -> None:
             buf[off:off + len(magic)] = magic
     data = bytes(buf)
     assert probe(lambda off, n: data[off:off + n], size) is not None
+
+
+@pytest.mark.parametrize("argv", [["mkswap", "-L", "sw"], ["mkfs.vfat", "-F", "16"],
+                                  ["mkfs.vfat", "-F", "32"]], ids=lambda a: "-".join(a[:3]))
+def test_more_mkfs_output_matches_blkid(argv: list[str], tmp_path: Path) -> None:
+    """swap and both FAT sizes (the disk facts' ESP and swap checks read these TYPEs)."""
+    from .nativeimages import run
+    img = tmp_path / "v.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    run(*argv, str(img))
+    want = blkid(img, 0)
+    data = img.read_bytes()
+    got = probe(lambda off, n: data[off:off + n], len(data))
+    assert got is not None
+    assert (got.type, got.uuid, got.label) == (want["TYPE"], want.get("UUID"), want.get("LABEL"))
+
+
+def test_zeros_and_a_byte_ramp_are_nothing() -> None:
+    ramp = bytes(range(256)) * (PROBE_BYTES // 256)
+    for data in (bytes(PROBE_BYTES), ramp, b""):
+        assert probe(lambda off, n, d=data: d[off:off + n], len(data)) is None

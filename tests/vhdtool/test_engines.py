@@ -65,21 +65,3 @@ def test_native_on_a_disk_without_root_skips_with_the_reason(tmp_path: Path) -> 
     skipped = {r["id"]: r["reason"] for r in report["results"] if r["verdict"] == "skip"}
     assert any("no ext2/3/4, XFS or btrfs filesystem holding /etc/fstab" in (why or "")
                for cid, why in skipped.items() if cid.startswith("guest."))
-
-
-def test_fstab_specs_resolve_as_in_the_libguestfs_engine() -> None:
-    from checks.guest import Filesystem
-    fss = [Filesystem("/dev/sda1", "vfat", "ABCD-1234", "ESP", "0a0b-part", "esp"),
-           Filesystem("/dev/sda2", "LVM2_member", "pv-uuid"),
-           Filesystem("/dev/my-vg/root-lv", "xfs", "5B0C8A34-7E0B-4A8E-9D5E-3F1C2B4A6D7E", "root")]
-    r = ne.resolve_spec
-    assert r("UUID=abcd-1234", fss) == "/dev/sda1"                    # UUIDs: any case
-    assert r(f"UUID={UUID}", fss) == "/dev/my-vg/root-lv"
-    assert r("LABEL=esp", fss) is None and r("LABEL=ESP", fss) == "/dev/sda1"   # labels: exact
-    assert r("PARTUUID=0A0B-PART", fss) == "/dev/sda1" and r('PARTLABEL="esp"', fss) == "/dev/sda1"
-    assert r("/dev/disk/by-label/root", fss) == "/dev/my-vg/root-lv"
-    assert r("/dev/mapper/my--vg-root--lv", fss) == "/dev/my-vg/root-lv"   # dashes doubled
-    assert r("/dev/my-vg/root-lv", fss) == "/dev/my-vg/root-lv"
-    assert r("/dev/mapper/my-vg-root-lv", fss) is None
-    assert r("/dev/sda1", fss) == "/dev/sda1" and r("/dev/sdb1", fss) is None
-    assert r("tmpfs", fss) is None

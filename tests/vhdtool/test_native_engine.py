@@ -19,6 +19,7 @@ pytest.importorskip("dissect.extfs")
 
 from checks.guest import Guest  # noqa: E402
 from vhdtool import native_engine as ne  # noqa: E402
+from vhdtool import native_fs  # noqa: E402
 from vhdtool.engines import AutoEngine  # noqa: E402
 
 from .nativeimages import ESP, MIB, Dir, Link, Part, blkid, make_disk, run  # noqa: E402
@@ -239,7 +240,7 @@ def test_a_spinning_reader_is_stopped(tmp_path: Path, monkeypatch) -> None:
             while True:
                 pass
             yield  # pragma: no cover
-        monkeypatch.setattr(ne._ExtFs, "entries", spin)
+        monkeypatch.setattr(native_fs._ExtFs, "entries", spin)
         t0 = time.monotonic()
         with pytest.raises(ne.GuestReadError, match="longer than 2 s"):
             s.guest.view.list_dir("/var/empty")

@@ -261,8 +261,8 @@ def test_closed_session_leaves_no_process_and_no_marker(small_guest: Path) -> No
     _guestfs()
     from vhdtool import guestfs_engine as ge
     with ge.open_guest(str(small_guest), "qcow2", progress=False) as s:
-        assert s.guard is not None
-        run_id = s.guard.run_id
+        assert s.backend.guard is not None
+        run_id = s.backend.guard.run_id
         appliance = procguard.marked(run_id)
         assert any(b"qemu" in _comm(pid) for pid in appliance), appliance
         assert s.guest.read_text("/etc/os-release") == "ID=debian\n"
