@@ -46,7 +46,7 @@ from typing import Any
 
 from bench.common import (GiB, MiB, QEMU_FORMAT, bench_raw, interleaved, log, machine_load,
                           make_format, median, ratio_spread, spread, workdir)
-from vhdtool.convert import page_buffer
+from vhdtool.convert.sysio import page_buffer
 
 RSS_LIMIT_MIB = 200
 

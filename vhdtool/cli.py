@@ -455,7 +455,7 @@ def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, 
             click.echo(render_convert(facts))
     except KeyboardInterrupt as e:
         raise signals.InterruptedAfterOutput(signals.exit_code(e) - 128,
-                                             result.output["path"]) from e
+                                             result.output.path) from e
 
 
 def render_convert(facts: dict[str, Any]) -> str:
