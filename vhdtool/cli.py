@@ -35,8 +35,10 @@ class VhdtoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConvertError, OutputError) as e:
-            # a failed conversion, or a gate whose report could not be written: not passed
+        except ConvertError as e:       # refused or failed: not a finding about the image
+            click.echo(f"vhdtool: error: {e}", err=True)
+            sys.exit(Exit.CONVERT_FAILED)
+        except OutputError as e:        # a gate whose report could not be written: not passed
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.FINDINGS)
         except FormatError as e:

@@ -28,6 +28,7 @@ vhd = pytest.importorskip("formats.vhd", reason="formats.vhd (branch vhd) not me
 from vhdtool import convert as conv  # noqa: E402
 from vhdtool.cli import cli  # noqa: E402
 from vhdtool.convert import engine, run, sysio  # noqa: E402
+from vhdtool.exitcodes import Exit  # noqa: E402
 
 pytestmark = needs_qemu
 
@@ -708,9 +709,9 @@ def test_cli_json(tmp_path: Path) -> None:
     assert "sha256" not in facts["digests"]
     assert facts["output"]["file_size"] == dst.stat().st_size
     assert set(facts["timings"]) >= {"total"}
-    # refusal: exit 1 and a message naming DST; bad source: exit 3 (FormatError)
+    # refusal: exit 5 (not 1, a finding) and a message naming DST; bad source: exit 3
     r = CliRunner().invoke(cli, ["convert", str(src), str(dst)])
-    assert r.exit_code == 1 and str(dst) in r.stderr
+    assert r.exit_code == Exit.CONVERT_FAILED == 5 and str(dst) in r.stderr
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"QFI\xfb" + bytes(100))
     r = CliRunner().invoke(cli, ["convert", "-f", "qcow2", str(bad), str(tmp_path / "x.vhd")])
