@@ -53,12 +53,14 @@ class DigestReport:
     md5: str | None = None
     #: the MD5 as Azure's page-blob Content-MD5 shows it
     md5_base64: str | None = None
+    #: the whole-file digests in the order asked for (their order in the JSON and the summary)
+    order: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @classmethod
     def of(cls, hashes: Sequence[Any], file_size: int, bmap_summary: Mapping[str, object] | None
            = None) -> DigestReport:
         """From finished hashlib objects of the whole file and a bmap summary."""
-        values: dict[str, Any] = {"bmap": bmap_summary}
+        values: dict[str, Any] = {"bmap": bmap_summary, "order": tuple(h.name for h in hashes)}
         if hashes:
             values["covers"] = (f"every byte of the output file: {file_size} bytes = the virtual "
                                 f"disk (holes and padding as zeros) followed by the 512-byte VHD "
@@ -71,7 +73,11 @@ class DigestReport:
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        values = dataclasses.asdict(self)
+        keys = ["bmap", "covers"]
+        for name in self.order:
+            keys += [name, "md5_base64"] if name == "md5" else [name]
+        return {k: values[k] for k in keys if values[k] is not None}
 
 
 def digest_report(hashes: Sequence[Any], file_size: int, bmap_summary: Mapping[str, object]
