@@ -46,7 +46,7 @@ from typing import Any
 
 from bench.common import (GiB, MiB, QEMU_FORMAT, bench_raw, interleaved, log, machine_load,
                           make_format, median, ratio_spread, spread, workdir)
-from vhdtool.convert import page_buffer
+from vhdtool.convert.sysio import page_buffer
 
 RSS_LIMIT_MIB = 200
 
@@ -114,9 +114,9 @@ WHAT_EACH_DOES = [
     "those threads",
     "vhdtool convert --digest none --sync: the same plus writeback started as it goes "
     "(sync_file_range), fsync before the rename, fsync of the folder",
-    "vhdtool convert --digest sha256: the default (no flush; one ordered pass: reads 8 MiB "
-    "blocks, a writer thread and a hash thread",
-    "  behind it, SHA-256 of every byte of the output file, holes included)",
+    "vhdtool convert --digest sha256 (no flush; one ordered pass: the main thread reads 8 MiB "
+    "blocks, the same 2 workers write each",
+    "  and hash it in order behind, SHA-256 of every byte of the output file, holes included)",
 ]
 
 

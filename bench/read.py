@@ -31,7 +31,8 @@ from bench.common import (GiB, MiB, QEMU_FORMAT, Runs, bench_raw, interleaved, l
                           machine_load, make_format, median, ratio_spread, run, self_peak_rss_mib,
                           spread, workdir)
 from formats import Kind, open_image
-from vhdtool.convert import NBUF, BufferPool, nonzero_runs, pwrite_all
+from vhdtool.convert.engine import NBUF
+from vhdtool.convert.sysio import BufferPool, nonzero_runs, pwrite_all
 
 #: qemu-img's own request size: 2 MiB buffers stay in the CPU caches between the read and the
 #: write (8 MiB ones measured up to twice the system time here)

@@ -8,12 +8,16 @@ cannot, so every writer first removes the partial files in its folder that no li
 locked any more (:func:`remove_stale`): the kernel drops a dead process's locks, so a lock that
 can be taken is proof that nobody is writing the file.  A live writer's file is never touched.
 
+A finished file gets its name atomically (:func:`publish`): ``rename`` when it may replace what
+is there, else a hard link, which fails rather than overwrite a file that appeared meanwhile.
+
 References: flock(2) (locks belong to the open file description and go with its last close or
-the process's death); rename(2), link(2) (the atomic publish, in ``vhdtool.convert``).
+the process's death); rename(2), link(2) (the atomic publish).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -96,6 +100,34 @@ def write_atomic_bytes(path: str, data: bytes) -> list[str]:
     finally:
         os.close(fd)
     return stale
+
+
+def publish(tmp: str, final: str, replace: bool) -> None:
+    """Give the finished file ``tmp`` its name ``final``: atomically replacing what is there with
+    ``replace``, else only if ``final`` still does not exist -- FileExistsError (naming it) if it
+    appeared meanwhile.  Where the file system has no hard links: a rename, re-checked first."""
+    if replace:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final) from None
+    except OSError:                 # no hard links on this file system: rename, re-checked
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final) from None
+        os.replace(tmp, final)
+        return
+    os.unlink(tmp)
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable."""
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def unlink_quietly(path: str) -> None:

@@ -36,8 +36,10 @@ class VhdtoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConvertError, OutputError) as e:
-            # a failed conversion, or a gate whose report could not be written: not passed
+        except ConvertError as e:       # refused or failed: not a finding about the image
+            click.echo(f"vhdtool: error: {e}", err=True)
+            sys.exit(Exit.CONVERT_FAILED)
+        except OutputError as e:        # a gate whose report could not be written: not passed
             click.echo(f"vhdtool: error: {e}", err=True)
             sys.exit(Exit.FINDINGS)
         except FormatError as e:
@@ -470,7 +472,7 @@ def convert_cmd(src: str, dst: str | None, fmt: str | None, digests: tuple[str, 
             click.echo(render_convert(facts))
     except KeyboardInterrupt as e:
         raise signals.InterruptedAfterOutput(signals.exit_code(e) - 128,
-                                             result.output["path"]) from e
+                                             result.output.path) from e
 
 
 def render_convert(facts: dict[str, Any]) -> str:

@@ -12,10 +12,11 @@ if TYPE_CHECKING:   # imported where used: `vhdtool convert` need not load the c
 
 class Exit(enum.IntEnum):
     OK = 0               #: nothing at or above --fail-on
-    FINDINGS = 1         #: findings at or above --fail-on (or a failed conversion)
+    FINDINGS = 1         #: findings at or above --fail-on (or a report that could not be written)
     USAGE = 2            #: bad command line (click's own code for usage errors)
     BAD_IMAGE = 3        #: unreadable, corrupt or unsupported image
     MISSING_TOOL = 4     #: a required tool is missing (libguestfs for guest checks...)
+    CONVERT_FAILED = 5   #: ``vhdtool convert`` refused or failed (DST exists, disk full...)
     HANGUP = 129         #: SIGHUP (the terminal went away): 128 + 1, as a shell reports it
     INTERRUPTED = 130    #: Ctrl-C / SIGINT: 128 + 2
     TERMINATED = 143     #: SIGTERM (CI timeouts, systemd, ``timeout``): 128 + 15

@@ -27,6 +27,8 @@ vhd = pytest.importorskip("formats.vhd", reason="formats.vhd (branch vhd) not me
 
 from vhdtool import convert as conv  # noqa: E402
 from vhdtool.cli import cli  # noqa: E402
+from vhdtool.convert import engine, run, sysio  # noqa: E402
+from vhdtool.exitcodes import Exit  # noqa: E402
 
 pytestmark = needs_qemu
 
@@ -176,7 +178,7 @@ def spy_copy_threads(monkeypatch) -> tuple[list[int], list[int]]:
     """(bytes read by preadv, bytes written by pwrite_all) from the copy threads only."""
     reads: list[int] = []
     writes: list[int] = []
-    real_read, real_write = os.preadv, conv.pwrite_all
+    real_read, real_write = os.preadv, sysio.pwrite_all
 
     def in_copy_thread() -> bool:
         return threading.current_thread().name == "vhdtool-copy"
@@ -192,8 +194,8 @@ def spy_copy_threads(monkeypatch) -> tuple[list[int], list[int]]:
             writes.append(len(data))
         return real_write(fd, data, off)
 
-    monkeypatch.setattr(conv.os, "preadv", read_spy)
-    monkeypatch.setattr(conv, "pwrite_all", write_spy)
+    monkeypatch.setattr(os, "preadv", read_spy)
+    monkeypatch.setattr(sysio, "pwrite_all", write_spy)
     return reads, writes
 
 
@@ -206,7 +208,7 @@ def test_unordered_copy_path(tmp_path: Path, recipe: str, monkeypatch) -> None:
     reads, writes = spy_copy_threads(monkeypatch)
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
     assert reads and sum(reads) <= allocated(src)     # only the data runs were read
-    assert writes and sum(writes) <= sum(reads)
+    assert writes and sum(writes) <= sum(reads) + 512    # and the footer, by the same workers
     want = -(-SIZE // MiB) * MiB
     assert_same_disk(src, fmt, dst)
     assert_valid_vhd(dst, want)
@@ -251,7 +253,8 @@ def test_unordered_copy_skips_zero_blocks(tmp_path: Path, recipe: str, monkeypat
     dst = tmp_path / "z.out.vhd"
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"]).as_dict()
     assert sum(reads) >= 5 * MiB                           # the zeros were read and tested
-    assert writes and sum(writes) <= 2 * 64 * 1024         # only the two non-zero chunks
+    # only the two non-zero chunks, and the footer (written by the same workers)
+    assert writes and sum(writes) <= 2 * 64 * 1024 + 512
     assert res["output"]["zero_bytes_skipped_in_data"] >= 5 * MiB
     assert_same_disk(src, fmt, dst)
     assert_valid_vhd(dst, 8 * MiB)
@@ -384,7 +387,7 @@ def test_gpt_in_place(tmp_path: Path) -> None:
 
 # -- failures leave nothing ------------------------------------------------------------------------
 def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
-    real = conv.Pipeline._write
+    real = engine.Engine.store
     count = {"n": 0}
 
     def failing(self, data, off):
@@ -393,13 +396,13 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int 
             raise exc
         return real(self, data, off)
 
-    monkeypatch.setattr(conv.Pipeline, "_write", failing)
+    monkeypatch.setattr(engine.Engine, "store", failing)
 
 
 def _fail_copy_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls: int = 1) -> None:
     """The no-digest path writes with pwrite_all from its copy threads."""
     count = {"n": 0}
-    real = conv.pwrite_all
+    real = sysio.pwrite_all
 
     def failing(*args):
         count["n"] += 1
@@ -407,7 +410,7 @@ def _fail_copy_after(monkeypatch: pytest.MonkeyPatch, exc: BaseException, calls:
             raise exc
         return real(*args)
 
-    monkeypatch.setattr(conv, "pwrite_all", failing)
+    monkeypatch.setattr(sysio, "pwrite_all", failing)
 
 
 @pytest.mark.parametrize("digests,recipe", [(["sha256"], "qcow2"), (["none"], "qcow2"),
@@ -496,17 +499,17 @@ def test_file_system_without_fallocate(tmp_path: Path, monkeypatch, digests) -> 
         ctypes.set_errno(errno.EOPNOTSUPP)
         return -1
 
-    real = conv._libc
-    monkeypatch.setattr(conv, "_libc", lambda name: no_fallocate if name == "fallocate"
+    real = sysio._libc
+    monkeypatch.setattr(sysio, "_libc", lambda name: no_fallocate if name == "fallocate"
                         else real(name))
     src, fmt, raw = make_source(tmp_path, "qcow2")
     dst = tmp_path / "out.vhd"
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=digests)
     assert_same_disk(raw, "raw", dst)
-    assert 1 <= len(calls) <= conv.COPY_THREADS     # each thread may ask once before it is told
+    assert 1 <= len(calls) <= engine.COPY_THREADS     # each thread may ask once before it is told
     assert allocated(dst) <= allocated(raw) + MiB
     # nothing reserved the space: fsynced before the rename, so a deferred error is seen
-    assert res.output["flushed"] is True
+    assert res.output.flushed is True
 
 
 @pytest.mark.parametrize("sync", [False, True])
@@ -515,12 +518,12 @@ def test_flushed_only_when_asked(tmp_path: Path, monkeypatch, sync: bool) -> Non
     rename) only with ``sync``, as the result says."""
     synced = []
     real = os.fsync
-    monkeypatch.setattr(conv.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
     src, fmt, raw = make_source(tmp_path, "raw")
     dst = tmp_path / "out.vhd"
     res = conv.convert(str(src), str(dst), fmt=fmt, digests=["none"], sync=sync)
     assert_same_disk(raw, "raw", dst)
-    assert res.output["flushed"] is sync
+    assert res.output.flushed is sync
     assert len(synced) == (2 if sync else 0)        # the file, then the folder
 
 
@@ -541,7 +544,7 @@ def test_copy_thread_failure_leaves_nothing(tmp_path: Path, monkeypatch, where, 
             raise exc
         return real(*a, **k)
 
-    owner = conv if where == "pwrite_all" else conv.os
+    owner = sysio if where == "pwrite_all" else os
     real = getattr(owner, where)
     monkeypatch.setattr(owner, where, boom)
     dst = tmp_path / "out.vhd"
@@ -571,13 +574,13 @@ def test_refuses_existing_destination_without_force(tmp_path: Path) -> None:
 def test_destination_appearing_meanwhile_is_not_overwritten(tmp_path: Path, monkeypatch) -> None:
     src, _, _ = make_source(tmp_path, "raw")
     dst = tmp_path / "out.vhd"
-    real = conv.make_footer
+    real = run.make_footer
 
     def racing(size, unique_id=None):      # someone creates DST while we copy
         dst.write_bytes(b"theirs")
         return real(size, unique_id)
 
-    monkeypatch.setattr(conv, "make_footer", racing)
+    monkeypatch.setattr(run, "make_footer", racing)
     with pytest.raises(conv.ConvertError, match="appeared"):
         conv.convert(str(src), str(dst))
     assert dst.read_bytes() == b"theirs"
@@ -658,7 +661,7 @@ def test_in_place_failure_restores_the_file(tmp_path: Path, monkeypatch, recipe:
     src, fmt, _ = make_source(tmp_path, recipe)
     before = file_digests(src)
     size_before = src.stat().st_size
-    real = conv.pwrite_all
+    real = sysio.pwrite_all
     failed = []
 
     def full(fd, data, off):          # the new footer's write finds the disk full, once
@@ -667,7 +670,7 @@ def test_in_place_failure_restores_the_file(tmp_path: Path, monkeypatch, recipe:
             raise OSError(28, "No space left on device")
         return real(fd, data, off)
 
-    monkeypatch.setattr(conv, "pwrite_all", full)
+    monkeypatch.setattr(sysio, "pwrite_all", full)
     with pytest.raises(conv.ConvertError, match="restored"):
         conv.convert_in_place(str(src), fmt=fmt)
     assert failed
@@ -706,9 +709,9 @@ def test_cli_json(tmp_path: Path) -> None:
     assert "sha256" not in facts["digests"]
     assert facts["output"]["file_size"] == dst.stat().st_size
     assert set(facts["timings"]) >= {"total"}
-    # refusal: exit 1 and a message naming DST; bad source: exit 3 (FormatError)
+    # refusal: exit 5 (not 1, a finding) and a message naming DST; bad source: exit 3
     r = CliRunner().invoke(cli, ["convert", str(src), str(dst)])
-    assert r.exit_code == 1 and str(dst) in r.stderr
+    assert r.exit_code == Exit.CONVERT_FAILED == 5 and str(dst) in r.stderr
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"QFI\xfb" + bytes(100))
     r = CliRunner().invoke(cli, ["convert", "-f", "qcow2", str(bad), str(tmp_path / "x.vhd")])
@@ -731,8 +734,8 @@ def test_source_shrinking_during_copy_is_a_clean_error(tmp_path: Path, monkeypat
             calls.append(off)
         return n
 
-    monkeypatch.setattr(conv, "COPY_THREADS", 1)    # the next read is surely past the new end
-    monkeypatch.setattr(conv.os, "preadv", read_then_shrink)
+    monkeypatch.setattr(engine, "COPY_THREADS", 1)    # the next read is surely past the new end
+    monkeypatch.setattr(os, "preadv", read_then_shrink)
     dst = tmp_path / "out.vhd"
     with pytest.raises(TruncatedImage, match=f"{src}: .* at offset 0x.*shrank while it was being"):
         conv.convert(str(src), str(dst), fmt=fmt, digests=["none"])

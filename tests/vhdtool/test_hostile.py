@@ -283,13 +283,13 @@ def test_ctrl_c_after_the_output_is_named_says_it_is_complete(tmp_path: Path,
                                                                monkeypatch) -> None:
     src = dynamic_vhd(tmp_path)
     dst = tmp_path / "out.vhd"
-    real = conv._publish
+    real = conv.run._publish
 
     def publish_then_ctrl_c(*args: object) -> None:
         real(*args)
         os.kill(os.getpid(), signal.SIGINT)    # held back until the name is given
 
-    monkeypatch.setattr(conv, "_publish", publish_then_ctrl_c)
+    monkeypatch.setattr(conv.run, "_publish", publish_then_ctrl_c)
     res = CliRunner().invoke(cli, ["convert", str(src), str(dst)])
     assert res.exit_code == 130
     assert (f"vhdtool: interrupted (SIGINT) after {dst} was complete: it is a finished, "
