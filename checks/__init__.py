@@ -6,7 +6,10 @@ Open:
   - :mod:`checks.sources` for the references every check cites (title and URL);
   - :mod:`checks.examples` for how a check's pass/fail examples become contexts (the guest
     baseline itself is the test suite's, tests/checks/fakeguest.py);
-  - :mod:`checks.disk` for the disk facts, :mod:`checks.disk_checks` for the checks on them;
+  - :mod:`checks.tables` for check families that differ only in data (one row per check);
+  - :mod:`checks.disk` for the disk facts, :mod:`checks.disklib` for what the disk checks share,
+    :mod:`checks.disk_checks` (the container and its sizes) and :mod:`checks.disk_layout` (the
+    partition layout and what it boots) for the checks on them;
   - :mod:`checks.guest` (the read-only guest view and its facts) and :mod:`checks.guestlib`
     (shared derived facts: units, waagent.conf, cloud-init config, command lines, modules);
   - :mod:`checks.provisioning` for who provisions and the agents' versions;
@@ -27,7 +30,8 @@ from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity
 from .disk import DiskFacts, supported_generations
 
 #: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.guest_prov", "checks.guest_boot",
+CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.disk_layout",
+                                 "checks.guest_prov", "checks.guest_boot",
                                  "checks.guest_deprov", "checks.guest_tl", "checks.gallery.rules")
 
 

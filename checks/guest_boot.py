@@ -1,5 +1,8 @@
 """Guest checks: kernel command line, drivers, architecture, EFI fallback loader, fstab and swap.
 
+The kernel arguments required on every command line are one table (:data:`CMDLINE_ARGS`), the
+driver sets every kernel needs another (:data:`DRIVERS`).
+
 References:
   - :mod:`checks.sources`: the Azure "Prepare a Linux VHD" guide (GEN), the Marketplace
     certification tests (MKT), Hyper-V driver notes (HVD), the NVMe guide (NVME), Accelerated
@@ -12,33 +15,27 @@ References:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from .catalog import (GENERALIZED, V2, Applies, Context, Example, Finding, NotApplicable,
-                      Severity, check)
+from .catalog import (GENERALIZED, V2, Applies, CheckFunc, Context, Example, Finding,
+                      NotApplicable, Severity, check)
 from .examples import INITRD, INITRD_MODULES, KVER, MODS, elf, initrd, modules_dep
 from .guest import fs_index
 from .guestlib import (disabled_findings, guest, has_arg, kernel_modules, missing_at_boot,
                        missing_installed, require_cmdlines)
+from .tables import Row, declare
 
 GRUB_CFG = "/boot/grub/grub.cfg"
 DEFAULT_GRUB = "/etc/default/grub"
 MP = frozenset({"marketplace"})
+NVME = frozenset({"nvme"})
+AN = frozenset({"accelerated_networking"})
 
 
 def _grub_with(cmdline: str) -> dict[str, str]:
     return {GRUB_CFG: f"menuentry 'Debian' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=/dev/sda1 ro "
                       f"{cmdline}\n}}\n",
             DEFAULT_GRUB: f'GRUB_CMDLINE_LINUX="{cmdline}"\n'}
-
-
-def _missing_args(ctx: Context, wanted: list[tuple[str, str | None]]) -> list[Finding]:
-    out = []
-    for c in require_cmdlines(ctx):
-        missing = [f"{n}={v}" if v else n for n, v in wanted if not has_arg(c.args, n, v)]
-        if missing:
-            out.append(Finding(f"{c.what} lacks {' '.join(missing)}", c.evidence,
-                               fix=f"add {' '.join(missing)} to {c.what} in {c.path}"))
-    return out
 
 
 @check(id="guest.opened", title="The guest was opened, so the guest checks ran",
@@ -66,66 +63,68 @@ def guest_opened(ctx: Context) -> list[Finding]:
                         "checks only")]
 
 
-@check(id="guest.cmdline.console", title="The kernel logs to the serial console",
-       severity=Severity.WARNING, error_when=("marketplace",),
-       rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "
-                 "view of a VM that does not boot (boot diagnostics, serial console).",
-       source=("MKT: test 40", "GEN"),
-       remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub and regenerate "
-                   "grub.cfg (update-grub / grub2-mkconfig).",
-       passes=[Example("console=ttyS0,115200 on both", files=_grub_with("console=ttyS0,115200"))],
-       fails=[Example("grub.cfg regenerated without it",
-                      files={GRUB_CFG: f"menuentry 'x' {{\n\tlinux\t/boot/vmlinuz-{KVER} ro quiet\n}}\n"}),
-              Example("only tty0", files=_grub_with("console=tty0"))])
-def cmdline_console(ctx: Context) -> list[Finding]:
-    return _missing_args(ctx, [("console", "ttyS0")])
+@dataclass(frozen=True, kw_only=True)
+class KernelArgs(Row):
+    """Arguments every kernel command line the bootloader passes must carry."""
+
+    #: (name, value) pairs; a None value: the bare name
+    args: tuple[tuple[str, str | None], ...]
 
 
-@check(id="guest.cmdline.rootdelay", title="earlyprintk=ttyS0 and rootdelay=300 are set",
-       severity=Severity.WARNING, applies=Applies(features=MP),
-       rationale="The Marketplace certification expects earlyprintk=ttyS0 and rootdelay=300 on "
-                 "the kernel command line.",
-       source=("MKT", "GEN"),
-       remediation="Add 'earlyprintk=ttyS0 rootdelay=300' to GRUB_CMDLINE_LINUX and regenerate.",
-       passes=[Example("baseline", profile={"features": MP})],
-       fails=[Example("missing", files=_grub_with("console=ttyS0"), profile={"features": MP})])
-def cmdline_rootdelay(ctx: Context) -> list[Finding]:
-    return _missing_args(ctx, [("earlyprintk", "ttyS0"), ("rootdelay", "300")])
+CMDLINE_ARGS = (
+    KernelArgs(
+        id="guest.cmdline.console", title="The kernel logs to the serial console",
+        severity=Severity.WARNING, error_when=MP,
+        rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "
+                  "view of a VM that does not boot (boot diagnostics, serial console).",
+        source=("MKT: test 40", "GEN"),
+        remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub and "
+                    "regenerate grub.cfg (update-grub / grub2-mkconfig).",
+        passes=(Example("console=ttyS0,115200 on both",
+                        files=_grub_with("console=ttyS0,115200")),),
+        fails=(Example("grub.cfg regenerated without it",
+                       files={GRUB_CFG: f"menuentry 'x' {{\n\tlinux\t/boot/vmlinuz-{KVER} ro "
+                                        "quiet\n}\n"}),
+               Example("only tty0", files=_grub_with("console=tty0"))),
+        args=(("console", "ttyS0"),)),
+    KernelArgs(
+        id="guest.cmdline.rootdelay", title="earlyprintk=ttyS0 and rootdelay=300 are set",
+        severity=Severity.WARNING, applies=Applies(features=MP),
+        rationale="The Marketplace certification expects earlyprintk=ttyS0 and rootdelay=300 on "
+                  "the kernel command line.",
+        source=("MKT", "GEN"),
+        remediation="Add 'earlyprintk=ttyS0 rootdelay=300' to GRUB_CMDLINE_LINUX and "
+                    "regenerate.",
+        passes=(Example("baseline", profile={"features": MP}),),
+        fails=(Example("missing", files=_grub_with("console=ttyS0"), profile={"features": MP}),),
+        args=(("earlyprintk", "ttyS0"), ("rootdelay", "300"))),
+    KernelArgs(
+        id="guest.cmdline.nvme-timeout", title="nvme_core.io_timeout=240 is set",
+        severity=Severity.WARNING, applies=Applies(features=NVME),
+        rationale="Azure NVMe disks can pause I/O for servicing; the default 30 s timeout makes "
+                  "the kernel fail I/O and remount read-only.",
+        source=("NVME", "RHEL", "UBU", "AVU"),
+        remediation="Add nvme_core.io_timeout=240 to GRUB_CMDLINE_LINUX and regenerate.",
+        passes=(Example("baseline", profile={"features": NVME}),),
+        fails=(Example("missing", files=_grub_with("console=ttyS0"),
+                       profile={"features": NVME}),),
+        args=(("nvme_core.io_timeout", "240"),)),
+)
 
 
-NVME = frozenset({"nvme"})
+def _kernel_args(row: KernelArgs) -> CheckFunc:
+    def func(ctx: Context) -> list[Finding]:
+        out = []
+        for c in require_cmdlines(ctx):
+            missing = [f"{n}={v}" if v else n for n, v in row.args if not has_arg(c.args, n, v)]
+            if missing:
+                out.append(Finding(f"{c.what} lacks {' '.join(missing)}", c.evidence,
+                                   fix=f"add {' '.join(missing)} to {c.what} in {c.path}"))
+        return out
+    return func
 
 
-@check(id="guest.cmdline.nvme-timeout", title="nvme_core.io_timeout=240 is set",
-       severity=Severity.WARNING, applies=Applies(features=NVME),
-       rationale="Azure NVMe disks can pause I/O for servicing; the default 30 s timeout makes the "
-                 "kernel fail I/O and remount read-only.",
-       source=("NVME", "RHEL", "UBU", "AVU"),
-       remediation="Add nvme_core.io_timeout=240 to GRUB_CMDLINE_LINUX and regenerate.",
-       passes=[Example("baseline", profile={"features": NVME})],
-       fails=[Example("missing", files=_grub_with("console=ttyS0"), profile={"features": NVME})])
-def cmdline_nvme_timeout(ctx: Context) -> list[Finding]:
-    return _missing_args(ctx, [("nvme_core.io_timeout", "240")])
-
-
-HV_BOOT = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
-
-
-@check(id="guest.drivers.hyperv-initramfs", title="Hyper-V drivers load at boot for every kernel",
-       severity=Severity.ERROR,
-       rationale="Without hv_vmbus and hv_storvsc built in or in the initramfs, the kernel cannot "
-                 "see its root disk on Hyper-V and the VM does not boot; hv_netvsc gives it a NIC.",
-       source=("GEN", "HVD"),
-       remediation="Add hv_vmbus, hv_storvsc, hv_netvsc to /etc/initramfs-tools/modules "
-                   "(dracut: add_drivers+=) and rebuild the initramfs of every kernel.",
-       passes=[Example("built in instead", files={
-           INITRD: initrd(()),
-           f"/lib/modules/{KVER}/modules.builtin": "".join(f"kernel/{m}\n" for m in INITRD_MODULES)})],
-       fails=[Example("initramfs built with MODULES=dep on another host",
-                      files={INITRD: initrd(("drivers/ata/ahci.ko",))}),
-              Example("no initramfs", files={INITRD: None})])
-def hyperv_initramfs(ctx: Context) -> list[Finding]:
-    return [f for km in kernel_modules(ctx) if (f := missing_at_boot(km, HV_BOOT))]
+declare(CMDLINE_ARGS, _kernel_args)
 
 
 @check(id="guest.drivers.blacklist", title="Hyper-V drivers are not disabled",
@@ -144,75 +143,103 @@ def drivers_blacklist(ctx: Context) -> list[Finding]:
     return disabled_findings(ctx, lambda m: m.startswith("hv_") or m == "pci_hyperv")
 
 
-def _fs_modules(ctx: Context, wanted: tuple[str, ...]) -> list[Finding]:
-    out = [f for km in kernel_modules(ctx) if (f := missing_installed(km, wanted))]
-    return out + disabled_findings(ctx, lambda m: m in wanted)
+@dataclass(frozen=True, kw_only=True)
+class Drivers(Row):
+    """Kernel modules every kernel of the guest needs."""
+
+    modules: tuple[str, ...]
+    #: True: built in or in the initramfs (the root disk needs them); False: installed (built in
+    #: or a module file) and not disabled by a modprobe rule
+    at_boot: bool
 
 
-@check(id="guest.drivers.udf", title="udf and vfat are available", severity=Severity.ERROR,
-       rationale="Azure hands the provisioning data (ovf-env.xml) over a UDF-formatted virtual "
-                 "DVD, and the ESP is vfat: without udf provisioning fails (cloud-init >= 21.2 "
-                 "tolerates it only for SSH-key logins without customData); without vfat boot fails. "
-                 "CIS hardening often adds 'install udf /bin/true'.",
-       source=("GEN",),
-       remediation="Remove 'install udf /bin/true' / 'blacklist udf|vfat' lines; install the "
-                   "kernel's filesystem modules.",
-       passes=[Example("udf built in", files={
-           f"{MODS}/fs/udf/udf.ko": None,
-           f"/lib/modules/{KVER}/modules.builtin": "kernel/fs/udf/udf.ko\n"
-                                                   "kernel/drivers/nvme/host/nvme.ko\n"
-                                                   "kernel/drivers/nvme/host/nvme-core.ko\n"})],
-       fails=[Example("CIS hardening disables udf",
-                      files={"/etc/modprobe.d/CIS.conf": "install udf /bin/true\n"}),
-              Example("udf missing", files=modules_dep("udf"))])
-def drivers_udf(ctx: Context) -> list[Finding]:
-    return _fs_modules(ctx, ("udf", "vfat"))
+DRIVERS = (
+    Drivers(
+        id="guest.drivers.hyperv-initramfs", title="Hyper-V drivers load at boot for every kernel",
+        severity=Severity.ERROR,
+        rationale="Without hv_vmbus and hv_storvsc built in or in the initramfs, the kernel "
+                  "cannot see its root disk on Hyper-V and the VM does not boot; hv_netvsc gives "
+                  "it a NIC.",
+        source=("GEN", "HVD"),
+        remediation="Add hv_vmbus, hv_storvsc, hv_netvsc to /etc/initramfs-tools/modules "
+                    "(dracut: add_drivers+=) and rebuild the initramfs of every kernel.",
+        passes=(Example("built in instead", files={
+            INITRD: initrd(()),
+            f"/lib/modules/{KVER}/modules.builtin":
+                "".join(f"kernel/{m}\n" for m in INITRD_MODULES)}),),
+        fails=(Example("initramfs built with MODULES=dep on another host",
+                       files={INITRD: initrd(("drivers/ata/ahci.ko",))}),
+               Example("no initramfs", files={INITRD: None})),
+        modules=("hv_vmbus", "hv_storvsc", "hv_netvsc"), at_boot=True),
+    Drivers(
+        id="guest.drivers.udf", title="udf and vfat are available", severity=Severity.ERROR,
+        rationale="Azure hands the provisioning data (ovf-env.xml) over a UDF-formatted virtual "
+                  "DVD, and the ESP is vfat: without udf provisioning fails (cloud-init >= 21.2 "
+                  "tolerates it only for SSH-key logins without customData); without vfat boot "
+                  "fails. CIS hardening often adds 'install udf /bin/true'.",
+        source=("GEN",),
+        remediation="Remove 'install udf /bin/true' / 'blacklist udf|vfat' lines; install the "
+                    "kernel's filesystem modules.",
+        passes=(Example("udf built in", files={
+            f"{MODS}/fs/udf/udf.ko": None,
+            f"/lib/modules/{KVER}/modules.builtin": "kernel/fs/udf/udf.ko\n"
+                                                    "kernel/drivers/nvme/host/nvme.ko\n"
+                                                    "kernel/drivers/nvme/host/nvme-core.ko\n"}),),
+        fails=(Example("CIS hardening disables udf",
+                       files={"/etc/modprobe.d/CIS.conf": "install udf /bin/true\n"}),
+               Example("udf missing", files=modules_dep("udf"))),
+        modules=("udf", "vfat"), at_boot=False),
+    Drivers(
+        id="guest.drivers.cdrom", title="The CD-ROM driver is available",
+        severity=Severity.WARNING, applies=Applies(os_states=frozenset({GENERALIZED})),
+        rationale="The provisioning ISO is attached as a virtual CD-ROM; sr_mod and cdrom read "
+                  "it.",
+        source=("DOCS-12407",),
+        remediation="Install the kernel's SCSI CD-ROM modules (sr_mod, cdrom).",
+        passes=(Example("baseline"),),
+        fails=(Example("sr_mod disabled",
+                       files={"/etc/modprobe.d/x.conf": "blacklist sr_mod\n"}),),
+        modules=("sr_mod", "cdrom"), at_boot=False),
+    Drivers(
+        id="guest.drivers.nvme", title="NVMe drivers load at boot", severity=Severity.ERROR,
+        applies=Applies(features=NVME),
+        rationale="On NVMe-interface VM sizes the OS disk is an NVMe namespace: nvme and "
+                  "nvme_core must be built in or in the initramfs of every kernel.",
+        source=("NVME", "RHEL", "UBU"),
+        remediation="Add nvme and nvme_core to the initramfs (initramfs-tools modules / dracut "
+                    "add_drivers+=) and rebuild it.",
+        passes=(Example("built in (baseline)", profile={"features": NVME}),
+                Example("in the initramfs", profile={"features": NVME}, files={
+                    f"/lib/modules/{KVER}/modules.builtin": "",
+                    INITRD: initrd(INITRD_MODULES + ("drivers/nvme/host/nvme.ko",
+                                                     "drivers/nvme/host/nvme-core.ko"))})),
+        fails=(Example("neither", profile={"features": NVME},
+                       files={f"/lib/modules/{KVER}/modules.builtin": ""}),),
+        modules=("nvme", "nvme_core"), at_boot=True),
+    Drivers(
+        id="guest.drivers.mana", title="Accelerated Networking drivers are installed",
+        severity=Severity.WARNING, applies=Applies(features=AN),
+        rationale="Accelerated Networking passes a Mellanox (mlx4/mlx5) or MANA virtual function "
+                  "through pci-hyperv; without the drivers the VM silently falls back to the "
+                  "synthetic NIC. Mellanox drivers are still needed on MANA hosts.",
+        source=("AN", "MANA"),
+        remediation="Install a kernel with mana, mlx4_en, mlx5_core and pci-hyperv.",
+        passes=(Example("baseline", profile={"features": AN}),),
+        fails=(Example("no MANA driver", profile={"features": AN}, files=modules_dep("mana")),),
+        modules=("mana", "mlx4_en", "mlx4_core", "mlx5_core", "pci_hyperv"), at_boot=False),
+)
 
 
-@check(id="guest.drivers.cdrom", title="The CD-ROM driver is available", severity=Severity.WARNING,
-       applies=Applies(os_states=frozenset({GENERALIZED})),
-       rationale="The provisioning ISO is attached as a virtual CD-ROM; sr_mod and cdrom read it.",
-       source=("DOCS-12407",),
-       remediation="Install the kernel's SCSI CD-ROM modules (sr_mod, cdrom).",
-       passes=[Example("baseline")],
-       fails=[Example("sr_mod disabled", files={"/etc/modprobe.d/x.conf": "blacklist sr_mod\n"})])
-def drivers_cdrom(ctx: Context) -> list[Finding]:
-    return _fs_modules(ctx, ("sr_mod", "cdrom"))
+def _drivers(row: Drivers) -> CheckFunc:
+    def func(ctx: Context) -> list[Finding]:
+        if row.at_boot:
+            return [f for km in kernel_modules(ctx) if (f := missing_at_boot(km, row.modules))]
+        out = [f for km in kernel_modules(ctx) if (f := missing_installed(km, row.modules))]
+        return out + disabled_findings(ctx, lambda m: m in row.modules)
+    return func
 
 
-@check(id="guest.drivers.nvme", title="NVMe drivers load at boot", severity=Severity.ERROR,
-       applies=Applies(features=NVME),
-       rationale="On NVMe-interface VM sizes the OS disk is an NVMe namespace: nvme and nvme_core "
-                 "must be built in or in the initramfs of every kernel.",
-       source=("NVME", "RHEL", "UBU"),
-       remediation="Add nvme and nvme_core to the initramfs (initramfs-tools modules / dracut "
-                   "add_drivers+=) and rebuild it.",
-       passes=[Example("built in (baseline)", profile={"features": NVME}),
-               Example("in the initramfs", profile={"features": NVME}, files={
-                   f"/lib/modules/{KVER}/modules.builtin": "",
-                   INITRD: initrd(INITRD_MODULES + ("drivers/nvme/host/nvme.ko",
-                                                    "drivers/nvme/host/nvme-core.ko"))})],
-       fails=[Example("neither", profile={"features": NVME},
-                      files={f"/lib/modules/{KVER}/modules.builtin": ""})])
-def drivers_nvme(ctx: Context) -> list[Finding]:
-    return [f for km in kernel_modules(ctx) if (f := missing_at_boot(km, ("nvme", "nvme_core")))]
-
-
-AN = frozenset({"accelerated_networking"})
-AN_MODULES = ("mana", "mlx4_en", "mlx4_core", "mlx5_core", "pci_hyperv")
-
-
-@check(id="guest.drivers.mana", title="Accelerated Networking drivers are installed",
-       severity=Severity.WARNING, applies=Applies(features=AN),
-       rationale="Accelerated Networking passes a Mellanox (mlx4/mlx5) or MANA virtual function "
-                 "through pci-hyperv; without the drivers the VM silently falls back to the "
-                 "synthetic NIC. Mellanox drivers are still needed on MANA hosts.",
-       source=("AN", "MANA"),
-       remediation="Install a kernel with mana, mlx4_en, mlx5_core and pci-hyperv.",
-       passes=[Example("baseline", profile={"features": AN})],
-       fails=[Example("no MANA driver", profile={"features": AN}, files=modules_dep("mana"))])
-def drivers_mana(ctx: Context) -> list[Finding]:
-    return _fs_modules(ctx, AN_MODULES)
+declare(DRIVERS, _drivers)
 
 
 ARCHES = ("x86_64", "aarch64")
@@ -230,7 +257,8 @@ def guest_arch(ctx: Context) -> list[Finding]:
     if arch is None:
         raise NotApplicable("no ELF init/systemd/sh found to tell the architecture")
     if arch not in ARCHES:
-        return [Finding(f"guest architecture is {arch}", "/usr/lib/systemd/systemd (ELF e_machine)")]
+        return [Finding(f"guest architecture is {arch}",
+                        "/usr/lib/systemd/systemd (ELF e_machine)")]
     return []
 
 

@@ -1,7 +1,8 @@
 """Guest checks: the generalized (deprovisioned) state.
 
 A generalized image must not carry the identity or the secrets of the machine it was built on:
-what ``waagent -deprovision+user`` and ``cloud-init clean --logs --machine-id`` remove.
+what ``waagent -deprovision+user`` and ``cloud-init clean --logs --machine-id`` remove.  The
+checks that find any entry of some directories a leftover are one table (:data:`LEFTOVERS`).
 
 References:
   - :mod:`checks.sources`: WALinuxAgent ``azurelinuxagent/pa/deprovision/default.py`` (WA-DP),
@@ -14,11 +15,14 @@ References:
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
-from .catalog import GENERALIZED, Applies, Context, Example, Finding, NotApplicable, Severity, check
+from .catalog import (GENERALIZED, Applies, CheckFunc, Context, Example, Finding, NotApplicable,
+                      Severity, check)
 from .guest import Guest
 from .provisioning import cloudinit_provisions
 from .guestlib import cloud_config, guest, home_dirs, parse_keyvalue, waagent_conf, where
+from .tables import Row, declare
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))
 SSH_DIR = "/etc/ssh"
@@ -29,6 +33,95 @@ def _entries(g: Guest, directory: str, pattern: str = r".+") -> list[Finding]:
             for p in g.glob(directory, pattern)]
 
 
+def _leftovers(g: Guest, places: tuple[tuple[str, str], ...]) -> list[Finding]:
+    return [f for directory, pattern in places for f in _entries(g, directory, pattern)]
+
+
+HOST_KEYS = ((SSH_DIR, r"ssh_host_.*key.*"),)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leftovers(Row):
+    """Files the build machine leaves that deprovisioning deletes: any entry is a finding."""
+
+    #: (directory, regular expression of the entry names) where the leftovers lie
+    places: tuple[tuple[str, str], ...]
+    applies: Applies = GEN
+
+
+LEFTOVERS = (
+    Leftovers(
+        id="guest.deprovision.ssh-host-keys", title="No SSH host keys",
+        severity=Severity.WARNING, error_when=frozenset({"marketplace"}),
+        rationale="Host keys baked into an image are those of the build machine; a generalized "
+                  "image should not carry them even when the provisioner regenerates them.",
+        source=("WA-DP", "CI-CLEAN"),
+        remediation="rm -f /etc/ssh/ssh_host_*key* before capture (waagent -deprovision does "
+                    "it).",
+        passes=(Example("baseline"),),
+        fails=(Example("keys left, cloud-init regenerates them",
+                       files={"/etc/ssh/ssh_host_ed25519_key": "k"}),),
+        places=HOST_KEYS),
+    Leftovers(
+        id="guest.deprovision.waagent-state", title="No waagent state", severity=Severity.ERROR,
+        rationale="/var/lib/waagent of a provisioned VM holds 'provisioned' (the agent then "
+                  "skips provisioning: the deployment times out), ovf-env.xml (with the admin "
+                  "password hash), the transport private key and goal state.",
+        source=("WA-DP", "WA-PROV", "WA-706"),
+        remediation="waagent -deprovision (or rm -rf /var/lib/waagent/*) before capture.",
+        passes=(Example("absent", files={"/var/lib/waagent": None}),),
+        fails=(Example("provisioned marker", files={"/var/lib/waagent/provisioned": ""}),
+               Example("ovf-env.xml",
+                       files={"/var/lib/waagent/ovf-env.xml": "<Environment/>"})),
+        places=(("/var/lib/waagent", r".+"),)),
+    Leftovers(
+        id="guest.deprovision.cloudinit-state", title="No cloud-init instance state",
+        severity=Severity.ERROR,
+        rationale="With /var/lib/cloud/instance(s) present cloud-init believes it already ran "
+                  "(per-instance modules are skipped); a seed/azure/ovf-env.xml is read before "
+                  "the real provisioning media.",
+        source=("CI-CLEAN", "CI: the seed directory is searched first"),
+        remediation="cloud-init clean --logs --seed before capture.",
+        passes=(Example("empty /var/lib/cloud", files={"/var/lib/cloud": None}),),
+        fails=(Example("instance dir",
+                       files={"/var/lib/cloud/instances/abc/boot-finished": "1"}),
+               Example("seed ovf-env.xml",
+                       files={"/var/lib/cloud/seed/azure/ovf-env.xml": "<Environment/>"})),
+        places=(("/var/lib/cloud", r"instance|instances|data|sem|handlers|scripts"),
+                ("/var/lib/cloud/seed/azure", r"ovf-env\.xml"))),
+    Leftovers(
+        id="guest.deprovision.dhcp-leases", title="No DHCP leases", severity=Severity.WARNING,
+        rationale="A stale lease makes the client request the build machine's address first.",
+        source=("WA-DP",),
+        remediation="Delete the lease files before capture.",
+        passes=(Example("baseline"),),
+        fails=(Example("dhclient lease",
+                       files={"/var/lib/dhcp/dhclient.eth0.leases": "lease {}"}),),
+        places=(("/var/lib/dhcp", r".+\.leases?"), ("/var/lib/dhclient", r".+\.leases?"),
+                ("/var/lib/dhcpcd", r".+\.lease6?"), ("/var/lib/NetworkManager", r".+\.lease"),
+                ("/var/lib/systemd/network", r".+"))),
+    Leftovers(
+        id="guest.deprovision.logs", title="No provisioning logs", severity=Severity.WARNING,
+        rationale="Agent and cloud-init logs of the build VM confuse support and leak its "
+                  "details.",
+        source=("WA-DP", "GEN", "CI-CLEAN: --logs"),
+        remediation="cloud-init clean --logs; rm -rf /var/log/waagent.log /var/log/azure.",
+        passes=(Example("baseline"),),
+        fails=(Example("waagent.log", files={"/var/log/waagent.log": "x"}),
+               Example("cloud-init log", files={"/var/log/cloud-init.log": "x"})),
+        places=(("/var/log", r"waagent\.log.*|cloud-init.*\.log.*|azure"),)),
+)
+
+
+def _leftovers_check(row: Leftovers) -> CheckFunc:
+    def func(ctx: Context) -> list[Finding]:
+        return _leftovers(guest(ctx), row.places)
+    return func
+
+
+declare(LEFTOVERS, _leftovers_check)
+
+
 NO_CI_WAAGENT_KEEPS_KEYS = {
     "/etc/cloud": None, "/usr/bin/cloud-init": None,
     "/etc/systemd/system/cloud-init.target.wants": None,
@@ -36,30 +129,15 @@ NO_CI_WAAGENT_KEEPS_KEYS = {
     "/etc/ssh/ssh_host_ed25519_key": "k", "/etc/ssh/ssh_host_ed25519_key.pub": "p"}
 
 
-def _host_keys(ctx: Context) -> list[Finding]:
-    return _entries(guest(ctx), SSH_DIR, r"ssh_host_.*key.*")
-
-
-@check(id="guest.deprovision.ssh-host-keys", title="No SSH host keys", severity=Severity.WARNING,
-       applies=GEN, error_when=("marketplace",),
-       rationale="Host keys baked into an image are those of the build machine; a generalized "
-                 "image should not carry them even when the provisioner regenerates them.",
-       source=("WA-DP", "CI-CLEAN"),
-       remediation="rm -f /etc/ssh/ssh_host_*key* before capture (waagent -deprovision does it).",
-       passes=[Example("baseline")],
-       fails=[Example("keys left, cloud-init regenerates them",
-                      files={"/etc/ssh/ssh_host_ed25519_key": "k"})])
-def ssh_host_keys(ctx: Context) -> list[Finding]:
-    return _host_keys(ctx)
-
-
 @check(id="guest.deprovision.ssh-host-keys-shared", title="SSH host keys are regenerated per VM",
        severity=Severity.ERROR, applies=GEN,
        rationale="Host keys in the image that no provisioner regenerates are shared by every VM "
                  "made from it (one can impersonate another). cloud-init (ssh_deletekeys, default "
-                 "true) regenerates them; waagent only with Provisioning.RegenerateSshHostKeyPair=y.",
+                 "true) regenerates them; waagent only with "
+                 "Provisioning.RegenerateSshHostKeyPair=y.",
        source=("WA-DP", "WA-CONF", "CI: ssh_deletekeys"),
-       remediation="Delete /etc/ssh/ssh_host_*key*, or set Provisioning.RegenerateSshHostKeyPair=y.",
+       remediation="Delete /etc/ssh/ssh_host_*key*, or set "
+                   "Provisioning.RegenerateSshHostKeyPair=y.",
        passes=[Example("keys present but cloud-init regenerates them",
                        files={"/etc/ssh/ssh_host_ed25519_key": "k"}),
                Example("waagent regenerates them", files={
@@ -75,7 +153,7 @@ def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
     regen = conf.get("Provisioning.RegenerateSshHostKeyPair")
     if regen and regen.value.lower() == "y":
         return []
-    return _host_keys(ctx)
+    return _leftovers(guest(ctx), HOST_KEYS)
 
 
 @check(id="guest.deprovision.machine-id", title="machine-id is empty or uninitialized",
@@ -86,7 +164,8 @@ def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
        remediation="truncate -s 0 /etc/machine-id (or write 'uninitialized').",
        passes=[Example("uninitialized", files={"/etc/machine-id": "uninitialized\n"}),
                Example("absent", files={"/etc/machine-id": None})],
-       fails=[Example("a real id", files={"/etc/machine-id": "4c4c4544004d3510804bb4c04f4e4d32\n"})])
+       fails=[Example("a real id",
+                      files={"/etc/machine-id": "4c4c4544004d3510804bb4c04f4e4d32\n"})])
 def machine_id(ctx: Context) -> list[Finding]:
     text = guest(ctx).read_text("/etc/machine-id", 4096)
     if text is None or text.strip() in ("", "uninitialized"):
@@ -127,7 +206,8 @@ def history(ctx: Context) -> list[Finding]:
        source=("GEN", "MKT"),
        remediation="Delete ~/.ssh/authorized_keys and ~/.ssh/id_* of root and every user.",
        passes=[Example("public key only", files={"/root/.ssh/known_hosts": "h"})],
-       fails=[Example("root authorized_keys", files={"/root/.ssh/authorized_keys": "ssh-ed25519 A"}),
+       fails=[Example("root authorized_keys",
+                      files={"/root/.ssh/authorized_keys": "ssh-ed25519 A"}),
               Example("user private key", files={"/home/build/.ssh/id_ed25519": "-----BEGIN"})])
 def authorized_keys(ctx: Context) -> list[Finding]:
     g = guest(ctx)
@@ -135,41 +215,6 @@ def authorized_keys(ctx: Context) -> list[Finding]:
     for home in home_dirs(g):
         out += _entries(g, f"{home}/.ssh", r"authorized_keys2?|id_[a-z0-9]+")
     return [f for f in out if not f.evidence or not f.evidence.endswith(".pub")]
-
-
-@check(id="guest.deprovision.waagent-state", title="No waagent state", severity=Severity.ERROR,
-       applies=GEN,
-       rationale="/var/lib/waagent of a provisioned VM holds 'provisioned' (the agent then skips "
-                 "provisioning: the deployment times out), ovf-env.xml (with the admin password "
-                 "hash), the transport private key and goal state.",
-       source=("WA-DP", "WA-PROV", "WA-706"),
-       remediation="waagent -deprovision (or rm -rf /var/lib/waagent/*) before capture.",
-       passes=[Example("absent", files={"/var/lib/waagent": None})],
-       fails=[Example("provisioned marker", files={"/var/lib/waagent/provisioned": ""}),
-              Example("ovf-env.xml", files={"/var/lib/waagent/ovf-env.xml": "<Environment/>"})])
-def waagent_state(ctx: Context) -> list[Finding]:
-    return _entries(guest(ctx), "/var/lib/waagent")
-
-
-CLOUD_STATE = r"instance|instances|data|sem|handlers|scripts"
-
-
-@check(id="guest.deprovision.cloudinit-state", title="No cloud-init instance state",
-       severity=Severity.ERROR, applies=GEN,
-       rationale="With /var/lib/cloud/instance(s) present cloud-init believes it already ran "
-                 "(per-instance modules are skipped); a seed/azure/ovf-env.xml is read before the "
-                 "real provisioning media.",
-       source=("CI-CLEAN", "CI: the seed directory is searched first"),
-       remediation="cloud-init clean --logs --seed before capture.",
-       passes=[Example("empty /var/lib/cloud", files={"/var/lib/cloud": None})],
-       fails=[Example("instance dir", files={"/var/lib/cloud/instances/abc/boot-finished": "1"}),
-              Example("seed ovf-env.xml",
-                      files={"/var/lib/cloud/seed/azure/ovf-env.xml": "<Environment/>"})])
-def cloudinit_state(ctx: Context) -> list[Finding]:
-    g = guest(ctx)
-    out = _entries(g, "/var/lib/cloud", CLOUD_STATE)
-    out += _entries(g, "/var/lib/cloud/seed/azure", r"ovf-env\.xml")
-    return out
 
 
 def _login_defs(g: Guest) -> tuple[int, int]:
@@ -221,8 +266,10 @@ def _usable_hash(field: str) -> bool:
        remediation="passwd -l root (and every account); Azure sets the admin credentials.",
        passes=[Example("root locked with the waagent marker",
                        files={"/etc/shadow": "root:*LOCK*:14600::::::\n"})],
-       fails=[Example("root password", files={"/etc/shadow": "root:$6$salt$hash:19700:0:99999:7:::\n"}),
-              Example("empty password", files={"/etc/shadow": "root:*:1::::::\nguest::19700::::::\n"})])
+       fails=[Example("root password",
+                      files={"/etc/shadow": "root:$6$salt$hash:19700:0:99999:7:::\n"}),
+              Example("empty password",
+                      files={"/etc/shadow": "root:*:1::::::\nguest::19700::::::\n"})])
 def root_password(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     if not g.exists("/etc/shadow"):
@@ -235,23 +282,6 @@ def root_password(ctx: Context) -> list[Finding]:
             out.append(Finding(f"{f[0]} has {what}", where("/etc/shadow", no),
                                fix=f"passwd -l {f[0]}"))
     return out
-
-
-LEASE_DIRS = (("/var/lib/dhcp", r".+\.leases?"), ("/var/lib/dhclient", r".+\.leases?"),
-              ("/var/lib/dhcpcd", r".+\.lease6?"), ("/var/lib/NetworkManager", r".+\.lease"),
-              ("/var/lib/systemd/network", r".+"))
-
-
-@check(id="guest.deprovision.dhcp-leases", title="No DHCP leases", severity=Severity.WARNING,
-       applies=GEN,
-       rationale="A stale lease makes the client request the build machine's address first.",
-       source=("WA-DP",),
-       remediation="Delete the lease files before capture.",
-       passes=[Example("baseline")],
-       fails=[Example("dhclient lease", files={"/var/lib/dhcp/dhclient.eth0.leases": "lease {}"})])
-def dhcp_leases(ctx: Context) -> list[Finding]:
-    g = guest(ctx)
-    return [f for d, pat in LEASE_DIRS for f in _entries(g, d, pat)]
 
 
 NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
@@ -267,7 +297,8 @@ NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
        fails=[Example("udev persistent rules", files={
            "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", NAME="eth0"\n'}),
            Example("ifcfg HWADDR", files={
-               "/etc/sysconfig/network-scripts/ifcfg-eth0": "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})])
+               "/etc/sysconfig/network-scripts/ifcfg-eth0":
+                   "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})])
 def net_rules(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = _entries(g, "/etc/udev/rules.d", NET_RULES)
@@ -280,19 +311,3 @@ def net_rules(ctx: Context) -> list[Finding]:
             if line.startswith("macaddress:"):
                 out.append(Finding(f"netplan '{line}' binds the NIC to a MAC", where(p, no)))
     return out
-
-
-LOGS = (("/var/log", r"waagent\.log.*|cloud-init.*\.log.*|azure"),)
-
-
-@check(id="guest.deprovision.logs", title="No provisioning logs", severity=Severity.WARNING,
-       applies=GEN,
-       rationale="Agent and cloud-init logs of the build VM confuse support and leak its details.",
-       source=("WA-DP", "GEN", "CI-CLEAN: --logs"),
-       remediation="cloud-init clean --logs; rm -rf /var/log/waagent.log /var/log/azure.",
-       passes=[Example("baseline")],
-       fails=[Example("waagent.log", files={"/var/log/waagent.log": "x"}),
-              Example("cloud-init log", files={"/var/log/cloud-init.log": "x"})])
-def logs(ctx: Context) -> list[Finding]:
-    g = guest(ctx)
-    return [f for d, pat in LOGS for f in _entries(g, d, pat)]

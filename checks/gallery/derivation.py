@@ -165,7 +165,8 @@ IDENTITY_CHECKS = ("guest.deprovision.ssh-host-keys", "guest.deprovision.users",
 
 
 def _only(state: str) -> list[str]:
-    """Error-level guest checks that apply to ``state`` images only (what tells the states apart)."""
+    """Error-level guest checks that apply to ``state`` images only (what tells the states
+    apart)."""
     return sorted(cid for cid, c in CATALOG.items()
                   if c.needs == "guest" and c.severity is Severity.ERROR
                   and c.applies.os_states == frozenset({state})
@@ -173,7 +174,8 @@ def _only(state: str) -> list[str]:
 
 
 def provisioning_disabled(ctx: Context) -> list[Evidence]:
-    """Evidence that the image does not re-provision (Provisioning.Agent=disabled, cloud-init off)."""
+    """Evidence that the image does not re-provision (Provisioning.Agent=disabled, cloud-init
+    off)."""
     out = []
     agent = provisioning_agent(ctx)
     if agent is not None and agent.value == "disabled":

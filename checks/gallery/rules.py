@@ -226,7 +226,7 @@ def accelerated_networking(ctx: Context) -> list[Finding]:
     return []
 
 
-# -- names, version and dates (no subject needed: they read only the declaration) -------------------
+# -- names, version and dates (no subject needed: they read only the declaration) ------------------
 
 NAMES = DeclaredApplies(roles=frozenset({"os", "data"}))
 

@@ -67,3 +67,59 @@ def test_bad_declarations_refused() -> None:
         _mk("NoDots", lambda c: [])
     with pytest.raises(ValueError):
         Profile(os_state="sideways")
+
+
+def test_declare_a_table_of_rows() -> None:
+    """checks.tables.declare: one check per row, the row's declaration, the row's data."""
+    from dataclasses import dataclass
+
+    import checks.catalog as c
+    from checks.tables import Row, declare
+
+    @dataclass(frozen=True, kw_only=True)
+    class Limit(Row):
+        limit: int
+
+    rows = tuple(Limit(id=f"t.limit-{n}", title=f"at most {n}", severity=Severity.INFO,
+                       rationale="r", source=("GEN",), remediation="fix",
+                       passes=(Example("p"),), fails=(Example("f"),), needs="disk", limit=n)
+                 for n in (1, 5))
+
+    def body(row: Limit):
+        def func(ctx: Context) -> list[Finding]:
+            return [Finding(f"{ctx.disk} > {row.limit}")] if ctx.disk > row.limit else []
+        return func
+
+    saved = dict(c.CATALOG)
+    try:
+        c.CATALOG.clear()
+        declare(rows, body)
+        cat = dict(c.CATALOG)
+    finally:
+        c.CATALOG.clear()
+        c.CATALOG.update(saved)
+    assert sorted(cat) == ["t.limit-1", "t.limit-5"]
+    one = cat["t.limit-1"]
+    assert (one.title, one.severity, one.sources, one.needs, one.func.__name__) == \
+        ("at most 1", Severity.INFO, ("GEN",), "disk", "limit_1")
+    results = run_catalog(Context(Profile(), disk=3), catalog=cat)
+    assert [(r.check.id, r.verdict) for r in results] == \
+        [("t.limit-1", Verdict.FAIL), ("t.limit-5", Verdict.PASS)]
+    assert results[0].findings[0].message == "3 > 1"
+
+
+def test_every_table_row_is_a_check_with_its_declaration() -> None:
+    import checks
+    from checks.disk_checks import FOOTER_FIELDS
+    from checks.guest_boot import CMDLINE_ARGS, DRIVERS
+    from checks.guest_deprov import LEFTOVERS
+
+    cat = checks.load()
+    rows = FOOTER_FIELDS + LEFTOVERS + CMDLINE_ARGS + DRIVERS
+    assert len({r.id for r in rows}) == len(rows) == 18
+    for r in rows:
+        chk = cat[r.id]
+        assert (chk.title, chk.severity, chk.rationale, chk.sources, chk.remediation,
+                chk.passes, chk.fails, chk.needs, chk.applies, chk.error_when) == \
+            (r.title, r.severity, r.rationale, r.source, r.remediation, r.passes, r.fails,
+             r.needs, r.applies, r.error_when)
