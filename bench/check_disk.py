@@ -5,7 +5,7 @@
 The disk: a sparse 30 GiB file partitioned by sgdisk (BIOS boot, FAT ESP made by mkfs.vfat,
 Linux root), with a fixed-VHD footer from ``formats.vhd.build_fixed_footer`` appended in place.
 Measured: the in-process pipeline (facts + every disk check), the image bytes the facts builder
-asked for (its CountingReader), the bytes the process really read (``/proc/self/io`` rchar, an
+asked for (the disk facts count them), the bytes the process really read (``/proc/self/io`` rchar, an
 independent count from the kernel), and the whole ``vhdtool check`` command line (Python start-up
 included) next to two peers doing part of the job: ``qemu-img info`` (container) and
 ``sgdisk -v`` (partition table).  The issue asks for "well under a second" and "reads only what it needs".
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import GiB, MiB, log, run, workdir
-from checks.catalog import Profile
-from formats.vhd import build_fixed_footer
+from vhdtool.checks.catalog import Profile
+from vhdtool.formats.vhd import build_fixed_footer
 from vhdtool.pipeline import run as check_run
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import log
-from checks.catalog import Profile, Verdict
+from vhdtool.checks.catalog import Profile, Verdict
 from vhdtool.guestfs_engine import run_guest_checks
 
 TARGET = 2.0     #: seconds for the checks after the launch (issue 6)

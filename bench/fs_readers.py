@@ -110,8 +110,8 @@ def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
 
 def main() -> None:
     from fixtures import build
-    from formats import open_image
-    from formats.partitions import read_partition_table
+    from vhdtool.formats import open_image
+    from vhdtool.formats.partitions import read_partition_table
     from vhdtool.native_engine import open_guest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from bench.common import GiB, log, make_raw, timed, workdir
-from formats.vhd import build_fixed_footer
+from vhdtool.formats.vhd import build_fixed_footer
 
 
 def make_vhd(raw: Path) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench.common import (GiB, MiB, QEMU_FORMAT, Runs, bench_raw, interleaved, log,
                           machine_load, make_format, median, ratio_spread, run, self_peak_rss_mib,
                           spread, workdir)
-from formats import Kind, open_image
+from vhdtool.formats import Kind, open_image
 from vhdtool.convert.engine import NBUF
 from vhdtool.convert.sysio import BufferPool, nonzero_runs, pwrite_all
 

@@ -29,15 +29,15 @@ from importlib import import_module
 from .catalog import CATALOG, Check, Context, Finding, Profile, Result, Severity, Verdict
 from .disk import DiskFacts, supported_generations
 
-#: the modules that declare checks, imported by load(); each adds its checks to CATALOG
-CHECK_MODULES: tuple[str, ...] = ("checks.disk_checks", "checks.disk_layout",
-                                 "checks.guest_prov", "checks.guest_boot",
-                                 "checks.guest_deprov", "checks.guest_tl", "checks.gallery.rules")
+#: the modules that declare checks (relative to this package), imported by load(); each adds its
+#: checks to CATALOG
+CHECK_MODULES: tuple[str, ...] = (".disk_checks", ".disk_layout", ".guest_prov", ".guest_boot",
+                                  ".guest_deprov", ".guest_tl", ".gallery.rules")
 
 
 def load() -> dict[str, Check]:
     for name in CHECK_MODULES:
-        import_module(name)
+        import_module(name, __package__)
     return CATALOG
 
 

@@ -15,12 +15,12 @@ from importlib import import_module
 from .errors import FormatError, UnknownFormat
 from .image import DiskImage, open_file
 
-#: format name -> (module, class); modules are imported on first use.
+#: format name -> (module relative to this package, class); modules are imported on first use.
 FORMATS: dict[str, tuple[str, str]] = {
-    "raw": ("formats.raw", "RawImage"),
-    "vpc": ("formats.vhd", "VhdImage"),
-    "vhdx": ("formats.vhdx", "VhdxImage"),
-    "qcow2": ("formats.qcow2", "Qcow2Image"),
+    "raw": (".raw", "RawImage"),
+    "vpc": (".vhd", "VhdImage"),
+    "vhdx": (".vhdx", "VhdxImage"),
+    "qcow2": (".qcow2", "Qcow2Image"),
 }
 #: names users may also write
 ALIASES = {"vhd": "vpc"}
@@ -69,5 +69,5 @@ def open_image(path: str | os.PathLike[str], fmt: str | None = None,
         raise UnknownFormat(path, "format", None,
                             f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
     module, cls = FORMATS[name]
-    image_cls = getattr(import_module(module), cls)
+    image_cls = getattr(import_module(module, __package__), cls)
     return image_cls(path, _chain=_chain + (real,)) if name != "raw" else image_cls(path)

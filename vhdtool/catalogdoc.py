@@ -7,8 +7,8 @@ References:
 
 from __future__ import annotations
 
-from checks import sources
-from checks.catalog import Check, Example
+from vhdtool.checks import sources
+from vhdtool.checks.catalog import Check, Example
 
 
 def _example(e: Example) -> str:

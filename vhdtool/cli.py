@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from formats import FormatError, open_image
+from vhdtool.formats import FormatError, open_image
 
 from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
@@ -20,7 +20,7 @@ from .exitcodes import Exit, OutputError, check_exit
 from .session import NOTICE
 
 if TYPE_CHECKING:
-    from checks.catalog import Profile
+    from vhdtool.checks.catalog import Profile
 
 log = logging.getLogger("vhdtool")
 
@@ -110,7 +110,7 @@ GENERATIONS: dict[str, tuple[str, ...] | None] = {"1": ("V1",), "2": ("V2",), "b
 
 
 def _profile(os_state: str, generation: str, role: str, features: dict[str, bool]) -> Any:
-    from checks.catalog import Profile
+    from vhdtool.checks.catalog import Profile
 
     gens = GENERATIONS[generation]
     return Profile(os_state=os_state, generations=None if gens is None else frozenset(gens),
@@ -201,7 +201,7 @@ def gallery_options(func: Any) -> Any:
 
 def _declaration(opts: dict[str, Any], accelerated: bool | None) -> Any:
     """A checks.gallery.Declaration of the gallery options, or None when none was given."""
-    from checks.gallery import Declaration
+    from vhdtool.checks.gallery import Declaration
     values = {"security_type": opts.get("security_type"),
               "disk_controllers": tuple(opts["disk_controller"].split(","))
               if opts.get("disk_controller") else None,
@@ -251,8 +251,8 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               manifest_path: str | None, md5: bool, digests_from: str | None,
               **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
-    import checks
-    from checks.catalog import Severity, selected
+    from vhdtool import checks
+    from vhdtool.checks.catalog import Severity, selected
 
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import check_writable, parse_outputs, render, write_atomic
@@ -301,7 +301,7 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 
     A manifest implies a (possibly empty) declaration, so the gallery.* checks run.
     """
-    from checks.gallery import Declaration, declare
+    from vhdtool.checks.gallery import Declaration, declare
     if declaration is None and manifest_path is None:
         return profile, None, None
     profile = declare(profile, declaration or Declaration())
@@ -341,7 +341,7 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     """The upload manifest of IMAGE (JSON): file, digests, container, partitions, guest, check
     results, the gallery definition the disk supports with evidence, upload commands and an ARM
     fragment. Exit codes as for check (docs/exit-codes.md)."""
-    from checks.catalog import Severity
+    from vhdtool.checks.catalog import Severity
 
     from .manifest import Target, build, render as render_manifest, script
     from .pipeline import run as run_checks
@@ -381,8 +381,7 @@ def checks_group() -> None:
 @checks_group.command("list")
 def checks_list() -> None:
     """List every check: id, severity, subject, title."""
-    import checks
-
+    from vhdtool import checks
     from .catalogdoc import list_line
     for _cid, c in sorted(checks.load().items()):
         click.echo(list_line(c))
@@ -392,8 +391,7 @@ def checks_list() -> None:
 @click.argument("check_id")
 def checks_show(check_id: str) -> None:
     """Show one check's declaration."""
-    import checks
-
+    from vhdtool import checks
     from .catalogdoc import show
     catalog = checks.load()
     if check_id not in catalog:
@@ -406,8 +404,7 @@ def checks_show(check_id: str) -> None:
               help="Write to this file (atomically) instead of stdout.")
 def checks_docs(output: str | None) -> None:
     """The catalog reference page (docs/checks.md) in Markdown."""
-    import checks
-
+    from vhdtool import checks
     from .catalogdoc import markdown
     from .report import write_atomic
     text = markdown(checks.load())

@@ -28,10 +28,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from checks.guest import Filesystem
-from formats import DiskImage, open_image, probe as probe_format
-from formats import vhd as vhdfmt
-from formats.partitions import Partition, PartitionTable, read_partition_table
+from vhdtool.checks.guest import Filesystem
+from vhdtool.formats import DiskImage, open_image, probe as probe_format
+from vhdtool.formats import vhd as vhdfmt
+from vhdtool.formats.partitions import Partition, PartitionTable, read_partition_table
 
 from .blkid import Probe, probe
 

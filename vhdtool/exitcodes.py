@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # imported where used: `vhdtool convert` need not load the check catalog
-    from checks.catalog import Result, Severity, Verdict
+    from vhdtool.checks.catalog import Result, Severity, Verdict
 
 
 class Exit(enum.IntEnum):
@@ -37,6 +37,6 @@ def check_exit(results: Iterable[Result], fail_on: Severity) -> Exit:
 
 
 def trips(verdict: Verdict, severity: Severity, fail_on: Severity) -> bool:
-    from checks.catalog import Verdict
+    from vhdtool.checks.catalog import Verdict
 
     return verdict is Verdict.ERROR or (verdict is Verdict.FAIL and severity >= fail_on)

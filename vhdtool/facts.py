@@ -18,10 +18,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, DiskFacts, FooterFacts,
+from vhdtool.checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, DiskFacts, FooterFacts,
                          PartitionFacts, StructureError, normalize_type_id)
-from formats import vhd as vhdfmt
-from formats.partitions import Partition, PartitionTable
+from vhdtool.formats import vhd as vhdfmt
+from vhdtool.formats.partitions import Partition, PartitionTable
 
 from .disk import Disk
 

@@ -31,8 +31,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from checks.catalog import Context, Profile, Result, run_catalog
-from checks.guest import Filesystem, GuestView
+from vhdtool.checks.catalog import Context, Profile, Result, run_catalog
+from vhdtool.checks.guest import Filesystem, GuestView
 
 from . import mountplan
 from .exitcodes import Exit
@@ -347,7 +347,7 @@ def run_guest_checks(image_path: str, fmt: str, profile: Profile, select: Sequen
                      timeout: float = DEFAULT_TIMEOUT,
                      generations: frozenset[str] | None = None) -> tuple[list[Result], Timing]:
     """Every selected guest check of the catalog on the image's guest (one appliance launch)."""
-    import checks
+    from vhdtool import checks
     catalog = {cid: c for cid, c in checks.load().items() if c.needs == "guest"}
     with open_guest(image_path, fmt, progress, timeout) as s:
         t = time.monotonic()

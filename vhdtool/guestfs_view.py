@@ -17,7 +17,7 @@ from __future__ import annotations
 import stat as statmod
 from typing import Any
 
-from checks.guest import Stat
+from vhdtool.checks.guest import Stat
 
 #: bytes per pread message (libguestfs' protocol carries up to ~4 MB per message)
 READ_CHUNK = 2 << 20

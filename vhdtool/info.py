@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from formats import DiskImage, Kind
-from formats.partitions import read_partition_table
+from vhdtool.formats import DiskImage, Kind
+from vhdtool.formats.partitions import read_partition_table
 
 INFO_SCHEMA_VERSION = 1
 

@@ -4,7 +4,7 @@ One ``vhdtool check`` run (one appliance launch) gives the container and partiti
 check results, the guest facts and the gallery derivation (:mod:`checks.gallery`, gathered by the
 pipeline's ``collect`` hook while the guest is open); the file's digests are computed in a thread
 meanwhile.  :func:`build` turns them into a JSON document with ``schema_version`` (published as
-docs/schemas/manifest.schema.json), the upload commands (``az disk create --upload-type Upload``,
+vhdtool/schemas/manifest.schema.json), the upload commands (``az disk create --upload-type Upload``,
 ``azcopy copy --blob-type PageBlob``, ``az sig image-definition create``, ``az sig image-version
 create``) and an ARM template fragment for the image definition(s) and version.
 
@@ -13,7 +13,8 @@ declared value the disk does not support is a ``gallery.*`` check failure, and t
 says ``upload.ready: false``.
 
 References:
-  ../shared/reference/azure-requirements.md section 2 (gallery properties), UPL (upload to a
+  Microsoft Learn, "Create an image definition and an image version"
+  (learn.microsoft.com/azure/virtual-machines/image-version: gallery properties), UPL (upload to a
   managed disk: --upload-type Upload, --upload-size-bytes = file size, azcopy --blob-type
   PageBlob, grant-access/revoke-access); Azure CLI ``az disk create``, ``az snapshot create``
   (--hyper-v-generation), ``az sig image-definition create`` (--features "SecurityType=...
@@ -35,10 +36,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from checks.catalog import V2, Context, Severity, Verdict
-from checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, declared_accelerated,
+from vhdtool.checks.catalog import V2, Context, Severity, Verdict
+from vhdtool.checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, declared_accelerated,
                             declared_controllers, declared_security_type, derive, feature_values)
-from checks.provisioning import provisioners
+from vhdtool.checks.provisioning import provisioners
 
 from . import __version__
 from .exitcodes import trips

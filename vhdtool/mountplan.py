@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from checks.guest import Filesystem, Guest, GuestView, collect_facts, parse_fstab
+from vhdtool.checks.guest import Filesystem, Guest, GuestView, collect_facts, parse_fstab
 
 #: filesystems a Linux root may be (blkid TYPE), tried in the volumes' order
 ROOT_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")

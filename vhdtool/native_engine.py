@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from checks.guest import Filesystem, Guest, GuestView
-from formats import FormatError
+from vhdtool.checks.guest import Filesystem, Guest, GuestView
+from vhdtool.formats import FormatError
 
 from . import mountplan
 from .blkid import probe

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from checks.guest import Filesystem, Stat
+from vhdtool.checks.guest import Filesystem, Stat
 
 from .native_io import Readers, Window
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from checks.guest import GuestLoopError, Stat, walk
+from vhdtool.checks.guest import GuestLoopError, Stat, walk
 
 from .native_fs import Fs
 from .native_io import Budget, Timeout

@@ -6,7 +6,9 @@ opens its guest read-only and returns a ``checks.guest.GuestView`` (or raises). 
 checks that need the guest are skipped with a reason that says how to enable them.
 
 References:
-  ../shared/reference/azure-requirements.md §1 (the checks), §2 (hyperVGeneration from the disk).
+  the catalog's own registry of sources (vhdtool.checks.sources) for each check; Microsoft Learn,
+  "Generation 2 VMs on Azure" (learn.microsoft.com/azure/virtual-machines/generation-2) for the
+  Hyper-V generation a disk's layout supports.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import checks
-from checks.catalog import V1, V2, Check, Context, Profile, Result, run_catalog, selected
-from checks.disk import DiskFacts, supported_generations
+from vhdtool import checks
+from vhdtool.checks.catalog import V1, V2, Check, Context, Profile, Result, run_catalog, selected
+from vhdtool.checks.disk import DiskFacts, supported_generations
 
 from .disk import Disk
 from .facts import footer_bytes

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:        # the CLI imports NOTICE: convert must not pay for the checks
-    from checks.guest import Filesystem, Guest
+    from vhdtool.checks.guest import Filesystem, Guest
 
 log = logging.getLogger("vhdtool")
 #: between INFO and WARNING: shown unless the CLI is asked to be quieter than its default

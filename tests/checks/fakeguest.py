@@ -28,9 +28,9 @@ import stat as statmod
 import struct
 from collections.abc import Mapping
 
-from checks.examples import (DIR, DISK_MODULES, INITRD_MODULES, KVER, LINK, MODS, Made,
+from vhdtool.checks.examples import (DIR, DISK_MODULES, INITRD_MODULES, KVER, LINK, MODS, Made,
                              register_baseline, symlink)
-from checks.guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
+from vhdtool.checks.guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
 from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
 
 

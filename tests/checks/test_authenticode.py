@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from checks.authenticode import CA_2011, PEError, microsoft_uefi_ca, signatures
+from vhdtool.checks.authenticode import CA_2011, PEError, microsoft_uefi_ca, signatures
 from tests.checks.fakeguest import forged_pkcs7, pe_image
 from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import checks
-from checks.catalog import ID_RE, Verdict, run_check
-from checks.examples import context_for
+from vhdtool import checks
+from vhdtool.checks.catalog import ID_RE, Verdict, run_check
+from vhdtool.checks.examples import context_for
 
 CATALOG = checks.load()
 IDS = sorted(CATALOG)
@@ -71,7 +71,7 @@ def test_sources_resolve_and_every_reference_is_cited() -> None:
     """Every citation names a registry key; every URL is https and well-formed; none unused."""
     from urllib.parse import urlsplit
 
-    from checks.sources import REFERENCES, split
+    from vhdtool.checks.sources import REFERENCES, split
     cited = {split(s)[0] for c in CATALOG.values() for s in c.sources}
     assert cited <= set(REFERENCES), cited - set(REFERENCES)
     assert set(REFERENCES) <= cited, f"unused references: {set(REFERENCES) - cited}"
@@ -91,7 +91,7 @@ def test_no_source_points_outside_the_repository() -> None:
 
 
 def test_unknown_source_key_is_refused() -> None:
-    from checks.catalog import check
+    from vhdtool.checks.catalog import check
     with pytest.raises(KeyError, match="NOPE"):
         check(id="test.unknown-source", title="t", severity=checks.Severity.INFO,
               rationale="r", source=("GEN", "NOPE: detail"), remediation="f", passes=(),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.catalog import (ALL, Applies, Check, Context, Example, Finding, NotApplicable, Profile,
+from vhdtool.checks.catalog import (ALL, Applies, Check, Context, Example, Finding, NotApplicable, Profile,
                             Severity, Verdict, check, run_catalog, selected)
 
 
@@ -12,7 +12,7 @@ def _mk(cid: str, func, **kw) -> dict[str, Check]:
                     remediation="fix", passes=(Example("p"),), fails=(Example("f"),),
                     needs="disk", applies=ALL)
     defaults.update(kw)
-    import checks.catalog as c
+    import vhdtool.checks.catalog as c
     saved = dict(c.CATALOG)
     try:
         c.CATALOG.clear()
@@ -70,11 +70,11 @@ def test_bad_declarations_refused() -> None:
 
 
 def test_declare_a_table_of_rows() -> None:
-    """checks.tables.declare: one check per row, the row's declaration, the row's data."""
+    """vhdtool.checks.tables.declare: one check per row, the row's declaration, the row's data."""
     from dataclasses import dataclass
 
-    import checks.catalog as c
-    from checks.tables import Row, declare
+    import vhdtool.checks.catalog as c
+    from vhdtool.checks.tables import Row, declare
 
     @dataclass(frozen=True, kw_only=True)
     class Limit(Row):
@@ -109,10 +109,10 @@ def test_declare_a_table_of_rows() -> None:
 
 
 def test_every_table_row_is_a_check_with_its_declaration() -> None:
-    import checks
-    from checks.disk_checks import FOOTER_FIELDS
-    from checks.guest_boot import CMDLINE_ARGS, DRIVERS
-    from checks.guest_deprov import LEFTOVERS
+    from vhdtool import checks
+    from vhdtool.checks.disk_checks import FOOTER_FIELDS
+    from vhdtool.checks.guest_boot import CMDLINE_ARGS, DRIVERS
+    from vhdtool.checks.guest_deprov import LEFTOVERS
 
     cat = checks.load()
     rows = FOOTER_FIELDS + LEFTOVERS + CMDLINE_ARGS + DRIVERS

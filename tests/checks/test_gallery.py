@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from checks.catalog import SPECIALIZED, V1, V2, Context, Profile, Verdict, run_check
-from checks.disk import baseline_disk, with_partition, without_partition
-from checks.examples import context_for
+from vhdtool.checks.catalog import SPECIALIZED, V1, V2, Context, Profile, Verdict, run_check
+from vhdtool.checks.disk import baseline_disk, with_partition, without_partition
+from vhdtool.checks.examples import context_for
 from tests.checks.fakeguest import fake_guest
-from checks.gallery import (Declaration, declare, derive, identifier_problems, parse_date,
+from vhdtool.checks.gallery import (Declaration, declare, derive, identifier_problems, parse_date,
                             version_problems)
-from checks.gallery.rules import ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED
-from checks.provisioning import dpkg_versions, provisioners
-from checks.guestlib import WAAGENT_CONF
-import checks
-
+from vhdtool.checks.gallery.rules import ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED
+from vhdtool.checks.provisioning import dpkg_versions, provisioners
+from vhdtool.checks.guestlib import WAAGENT_CONF
+from vhdtool import checks
 CATALOG = checks.load()
 
 

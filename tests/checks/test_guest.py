@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from tests.checks.fakeguest import ESP_UUID, KVER, ROOT_UUID, fake_guest, symlink
-from checks.guest import fs_index, module_name, parse_fstab
+from vhdtool.checks.guest import fs_index, module_name, parse_fstab
 
 
 def test_symlinks_resolve_inside_the_guest_root() -> None:

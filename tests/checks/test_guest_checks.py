@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-import checks
-from checks.catalog import Verdict, run_check
-from checks.examples import context_for
+from vhdtool import checks
+from vhdtool.checks.catalog import Verdict, run_check
+from vhdtool.checks.examples import context_for
 
 CATALOG = checks.load()
 GUEST = sorted((c for c in CATALOG.values() if c.needs == "guest"), key=lambda c: c.id)

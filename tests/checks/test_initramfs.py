@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.initramfs import InitramfsError, read_initramfs
+from vhdtool.checks.initramfs import InitramfsError, read_initramfs
 
 
 

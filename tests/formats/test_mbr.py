@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from formats.errors import CorruptImage
-from formats.mbr import MAX_LOGICAL, read_mbr
+from vhdtool.formats.errors import CorruptImage
+from vhdtool.formats.mbr import MAX_LOGICAL, read_mbr
 from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, needs_gdisk, patch, reader,
                                     sfdisk, sfdisk_json, sparse)
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from formats.errors import FormatError
-from formats.partitions import PartitionTable, read_partition_table, relocate_gpt_backup
+from vhdtool.formats.errors import FormatError
+from vhdtool.formats.partitions import PartitionTable, read_partition_table, relocate_gpt_backup
 from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, fdisk_warnings, needs_gdisk,
                                     patch, reader,
                                     sfdisk, sfdisk_json, sgdisk, sgdisk_verify, sparse)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from formats import (CorruptImage, EncryptedImage, FormatError, Kind, MissingBackingFile,
+from vhdtool.formats import (CorruptImage, EncryptedImage, FormatError, Kind, MissingBackingFile,
                      UnsupportedFeature, open_image, probe)
-from formats.qcow2 import Qcow2Image
+from vhdtool.formats.qcow2 import Qcow2Image
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
                           write_pattern)
 

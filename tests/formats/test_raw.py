@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from formats import Kind, open_image, probe
-from formats.errors import FormatError, TruncatedImage
+from vhdtool.formats import Kind, open_image, probe
+from vhdtool.formats.errors import FormatError, TruncatedImage
 from tests.oracle import assert_reads_like_qemu, needs_qemu, write_pattern
 
 MiB = 1 << 20

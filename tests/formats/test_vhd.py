@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage,
+from vhdtool.formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage,
                      open_image, probe)
-from formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
+from vhdtool.formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
                          parse_footer, sizes_by_reader, vhd_checksum)
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
                           qemu_to_raw, qemu_virtual_size, write_pattern)
@@ -246,7 +246,7 @@ def test_hyperv_sample(sample, tmp_path: Path) -> None:
 
 
 def test_bitmap_runs_msb_first() -> None:
-    from formats.vhd import bitmap_runs
+    from vhdtool.formats.vhd import bitmap_runs
     assert bitmap_runs(b"\xff" * 512, 4096) == [(0, 4096, True)]
     assert bitmap_runs(bytes(512), 4096) == [(0, 4096, False)]
     assert bitmap_runs(b"\x80\x00", 16) == [(0, 1, True), (1, 16, False)]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from formats import Kind, open_image, probe
-from formats.errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
+from vhdtool.formats import Kind, open_image, probe
+from vhdtool.formats.errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
                             UnsupportedFeature)
-from formats import vhdx
-from formats.vhdx import VhdxImage
+from vhdtool.formats import vhdx
+from vhdtool.formats.vhdx import VhdxImage
 from tests.oracle import (QEMU_IO, assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info,
                           qemu_io)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks.catalog import Profile
+from vhdtool.checks.catalog import Profile
 from vhdtool.pipeline import run
 
 

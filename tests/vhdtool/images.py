@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from formats.vhd import build_fixed_footer, chs_geometry
+from vhdtool.formats.vhd import build_fixed_footer, chs_geometry
 from tests.oracle import qemu_img
 
 MiB = 1 << 20

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.catalog import V1, V2, Profile, Verdict
+from vhdtool.checks.catalog import V1, V2, Profile, Verdict
 from tests.oracle import qemu_img
 from tests.vhdtool.images import (MiB, chs_geometry, gpt_hybrid, patch_footer, raw_disk,
                                   sparse_fixed, wrap_fixed)

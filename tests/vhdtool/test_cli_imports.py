@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from checks.catalog import GENERALIZED, SPECIALIZED, V1, V2
-from checks.gallery import SECURITY_TYPES
+from vhdtool.checks.catalog import GENERALIZED, SPECIALIZED, V1, V2
+from vhdtool.checks.gallery import SECURITY_TYPES
 from vhdtool import cli
 
 

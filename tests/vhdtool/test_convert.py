@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from formats import TruncatedImage, open_image
+from vhdtool.formats import TruncatedImage, open_image
 from tests.oracle import needs_qemu, qemu_img, qemu_to_raw, qemu_virtual_size, write_pattern
 
-vhd = pytest.importorskip("formats.vhd", reason="formats.vhd (branch vhd) not merged yet")
+vhd = pytest.importorskip("vhdtool.formats.vhd", reason="vhdtool.formats.vhd (branch vhd) not merged yet")
 
 from vhdtool import convert as conv  # noqa: E402
 from vhdtool.cli import cli  # noqa: E402

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import formats
+from vhdtool import formats
 import formats.partitions
-from checks.catalog import Profile, Verdict
-from formats import open_image
+from vhdtool.checks.catalog import Profile, Verdict
+from vhdtool.formats import open_image
 from vhdtool import blkid, disk as diskmod
 from vhdtool.disk import Disk
 from vhdtool.facts import build_disk_facts
@@ -46,7 +46,7 @@ class _Counter:
 def test_a_native_check_run_opens_the_image_once(guest_disk: Path, monkeypatch) -> None:
     pytest.importorskip("dissect.extfs")
     from vhdtool.native_engine import NativeEngine
-    probe_module = sys.modules["formats.probe"]          # formats.probe is also a function
+    probe_module = sys.modules["vhdtool.formats.probe"]          # formats.probe is also a function
     opens = [_Counter(monkeypatch, m, "open_image") for m in (diskmod, formats, probe_module)]
     tables = [_Counter(monkeypatch, m, "read_partition_table")
               for m in (diskmod, formats.partitions)]

@@ -13,6 +13,7 @@ from vhdtool import native_engine as ne
 from vhdtool.cli import cli
 
 from .nativeimages import ESP, Dir, Part, make_disk
+from vhdtool import schemas
 
 pytest.importorskip("dissect.extfs")
 
@@ -44,8 +45,7 @@ def test_native_runs_the_guest_checks(guest_disk: Path, tmp_path: Path, mode: st
     verdicts = {r["id"]: r["verdict"] for r in report["results"]}
     assert verdicts["guest.deprovision.machine-id"] == "fail"
     assert "guest engine: native" in text
-    schema = json.loads((Path(__file__).parents[2] / "docs/schemas/check-report.schema.json")
-                        .read_text())
+    schema = schemas.load("check-report")
     jsonschema.Draft202012Validator(schema).validate(report)
     if mode == "auto":
         assert "vfat /boot/efi" in report["guest_engine"]["reason"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.catalog import Profile, Verdict
+from vhdtool.checks.catalog import Profile, Verdict
 from fixtures.recipes import RECIPES
 from vhdtool.guestfs_engine import GuestfsEngine
 

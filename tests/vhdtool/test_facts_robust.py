@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checks.catalog import Profile, Verdict
-from formats import FormatError
+from vhdtool.checks.catalog import Profile, Verdict
+from vhdtool.formats import FormatError
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.pipeline import run
 

@@ -6,7 +6,7 @@ import builtins
 
 import pytest
 
-from checks.catalog import Profile
+from vhdtool.checks.catalog import Profile
 from vhdtool import guestfs_engine as ge
 from vhdtool.exitcodes import Exit
 
@@ -89,7 +89,7 @@ def test_no_launch_when_no_guest_check_applies(no_appliance, hybrid_vhd, args) -
 def test_pipeline_engine_protocol(hybrid_vhd) -> None:
     """The pipeline calls the engine once, closes it once, passes its skip reason on (no Linux
     root) and fills the timing's checks seconds."""
-    from checks.catalog import Verdict
+    from vhdtool.checks.catalog import Verdict
     from vhdtool.pipeline import run
 
     class Engine:

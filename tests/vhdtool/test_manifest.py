@@ -16,17 +16,17 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from checks.catalog import V1, V2, Profile, Severity
+from vhdtool.checks.catalog import V1, V2, Profile, Severity
 from tests.checks.fakeguest import fake_guest
-from checks.gallery import Declaration, declare
-from checks.gallery.rules import UNSIGNED
+from vhdtool.checks.gallery import Declaration, declare
+from vhdtool.checks.gallery.rules import UNSIGNED
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.cli import cli
 from vhdtool.manifest import Digests, build, collect, script
 from vhdtool.pipeline import run
+from vhdtool import schemas
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "schemas" /
-                     "manifest.schema.json").read_text())
+SCHEMA = schemas.load("manifest")
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
 NAMES = dict(publisher="myorg", offer="debian", sku="12", gallery="my_gallery",
              definition="debian-12", version="1.0.0", end_of_life="2999-12-31")

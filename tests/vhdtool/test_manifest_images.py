@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from checks.catalog import V1, V2, Profile, Severity
-from checks.gallery import Declaration, declare
+from vhdtool.checks.catalog import V1, V2, Profile, Severity
+from vhdtool.checks.gallery import Declaration, declare
 from fixtures.base import DEFAULT_GRUB
 from fixtures.recipes import RECIPES, Recipe, Write
 from vhdtool import guestfs_engine as ge

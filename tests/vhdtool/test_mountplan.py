@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tests.checks.fakeguest import DIR, FakeView
-from checks.guest import Filesystem
+from vhdtool.checks.guest import Filesystem
 from vhdtool import mountplan as mp
 from vhdtool.mountplan import MountError
 

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("dissect.extfs")
 
-from checks.guest import Guest  # noqa: E402
+from vhdtool.checks.guest import Guest  # noqa: E402
 from vhdtool import native_engine as ne  # noqa: E402
 from vhdtool import native_fs  # noqa: E402
 from vhdtool.engines import AutoEngine  # noqa: E402

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.catalog import Profile, Verdict
-from formats import open_image
-from formats.partitions import read_partition_table
+from vhdtool.checks.catalog import Profile, Verdict
+from vhdtool.formats import open_image
+from vhdtool.formats.partitions import read_partition_table
 from vhdtool.pipeline import run
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from vhdtool import schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "packer" / "azure-debian.pkr.hcl"
-SCHEMA = json.loads((ROOT / "docs" / "schemas" / "manifest.schema.json").read_text())
+SCHEMA = schemas.load("manifest")
 VHDTOOL = str(Path(sys.executable).parent / "vhdtool")     # the one of this environment
 
 

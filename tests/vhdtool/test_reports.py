@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-import checks
-from checks.catalog import V1, Finding, Profile, Severity, Verdict
+from vhdtool import checks
+from vhdtool.checks.catalog import V1, Finding, Profile, Severity, Verdict
 from tests.oracle import qemu_img
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.catalogdoc import markdown
@@ -21,9 +21,10 @@ from vhdtool.cli import cli
 from vhdtool.exitcodes import Exit
 from vhdtool.report import parse_outputs, render
 from vhdtool.pipeline import run
+from vhdtool import schemas
 
 ROOT = Path(__file__).resolve().parents[2]
-REPORT_SCHEMA = json.loads((ROOT / "docs/schemas/check-report.schema.json").read_text())
+REPORT_SCHEMA = schemas.load("check-report")
 SARIF_SCHEMA = json.loads((Path(__file__).parent / "schemas/sarif-schema-2.1.0.json").read_text())
 
 
@@ -42,7 +43,7 @@ def _crashing_run(path: Path):
     """A run in which one check crashes and Gen2 checks are skipped (Gen1 only), to exercise the
     error and skip paths of every report."""
     r = run(str(path), Profile(generations=frozenset({V1})))
-    from checks.catalog import Result
+    from vhdtool.checks.catalog import Result
     c = r.results[0].check
     r.results[0] = Result(c, Verdict.ERROR, c.severity, reason="KeyError: 'x'")
     return r
@@ -129,7 +130,7 @@ def test_cli_exit_codes_and_outputs(images, tmp_path: Path) -> None:
 
 def test_fail_on_threshold(images, tmp_path: Path) -> None:
     chs = tmp_path / "chs.vhd"
-    from formats.vhd import chs_geometry
+    from vhdtool.formats.vhd import chs_geometry
     wrap_fixed(images["raw"], chs, geometry=chs_geometry(40 * MiB))   # a warning only
     assert check_cli(str(chs)).exit_code == Exit.OK
     warn = check_cli(str(chs), "--fail-on", "warning")
@@ -171,7 +172,7 @@ def test_show_skipped_option(images) -> None:
 
 
 def test_guest_checks_skip_with_reason(images) -> None:
-    from checks.catalog import CATALOG, check
+    from vhdtool.checks.catalog import CATALOG, check
     saved = dict(CATALOG)
     try:
         check(id="test.guest-only", title="t", severity=Severity.ERROR, rationale="r",
@@ -188,7 +189,7 @@ def test_guest_checks_skip_with_reason(images) -> None:
 def test_guest_engine_seam(images) -> None:
     """A guest engine, when given, receives the image and its disk facts; its view reaches
     the guest checks."""
-    from checks.catalog import CATALOG, check
+    from vhdtool.checks.catalog import CATALOG, check
     seen = {}
 
     def engine(path, facts):

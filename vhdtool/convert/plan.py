@@ -10,8 +10,8 @@ References:
 - qemu block/vpc.c (``force_size``, the 2040 GiB limit).
 - Azure: learn.microsoft.com/azure/virtual-machines/linux/create-upload-generic (virtual size
   aligned to 1 MiB, fixed VHD only); .../disks-upload-vhd-to-managed-disk-cli (upload size between
-  20 MiB + 512 and 32 TiB + 512 bytes) — /work/shared/reference/azure-requirements.md
-  ``disk.size.*``.
+  20 MiB + 512 and 32 TiB + 512 bytes); the catalog's ``disk.size.*`` checks cite the same
+  pages (vhdtool.checks.sources).
 - UEFI 2.10 §5.3 (GPT backup header at the last LBA), sgdisk(8) ``-e``.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from formats import CorruptImage, DiskImage, FormatError, Kind
+from vhdtool.formats import CorruptImage, DiskImage, FormatError, Kind
 
 from .result import ConvertError
 from .sysio import CHUNK
@@ -116,7 +116,7 @@ def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
     ``sgdisk -e``), and warnings: a damaged primary GPT is copied as it is, not relocated."""
     if size <= img.virtual_size:
         return [], []
-    from formats.partitions import read_partition_table, relocate_gpt_backup  # only when growing
+    from vhdtool.formats.partitions import read_partition_table, relocate_gpt_backup  # only when growing
 
     ss = img.logical_sector_size
     table = read_partition_table(img.read, img.virtual_size, ss, img.path)
@@ -130,7 +130,7 @@ def gpt_patches(img: DiskImage, size: int) -> tuple[list[Patch], list[str]]:
 
 
 def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
-    from formats.vhd import build_fixed_footer
+    from vhdtool.formats.vhd import build_fixed_footer
 
     footer = build_fixed_footer(size, unique_id=unique_id)
     if len(footer) != FOOTER_SIZE:
@@ -140,7 +140,7 @@ def make_footer(size: int, unique_id: bytes | None = None) -> bytes:
 
 def verify_footer(fd: int, path: str, size: int) -> Any:
     """Re-read the footer just written at ``size`` and check that it reads back as ``size``."""
-    from formats.vhd import parse_footer
+    from vhdtool.formats.vhd import parse_footer
 
     data = os.pread(fd, FOOTER_SIZE, size)
     footer = parse_footer(data, path, size, verify=True)

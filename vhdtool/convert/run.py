@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from formats import DiskImage, open_image
+from vhdtool.formats import DiskImage, open_image
 
 from .. import atomicfile, bmap
 from ..progress import Progress

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from formats import DiskImage, Kind, TruncatedImage, open_image
+from vhdtool.formats import DiskImage, Kind, TruncatedImage, open_image
 
 from ..progress import Progress
 from .engine import BLOCK, ZEROS, Engine, Held, Lane

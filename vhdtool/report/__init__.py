@@ -5,7 +5,7 @@ sends the first report that names no file there.  Files are written atomically.
 
 References:
   JUnit XML as read by Jenkins/GitLab/Azure DevOps (testsuites/testsuite/testcase with failure,
-  error, skipped); OASIS SARIF 2.1.0 (errata01); docs/schemas/check-report.schema.json.
+  error, skipped); OASIS SARIF 2.1.0 (errata01); vhdtool/schemas/check-report.schema.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from checks.catalog import Severity
+from vhdtool.checks.catalog import Severity
 
 from ..atomicfile import write_atomic_bytes
 from ..exitcodes import OutputError

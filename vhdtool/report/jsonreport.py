@@ -1,4 +1,4 @@
-"""The JSON report; its shape is published as docs/schemas/check-report.schema.json.
+"""The JSON report; its shape is published as vhdtool/schemas/check-report.schema.json.
 
 References:
   JSON Schema draft 2020-12 (the published schema); docs/exit-codes.md (``passed``/``gate``).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from checks.catalog import Severity, Verdict
+from vhdtool.checks.catalog import Severity, Verdict
 
 from .. import __version__
 from ..pipeline import CheckRun

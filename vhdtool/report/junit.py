@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from checks.catalog import Result, Severity, Verdict
+from vhdtool.checks.catalog import Result, Severity, Verdict
 
 from ..pipeline import CheckRun
 from ..exitcodes import trips

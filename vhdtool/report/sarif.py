@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import checks
-from checks.catalog import Check, Severity, Verdict
+from vhdtool import checks
+from vhdtool.checks.catalog import Check, Severity, Verdict
 
 from .. import __version__
 from ..pipeline import CheckRun

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from checks.catalog import Result, Severity, Verdict
+from vhdtool.checks.catalog import Result, Severity, Verdict
 
 from ..pipeline import CheckRun
 from ..exitcodes import trips
