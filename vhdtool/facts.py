@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vhdtool.checks.disk import (DISK_TYPE_FIXED, SECTOR, VHD_COOKIE, DiskFacts, FooterFacts,
-                         PartitionFacts, StructureError, normalize_type_id)
+                                  PartitionFacts, StructureError, normalize_type_id)
 from vhdtool.formats import vhd as vhdfmt
 from vhdtool.formats.partitions import Partition, PartitionTable
 

@@ -29,28 +29,25 @@ import datetime
 import json
 import logging
 import os
-import re
-import shlex
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.checks.catalog import V2, Context, Severity, Verdict
-from vhdtool.checks.gallery import (SIGNED_TYPES, Declaration, Definition, Derivation, declared_accelerated,
-                            declared_controllers, declared_security_type, derive, feature_values)
+from vhdtool.checks.gallery import (Declaration, Definition, Derivation, declared_accelerated,
+                                    declared_controllers, declared_security_type, derive,
+                                    feature_values)
 from vhdtool.checks.provisioning import provisioners
 
 from . import __version__
 from .exitcodes import trips
 from .pipeline import CheckRun
+from .upload import Target, arm_template, commands, script, upload_section
 
 log = logging.getLogger(__name__)
 
 #: bump on any incompatible change of the manifest's shape (and update the schema file)
 SCHEMA_VERSION = 1
-ARM_API = "2023-07-03"
-SAS_SECONDS = 86400
 
 
 # -- gathered while the guest is open ---------------------------------------------------------
@@ -142,16 +139,6 @@ def convert_digests(image: str, convert_json: str, names: Sequence[str]) -> dict
 
 
 # -- the document ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Target:
-    """Where the upload goes; names not given become shell variables the script requires."""
-
-    resource_group: str | None = None
-    location: str | None = None
-    disk_name: str | None = None
-    storage_sku: str = "Standard_LRS"
-
 
 def _footer(run: CheckRun) -> dict[str, Any] | None:
     f = run.facts.footer
@@ -267,182 +254,8 @@ def build(run: CheckRun, digests: Mapping[str, str], fail_on: Severity,
     return doc
 
 
-# -- upload commands and the ARM fragment -----------------------------------------------------------
-
-def _blockers(doc: dict[str, Any], run: CheckRun) -> list[str]:
-    out = []
-    if not run.facts.is_fixed_vhd():
-        out.append(f"{doc['file']['name']} is not a fixed VHD: run vhdtool convert first")
-    gated = [cid for cid, r in doc["checks"]["results"].items() if r["gate"]]
-    if gated:
-        out.append("checks failed: " + ", ".join(gated))
-    if not run.extra["guest"]["opened"]:
-        out.append(f"the guest was not opened ({run.extra['guest']['reason']}): osState, "
-                   f"architecture and features are not verified")
-    elif doc["gallery"]["osState"]["value"] is None:
-        out.append("the OS state could not be derived (see gallery.osState)")
-    if not doc["gallery"]["register"]:
-        out.append("the disk boots no Hyper-V generation")
-    return out
-
-
-def _var(name: str, value: str | None) -> str:
-    """``NAME=value`` (quoted) or, when unknown, a line that stops the script until it is set."""
-    if value is None:
-        return f'{name}="${{{name}:?set {name}}}"'
-    return f"{name}={shlex.quote(value)}"
-
-
-def _safe_name(stem: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_-]", "-", stem).strip("-_") or "disk"
-    return name[:80]
-
-
-def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
-    """The upload and registration commands as shell lines (bash)."""
-    g = doc["gallery"]
-    decl: Declaration = run.profile.gallery or Declaration()
-    register = g["register"]
-    if not register:
-        return []
-    primary = register[0]
-    arch = g["architecture"]["value"] or "x64"
-    os_state = g["declared"]["osState"]
-    stem = os.path.splitext(doc["file"]["name"])[0]
-    lines = [
-        "set -euo pipefail",
-        f"# {doc['file']['name']}: sha256 {doc['file']['sha256']}",
-        _var("RESOURCE_GROUP", target.resource_group), _var("LOCATION", target.location),
-        _var("DISK", target.disk_name or _safe_name(stem)),
-        _var("GALLERY", decl.gallery), _var("DEFINITION", decl.definition),
-        _var("VERSION", decl.version), _var("PUBLISHER", decl.publisher),
-        _var("OFFER", decl.offer), _var("SKU", decl.sku),
-        _var("VHD", doc["file"]["path"]),
-    ]
-    trusted = primary["features"]["SecurityType"] in SIGNED_TYPES
-    # a hybrid disk's upload stays Standard: its V1 snapshot cannot carry a Trusted Launch type
-    security = ["--security-type", "TrustedLaunch"] if trusted and len(register) == 1 else []
-    if trusted and not security:
-        lines.append("# hybrid disk: the upload disk stays Standard so that a V1 snapshot can be "
-                     "made from it; the V2 definition still says SecurityType="
-                     f"{primary['features']['SecurityType']}")
-    lines += [
-        " ".join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name", '"$DISK"',
-               "--location", '"$LOCATION"', "--os-type", "Linux", "--upload-type", "Upload",
-               "--upload-size-bytes", str(doc["file"]["upload_size_bytes"]),
-               "--sku", target.storage_sku, "--hyper-v-generation", primary["hyperVGeneration"],
-               "--architecture", arch, *security]),
-        " ".join(['SAS="$(az', "disk", "grant-access", "--resource-group", '"$RESOURCE_GROUP"',
-               "--name", '"$DISK"', "--access-level", "Write", "--duration-in-seconds",
-               str(SAS_SECONDS), "--query", "accessSas", "--output", 'tsv)"']),
-        'azcopy copy "$VHD" "$SAS" --blob-type PageBlob',
-        'az disk revoke-access --resource-group "$RESOURCE_GROUP" --name "$DISK"',
-        'DISK_ID="$(az disk show --resource-group "$RESOURCE_GROUP" --name "$DISK" '
-        '--query id --output tsv)"',
-    ]
-    for i, definition in enumerate(register):
-        gen = definition["hyperVGeneration"]
-        suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
-        source = '"$DISK_ID"'
-        if i > 0:       # a hybrid disk: a snapshot marked with the other generation
-            lines.append(" ".join(["az", "snapshot", "create", "--resource-group",
-                                '"$RESOURCE_GROUP"', "--name", f'"$DISK{suffix}"', "--location",
-                                '"$LOCATION"', "--source", '"$DISK_ID"', "--hyper-v-generation",
-                                gen]))
-            lines.append(f'SNAPSHOT_ID="$(az snapshot show --resource-group "$RESOURCE_GROUP" '
-                         f'--name "$DISK{suffix}" --query id --output tsv)"')
-            source = '"$SNAPSHOT_ID"'
-        features = " ".join(f"{k}={v}" for k, v in definition["features"].items())
-        eol = ["--end-of-life-date", decl.end_of_life] if decl.end_of_life else []
-        lines.append(" ".join(["az", "sig", "image-definition", "create", "--resource-group",
-                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
-                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
-                            # the gallery's region, as for the version (az would otherwise ask
-                            # Azure for the resource group's, which may differ)
-                            "--location", '"$LOCATION"',
-                            "--publisher", '"$PUBLISHER"', "--offer", '"$OFFER"',
-                            "--sku", f'"$SKU{suffix}"', "--os-type", "Linux",
-                            "--os-state", os_state, "--hyper-v-generation", gen,
-                            "--architecture", arch, "--features", shlex.quote(features), *eol]))
-        lines.append(" ".join(["az", "sig", "image-version", "create", "--resource-group",
-                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
-                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
-                            "--gallery-image-version", '"$VERSION"', "--location",
-                            '"$LOCATION"', "--os-snapshot", source]))
-    return lines
-
-
-def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
-    """An ARM template fragment: the image definition(s) and their version from the disk."""
-    decl: Declaration = run.profile.gallery or Declaration()
-    g = doc["gallery"]
-    params: dict[str, Any] = {
-        "galleryName": {"type": "string", **({"defaultValue": decl.gallery}
-                                             if decl.gallery else {})},
-        "definitionName": {"type": "string", **({"defaultValue": decl.definition}
-                                                if decl.definition else {})},
-        "versionName": {"type": "string", **({"defaultValue": decl.version}
-                                             if decl.version else {})},
-        "location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
-    }
-    resources = []
-    for i, definition in enumerate(g["register"]):
-        gen = definition["hyperVGeneration"]
-        suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
-        source = "sourceDiskId" if i == 0 else f"sourceSnapshotId{gen}"
-        params[source] = {"type": "string", "metadata": {"description": (
-            "resource id of the uploaded managed disk" if i == 0 else
-            f"resource id of a snapshot of the disk created with --hyper-v-generation {gen}")}}
-        name = f"[concat(parameters('definitionName'), '{suffix}')]"
-        props: dict[str, Any] = {
-            "osType": "Linux", "osState": g["declared"]["osState"], "hyperVGeneration": gen,
-            "architecture": g["architecture"]["value"] or "x64",
-            "identifier": {"publisher": decl.publisher or "[parameters('publisher')]",
-                           "offer": decl.offer or "[parameters('offer')]",
-                           "sku": f"{decl.sku}{suffix}" if decl.sku else
-                           f"[concat(parameters('sku'), '{suffix}')]"},
-            "features": [{"name": k, "value": v} for k, v in definition["features"].items()],
-        }
-        if decl.end_of_life:
-            props["endOfLifeDate"] = decl.end_of_life
-        resources.append({
-            "type": "Microsoft.Compute/galleries/images", "apiVersion": ARM_API,
-            "name": f"[format('{{0}}/{{1}}', parameters('galleryName'), {name[1:-1]})]",
-            "location": "[parameters('location')]", "properties": props})
-        resources.append({
-            "type": "Microsoft.Compute/galleries/images/versions", "apiVersion": ARM_API,
-            "name": f"[format('{{0}}/{{1}}/{{2}}', parameters('galleryName'), {name[1:-1]}, "
-                    f"parameters('versionName'))]",
-            "location": "[parameters('location')]",
-            "dependsOn": [f"[resourceId('Microsoft.Compute/galleries/images', "
-                          f"parameters('galleryName'), {name[1:-1]})]"],
-            "properties": {
-                "storageProfile": {"osDiskImage": {"source": {"id": f"[parameters('{source}')]"}}},
-                "publishingProfile": {"targetRegions": [{"name": "[parameters('location')]"}]}}})
-    for key in ("publisher", "offer", "sku"):
-        if getattr(decl, key) is None and resources:
-            params[key] = {"type": "string"}
-    return {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/"
-                       "deploymentTemplate.json#",
-            "contentVersion": "1.0.0.0", "parameters": params, "resources": resources}
-
-
-def upload_section(doc: dict[str, Any], run: CheckRun, target: Target) -> dict[str, Any]:
-    blockers = _blockers(doc, run)
-    return {"ready": not blockers, "blockers": blockers,
-            "commands": commands(doc, run, target), "arm_template": arm_template(doc, run)}
-
-
 def render(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2) + "\n"
-
-
-def script(doc: dict[str, Any]) -> str:
-    """The upload commands as a bash script (``--commands``)."""
-    head = ["#!/bin/bash", f"# generated by vhdtool {__version__} manifest"]
-    if not doc["upload"]["ready"]:
-        head += [f"# NOT READY: {b}" for b in doc["upload"]["blockers"]]
-    return "\n".join(head + doc["upload"]["commands"]) + "\n"
 
 
 __all__ = ["SCHEMA_VERSION", "Digests", "Target", "build", "collect", "commands", "arm_template",

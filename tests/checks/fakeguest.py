@@ -29,7 +29,7 @@ import struct
 from collections.abc import Mapping
 
 from vhdtool.checks.examples import (DIR, DISK_MODULES, INITRD_MODULES, KVER, LINK, MODS, Made,
-                             register_baseline, symlink)
+                                      register_baseline, symlink)
 from vhdtool.checks.guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
 from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
 

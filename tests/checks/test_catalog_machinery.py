@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from vhdtool.checks.catalog import (ALL, Applies, Check, Context, Example, Finding, NotApplicable, Profile,
-                            Severity, Verdict, check, run_catalog, selected)
+from vhdtool.checks.catalog import (ALL, Applies, Check, Context, Example, Finding, NotApplicable,
+                                     Profile, Severity, Verdict, check, run_catalog, selected)
 
 
 def _mk(cid: str, func, **kw) -> dict[str, Check]:

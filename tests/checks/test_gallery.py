@@ -10,7 +10,7 @@ from vhdtool.checks.disk import baseline_disk, with_partition, without_partition
 from vhdtool.checks.examples import context_for
 from tests.checks.fakeguest import fake_guest
 from vhdtool.checks.gallery import (Declaration, declare, derive, identifier_problems, parse_date,
-                            version_problems)
+                                    version_problems)
 from vhdtool.checks.gallery.rules import ARM64_SYSTEMD, NO_MANA, NO_NVME, UNSIGNED
 from vhdtool.checks.provisioning import dpkg_versions, provisioners
 from vhdtool.checks.guestlib import WAAGENT_CONF

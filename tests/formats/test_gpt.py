@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vhdtool.formats.errors import CorruptImage
-from vhdtool.formats.gpt import (PARTITION_TYPES, parse_entries, parse_header, read_entry_array)
+from vhdtool.formats.gpt import PARTITION_TYPES, parse_entries, parse_header, read_entry_array
 from tests.formats.disktools import (MiB, fdisk_commands, fdisk_list, needs_gdisk, patch, reader,
                                     sfdisk_json, sgdisk, sparse)
 

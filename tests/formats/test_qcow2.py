@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vhdtool.formats import (CorruptImage, EncryptedImage, FormatError, Kind, MissingBackingFile,
-                     UnsupportedFeature, open_image, probe)
+                              UnsupportedFeature, open_image, probe)
 from vhdtool.formats.qcow2 import Qcow2Image
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
                           write_pattern)

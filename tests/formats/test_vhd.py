@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vhdtool.formats import (CorruptImage, FormatError, Kind, MissingBackingFile, TruncatedImage,
-                     open_image, probe)
+                              open_image, probe)
 from vhdtool.formats.vhd import (CHS_MAX, FOOTER, VhdImage, build_fixed_footer, chs_geometry,
-                         parse_footer, sizes_by_reader, vhd_checksum)
+                                 parse_footer, sizes_by_reader, vhd_checksum)
 from tests.oracle import (assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info, qemu_io,
                           qemu_to_raw, qemu_virtual_size, write_pattern)
 

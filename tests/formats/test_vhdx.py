@@ -13,7 +13,7 @@ import pytest
 
 from vhdtool.formats import Kind, open_image, probe
 from vhdtool.formats.errors import (CorruptImage, FormatError, MissingBackingFile, TruncatedImage,
-                            UnsupportedFeature)
+                                    UnsupportedFeature)
 from vhdtool.formats import vhdx
 from vhdtool.formats.vhdx import VhdxImage
 from tests.oracle import (QEMU_IO, assert_reads_like_qemu, needs_qemu, qemu_img, qemu_info,
