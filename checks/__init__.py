@@ -16,7 +16,8 @@ Open:
   - the guest checks by subject: :mod:`checks.guest_prov` (provisioner, sshd),
     :mod:`checks.guest_boot` (command line, drivers, EFI loader, fstab, swap),
     :mod:`checks.guest_deprov` (generalized state), :mod:`checks.guest_tl` (Trusted Launch,
-    with :mod:`checks.authenticode` and :mod:`checks.initramfs` as readers);
+    with :mod:`checks.authenticode` (Authenticode verification; :mod:`checks.cms` reads the
+    SignedData) and :mod:`checks.initramfs` as readers);
   - :mod:`checks.gallery` for the gallery definition: declared, derived, and checked.
 
 This package never imports ``vhdtool`` nor a libguestfs handle.

@@ -1,24 +1,36 @@
-"""Authenticode signatures of PE/EFI images, and whether they chain to the Microsoft UEFI CA.
+"""Authenticode signatures of PE/EFI images: the image digest, the signer, the Microsoft UEFI CA.
 
 Trusted Launch VMs boot with Secure Boot and Microsoft's UEFI keys: the first-stage loader
-(``\\EFI\\BOOT\\BOOTX64.EFI``, normally shim) must be signed by the "Microsoft Corporation UEFI CA
-2011" or the "Microsoft UEFI CA 2023". This module reads the PE security directory (data directory
-4: a file offset and size) holding ``WIN_CERTIFICATE`` entries (u32 length, u16 revision, u16 type;
-type 2 = PKCS#7 SignedData; entries 8-byte aligned), loads the certificates of each SignedData with
-the ``cryptography`` package (Debian: python3-cryptography), and looks for a certificate issued by
-one of those CAs.
+(``\\EFI\\BOOT\\BOOTX64.EFI``, normally shim) must carry an Authenticode signature the firmware
+accepts. :func:`verify` checks what the firmware checks, for each ``WIN_CERTIFICATE`` of the PE
+security directory (data directory 4: file offset and size; entries u32 length, u16 revision, u16
+type, 2 = PKCS#7 SignedData, 8-byte aligned):
 
-Trust: the 2011 CA is pinned by the SHA-256 of its SubjectPublicKeyInfo, taken from the
-Microsoft db of OVMF's ``OVMF_VARS_4M.ms.fd`` (Debian ovmf 2022.11) and equal to the CA
-certificate shim embeds; the signer certificate's signature is verified with that key. The 2023
-CA is recognised by name only (no local copy of its certificate to pin). Not done: the Authenticode
-digest of the image and the SignerInfo signature are not recomputed (a tampered but still
-signed-looking file passes this check; the firmware would refuse it).
+1. the Authenticode digest of the image (:func:`image_digest`: the file hashed without the
+   checksum field, the security directory entry and the certificate table; headers, then the
+   sections in file order, then the data after them) equals the digest in the signature's
+   SpcIndirectDataContent;
+2. the signed attribute messageDigest equals the hash of that SpcIndirectDataContent, and the
+   signer's signature over the signed attributes verifies with the signer certificate's key;
+3. the signer certificate chains, through the certificates of the SignedData, to the
+   "Microsoft Corporation UEFI CA 2011" or the "Microsoft UEFI CA 2023", each pinned by the
+   SHA-256 of its certificate (the CA certificate must travel in the signature, as it does in
+   Microsoft's; names alone prove nothing).
+
+The DER of the SignedData is read by :mod:`checks.cms`; certificates and signatures by the
+``cryptography`` package (Debian: python3-cryptography). Not checked: time validity (UEFI firmware
+ignores it), dbx revocations, SBAT.
+
+Pins: 2011: 48e99b99..., the CA certificate of OVMF's Microsoft db (Debian ovmf 2022.11,
+``OVMF_VARS_4M.ms.fd``), which shim also embeds; 2023: f6124e34... (SHA-1 b5eeb4a6...), the
+certificate Microsoft publishes at https://go.microsoft.com/fwlink/?linkid=2239872, as listed by
+Secure Boot tooling; both equal the CA certificates in Debian's shim-signed 1.51~1+deb12u1.
 
 References:
   - Microsoft PE Format specification ("The Attribute Certificate Table", "Optional Header Data
-    Directories"); Windows Authenticode Portable Executable Signature Format.
-  - RFC 5652 (CMS SignedData); UEFI 2.10 section 32.5 (image verification, db).
+    Directories"); Windows Authenticode Portable Executable Signature Format ("Calculating the
+    PE Image Hash", SpcIndirectDataContent).
+  - RFC 5652 (CMS SignedData, SignerInfo, signed attributes); UEFI 2.10 section 32.5.
   - cryptography docs: ``pkcs7.load_der_pkcs7_certificates``, ``x509.Certificate``.
 """
 
@@ -28,16 +40,22 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from .cms import CMSError, SignedData, parse_signed_data
+
 CA_2011 = "Microsoft Corporation UEFI CA 2011"
 CA_2023 = "Microsoft UEFI CA 2023"
-#: SHA-256 of the SubjectPublicKeyInfo DER of "Microsoft Corporation UEFI CA 2011"
-CA_2011_SPKI_SHA256 = "2c627ccbb690409550ad6e2d46a03eb10aa6d62d272a5dc3c86a8863ae19b2bb"
+#: SHA-256 of the certificate DER -> CA name
+TRUSTED_CAS = {
+    "48e99b991f57fc52f76149599bff0a58c47154229b9f8d603ac40d3500248507": CA_2011,
+    "f6124e34125bee3fe6d79a574eaa7b91c0e7bd9d929c1a321178efd611dad901": CA_2023,
+}
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 2
 MAX_CERTS = 64
+MAX_CHAIN = 4
 
 
 class PEError(ValueError):
-    """Not a PE image, or a malformed security directory (message names the offset)."""
+    """Not a PE image, or a malformed header or security directory (message names the offset)."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +64,24 @@ class Signature:
     pkcs7: bytes
 
 
-def signatures(data: bytes) -> list[Signature]:
-    """The PKCS#7 SignedData blobs of the PE's security directory (empty when unsigned)."""
+@dataclass(frozen=True)
+class _Layout:
+    checksum: int        #: file offset of the CheckSum field
+    secdir: int          #: file offset of the security directory entry
+    headers: int         #: SizeOfHeaders
+    sections: tuple[tuple[int, int], ...]   #: (PointerToRawData, SizeOfRawData), file order
+    cert_off: int        #: certificate table offset (0 when unsigned)
+    cert_size: int
+
+
+def _layout(data: bytes) -> _Layout:
     if len(data) < 0x40 or data[:2] != b"MZ":
         raise PEError("no MZ header at offset 0")
     (pe,) = struct.unpack_from("<I", data, 0x3C)
     if pe + 24 + 2 > len(data) or data[pe:pe + 4] != b"PE\0\0":
         raise PEError(f"no PE signature at offset {pe:#x}")
+    nsect, = struct.unpack_from("<H", data, pe + 6)
+    opt_size, = struct.unpack_from("<H", data, pe + 20)
     opt = pe + 24
     (magic,) = struct.unpack_from("<H", data, opt)
     if magic not in (0x10B, 0x20B):
@@ -61,17 +90,33 @@ def signatures(data: bytes) -> list[Signature]:
     dirs = count_at + 4
     if dirs + 5 * 8 > len(data):
         raise PEError(f"optional header truncated at offset {dirs:#x}")
+    (headers,) = struct.unpack_from("<I", data, opt + 60)
     (count,) = struct.unpack_from("<I", data, count_at)
-    if count < 5:
-        return []
-    off, size = struct.unpack_from("<II", data, dirs + 4 * 8)
-    if off == 0 or size == 0:
-        return []
-    if off + size > len(data):
+    off, size = struct.unpack_from("<II", data, dirs + 4 * 8) if count >= 5 else (0, 0)
+    if off and size and off + size > len(data):
         raise PEError(f"security directory {off:#x}+{size:#x} beyond the file ({len(data):#x})")
+    table = opt + opt_size
+    if table + 40 * nsect > len(data):
+        raise PEError(f"section table at {table:#x} ({nsect} sections) beyond the file")
+    sections = []
+    for i in range(nsect):
+        raw_size, raw_ptr = struct.unpack_from("<II", data, table + 40 * i + 16)
+        if raw_size == 0:
+            continue
+        if raw_ptr + raw_size > len(data):
+            raise PEError(f"section {i} data {raw_ptr:#x}+{raw_size:#x} beyond the file "
+                          f"({len(data):#x})")
+        sections.append((raw_ptr, raw_size))
+    return _Layout(opt + 64, dirs + 4 * 8, headers, tuple(sorted(sections)),
+                   off if size else 0, size if off else 0)
+
+
+def signatures(data: bytes) -> list[Signature]:
+    """The PKCS#7 SignedData blobs of the PE's security directory (empty when unsigned)."""
+    lay = _layout(data)
     out = []
-    pos, end = off, off + size
-    while pos + 8 <= end and len(out) < MAX_CERTS:
+    pos, end = lay.cert_off, lay.cert_off + lay.cert_size
+    while lay.cert_off and pos + 8 <= end and len(out) < MAX_CERTS:
         length, _rev, ctype = struct.unpack_from("<IHH", data, pos)
         if length < 8 or pos + length > end:
             raise PEError(f"WIN_CERTIFICATE at {pos:#x}: length {length} out of range")
@@ -81,50 +126,115 @@ def signatures(data: bytes) -> list[Signature]:
     return out
 
 
-def _cn(name: object) -> str:
+def image_digest(data: bytes, algorithm: str = "sha256") -> bytes:
+    """The Authenticode digest of the PE image ``data`` (hashlib ``algorithm``)."""
+    lay = _layout(data)
+    if lay.headers < lay.secdir + 8 or lay.headers > len(data):
+        raise PEError(f"SizeOfHeaders {lay.headers:#x} does not cover the optional header "
+                      f"(security directory entry at {lay.secdir:#x}) or exceeds the file")
+    h = hashlib.new(algorithm)
+    h.update(data[:lay.checksum])
+    h.update(data[lay.checksum + 4:lay.secdir])
+    h.update(data[lay.secdir + 8:lay.headers])
+    done = lay.headers
+    for ptr, size in lay.sections:
+        h.update(data[ptr:ptr + size])
+        done += size
+    end = lay.cert_off or len(data)
+    if lay.cert_off and lay.cert_off + lay.cert_size != len(data):
+        raise PEError(f"{len(data) - lay.cert_off - lay.cert_size} bytes after the certificate "
+                      f"table ({lay.cert_off:#x}+{lay.cert_size:#x}) are outside the signature")
+    if done > end:
+        raise PEError(f"headers and sections ({done:#x} bytes) overlap the certificate table "
+                      f"at {end:#x}")
+    h.update(data[done:end])
+    return h.digest()
+
+
+def _cn(cert: object) -> str:
     from cryptography.x509.oid import NameOID
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)  # type: ignore[attr-defined]
-    return str(attrs[0].value) if attrs else ""
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)  # type: ignore[attr-defined]
+    return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()  # type: ignore
 
 
-def _spki_sha256(cert: object) -> str:
-    from cryptography.hazmat.primitives import serialization
-    der = cert.public_key().public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
-def _signed_by(cert: object, ca: object) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric import padding
+def _verifies(cert: object, signature: bytes, data: bytes, hash_alg: object = None) -> bool:
+    """Whether ``cert``'s key made ``signature`` over ``data`` (False on any unusable input)."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     try:
-        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,  # type: ignore
-                               padding.PKCS1v15(), cert.signature_hash_algorithm)  # type: ignore
-    except (InvalidSignature, TypeError, ValueError):
+        key = cert.public_key()  # type: ignore[attr-defined]
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), hash_alg)  # type: ignore[arg-type]
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(hash_alg))  # type: ignore[arg-type]
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, TypeError, ValueError):
         return False
     return True
 
 
-def microsoft_uefi_ca(pkcs7_der: bytes) -> tuple[str | None, str]:
-    """(accepted CA name or None, explanation) for one SignedData."""
+def _signed(cert: object, issuer: object) -> bool:
+    """Whether ``issuer``'s key signed the certificate ``cert``."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    try:
+        alg = cert.signature_hash_algorithm  # type: ignore[attr-defined]
+    except UnsupportedAlgorithm:
+        return False
+    return _verifies(issuer, cert.signature, cert.tbs_certificate_bytes, alg)  # type: ignore
+
+
+def _chain(signer: object, certs: list) -> tuple[str | None, str]:
+    """(trusted CA name or None, explanation): walk issuers among ``certs`` to a pinned CA."""
+    from cryptography.hazmat.primitives import hashes
+    cur, path = signer, [_cn(signer)]
+    for _ in range(MAX_CHAIN):
+        ca = TRUSTED_CAS.get(cur.fingerprint(hashes.SHA256()).hex())  # type: ignore[attr-defined]
+        if ca:
+            return ca, " <- ".join(path) + " (pinned certificate)"
+        issuers = [c for c in certs if c.subject == cur.issuer and c is not cur]  # type: ignore
+        up = next((c for c in issuers if _signed(cur, c)), None)
+        if up is None:
+            named = cur.issuer.rfc4514_string()  # type: ignore[attr-defined]
+            why = "no certificate in the signature whose key signed it" if issuers else \
+                "its issuer's certificate is not in the signature"
+            return None, (f"{' <- '.join(path)}: issued by {named!r}, but {why}; no pinned "
+                          "Microsoft UEFI CA reached")
+        cur = up
+        path.append(_cn(up))
+    return None, f"{' <- '.join(path)}: chain longer than {MAX_CHAIN} without a pinned CA"
+
+
+def verify(data: bytes, sig: Signature) -> tuple[str | None, str]:
+    """(accepted CA name or None, explanation) for one signature of the PE image ``data``.
+
+    Raises :class:`PEError` when the image itself is malformed.
+    """
+    try:
+        sd: SignedData = parse_signed_data(sig.pkcs7)
+    except CMSError as e:
+        return None, f"PKCS#7 SignedData cannot be parsed ({e})"
+    digest = image_digest(data, sd.image_hash)
+    if digest != sd.image_digest:
+        return None, (f"Authenticode digest mismatch: the signature covers {sd.image_hash} "
+                      f"{sd.image_digest.hex()}, the image hashes to {digest.hex()}")
+    if hashlib.new(sd.attr_hash, sd.indirect_data).digest() != sd.message_digest:
+        return None, "signed attribute messageDigest does not match the SpcIndirectDataContent"
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import pkcs7
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(pkcs7_der)
+        certs = pkcs7.load_der_pkcs7_certificates(sig.pkcs7)
     except ValueError as e:
-        return None, f"PKCS#7 SignedData cannot be parsed ({e})"
-    signers = ", ".join(_cn(c.subject) for c in certs) or "no certificates"
-    for cert in certs:
-        issuer = _cn(cert.issuer)
-        if issuer == CA_2023:
-            return CA_2023, f"{_cn(cert.subject)} issued by {CA_2023} (by name)"
-        if issuer != CA_2011:
-            continue
-        cas = [c for c in certs if _spki_sha256(c) == CA_2011_SPKI_SHA256]
-        if cas and _signed_by(cert, cas[0]):
-            return CA_2011, f"{_cn(cert.subject)} issued by {CA_2011} (key verified)"
-        return None, (f"{_cn(cert.subject)} names {CA_2011} as issuer but is not signed by its "
-                      "key")
-    return None, f"certificates: {signers}; none issued by a Microsoft UEFI CA"
+        return None, f"certificates of the SignedData cannot be loaded ({e})"
+    signer = next((c for c in certs if sd.signer_matches(c)), None)
+    if signer is None:
+        return None, "the signer's certificate is not in the signature"
+    hash_alg = getattr(hashes, sd.attr_hash.upper())()
+    if not _verifies(signer, sd.signature, sd.signed_attrs, hash_alg):
+        return None, (f"the signature of {_cn(signer)!r} over the signed attributes does "
+                      "not verify")
+    return _chain(signer, certs)
 
 
-__all__ = ["signatures", "microsoft_uefi_ca", "Signature", "PEError", "CA_2011", "CA_2023"]
+__all__ = ["CA_2011", "CA_2023", "PEError", "Signature", "TRUSTED_CAS", "image_digest",
+           "signatures", "verify"]

@@ -61,7 +61,8 @@ class Made:
     """File content an example writes, built by the guest baseline when the example runs.
 
     ``recipe`` names the builder, ``args`` its arguments: ``pe`` (a PE32+ image; args: the
-    signature, None, ``"debian-shim"`` or ``"forged"``), ``initrd`` (a gzip newc initramfs; args:
+    signature, None, ``"debian-shim"``, ``"tampered"`` (that shim, one code byte changed) or
+    ``"forged"`` (signed by a self-made key)), ``initrd`` (a gzip newc initramfs; args:
     the module paths under ``kernel/``), ``elf`` (an ELF header; args: class, e_machine).
     """
 

@@ -20,8 +20,6 @@ References:
 
 from __future__ import annotations
 
-import datetime
-import functools
 import gzip
 import posixpath
 import stat as statmod
@@ -31,7 +29,7 @@ from collections.abc import Mapping
 from vhdtool.checks.examples import (DIR, DISK_MODULES, INITRD_MODULES, KVER, LINK, MODS, Made,
                                       register_baseline, symlink)
 from vhdtool.checks.guest import Filesystem, Guest, GuestFacts, Stat, collect_facts, realpath
-from tests.checks.shimsig import DEBIAN_SHIM_PKCS7
+from tests.checks.shimsig import attach, debian_shim, sign_pe, tampered_shim
 
 
 class FakeView:
@@ -118,24 +116,23 @@ def elf_header(elf_class: int, machine: int) -> bytes:
             + machine.to_bytes(2, "little") + b"\0" * 44)
 
 
-def pe_image(pkcs7: bytes | None = None) -> bytes:
-    """A minimal PE32+ (x86-64) image; with ``pkcs7``, an Authenticode security directory."""
-    lfanew, opt_size = 0x40, 240
+def pe_image(pkcs7: bytes | None = None, code: bytes = b"\xc3" * 64) -> bytes:
+    """A minimal PE32+ (x86-64) image with one ``.text`` section holding ``code``; with
+    ``pkcs7``, an Authenticode security directory holding it (not a signature of this image)."""
+    lfanew, opt_size, headers = 0x40, 240, 0x200
     head = bytearray(b"MZ" + b"\0" * (lfanew - 2))
     struct.pack_into("<I", head, 0x3C, lfanew)
-    head += b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, 0, 0, 0, 0, opt_size, 0x22)
+    head += b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, opt_size, 0x22)
     opt = bytearray(opt_size)
     struct.pack_into("<H", opt, 0, 0x20B)
+    struct.pack_into("<I", opt, 60, headers)      # SizeOfHeaders
     struct.pack_into("<I", opt, 108, 16)          # NumberOfRvaAndSizes
-    body = bytes(head) + bytes(opt)
-    body += b"\0" * (-len(body) % 8)
-    if pkcs7 is None:
-        return body
-    cert = struct.pack("<IHH", 8 + len(pkcs7), 0x200, 2) + pkcs7
-    cert += b"\0" * (-len(cert) % 8)
-    out = bytearray(body + cert)
-    struct.pack_into("<II", out, lfanew + 24 + 112 + 4 * 8, len(body), len(cert))
-    return bytes(out)
+    text = code + b"\0" * (-len(code) % 0x200)
+    section = struct.pack("<8sIIIIIIHHI", b".text", len(code), 0x1000, len(text), headers,
+                          0, 0, 0, 0, 0x60000020)
+    body = bytes(head) + bytes(opt) + section
+    body += b"\0" * (headers - len(body)) + text
+    return body if pkcs7 is None else attach(body, pkcs7, lfanew)
 
 
 ROOT_UUID = "6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f"
@@ -187,8 +184,8 @@ BASE_FILES: dict[str, str | bytes] = {
     "/boot/grub/grub.cfg": "set default=0\nmenuentry 'Debian GNU/Linux' {\n"
                            f"\tlinux\t/boot/vmlinuz-{KVER} root=UUID={ROOT_UUID} ro {CMDLINE}\n"
                            f"\tinitrd\t/boot/initrd.img-{KVER}\n}}\n",
-    "/boot/efi/EFI/BOOT/BOOTX64.EFI": pe_image(DEBIAN_SHIM_PKCS7),
-    "/boot/efi/EFI/debian/shimx64.efi": pe_image(DEBIAN_SHIM_PKCS7),
+    "/boot/efi/EFI/BOOT/BOOTX64.EFI": debian_shim(),
+    "/boot/efi/EFI/debian/shimx64.efi": debian_shim(),
     "/boot/efi/EFI/debian/grub.cfg": f"search.fs_uuid {ROOT_UUID} root\nconfigfile "
                                      "($root)/boot/grub/grub.cfg\n",
     "/etc/fstab": f"# /etc/fstab\nUUID={ROOT_UUID} / ext4 rw,discard,errors=remount-ro 0 1\n"
@@ -242,32 +239,19 @@ def fake_guest(files: Mapping[str, str | bytes | None] | None = None,
     return g
 
 
-@functools.lru_cache(maxsize=None)
-def forged_pkcs7(name: str = "Microsoft Corporation UEFI CA 2011") -> bytes:
-    """SignedData from a self-made certificate that only *names* the Microsoft CA (test data)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import pkcs7
-    from cryptography.x509.oid import NameOID
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime(2024, 1, 1)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
-    return (pkcs7.PKCS7SignatureBuilder().set_data(b"authenticode")
-            .add_signer(cert, key, hashes.SHA256())
-            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoAttributes]))
-
-
-SIGNATURES = {None: lambda: None, "debian-shim": lambda: DEBIAN_SHIM_PKCS7, "forged": forged_pkcs7}
+#: the PE loaders of the ``pe`` recipe, by the signature named in checks.examples.pe
+PE_LOADERS = {
+    None: lambda: pe_image(None),
+    "debian-shim": debian_shim,
+    "tampered": tampered_shim,
+    "forged": lambda: sign_pe(pe_image(None), issuer="Microsoft Corporation UEFI CA 2011"),
+}
 
 
 def build(made: Made) -> bytes:
     """The content a :class:`checks.examples.Made` describes."""
     if made.recipe == "pe":
-        return pe_image(SIGNATURES[made.args[0]]())
+        return PE_LOADERS[made.args[0]]()
     if made.recipe == "initrd":
         return initrd(*made.args)
     if made.recipe == "elf":
@@ -282,5 +266,5 @@ def baseline(files: Mapping[str, str | bytes | None] | None = None) -> Guest:
 register_baseline("guest", baseline)
 
 __all__ = ["DIR", "DISK_MODULES", "ESP_UUID", "FakeView", "GuestFacts", "INITRD_MODULES", "KVER",
-           "MODS", "ROOT_UUID", "baseline", "build", "elf_header", "fake_guest", "forged_pkcs7",
+           "MODS", "ROOT_UUID", "baseline", "build", "elf_header", "fake_guest",
            "initrd", "newc", "pe_image", "symlink"]

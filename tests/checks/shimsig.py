@@ -1,149 +1,123 @@
-"""A real Authenticode signature, for the fake guest's shim and the Trusted Launch check's tests.
+"""Authenticode test material: Debian's real signed shim, and a signer for PE images.
 
-The PKCS#7 SignedData (DER) of the security directory of ``/usr/lib/shim/shimx64.efi.signed`` from
-Debian's ``shim-signed`` 1.51~1+deb12u1+16.1-2~deb12u1 (amd64): signer "Microsoft Windows UEFI
-Driver Publisher", issued by "Microsoft Corporation UEFI CA 2011" (whose certificate it includes).
-Public data, extracted with ``checks.authenticode.signatures``.
+``data/shimx64.efi.signed.xz`` is ``/usr/lib/shim/shimx64.efi.signed`` of Debian's ``shim-signed``
+1.51~1+deb12u1+16.1-2~deb12u1 (amd64; .deb sha256 c2acf5e5...b8cc0369df513b3b), xz-compressed:
+shim 16.1 signed by Microsoft twice, "Microsoft Windows UEFI Driver Publisher" under the UEFI CA
+2011 and "Microsoft UEFI CA 2023 signer" under the UEFI CA 2023, each CA certificate included.
+Public data (shim is BSD-licensed). Its .text section starts at file offset 0x21000.
+
+:func:`sign_pe` signs a PE the way signtool/sbsign do (SpcIndirectDataContent with the image's
+Authenticode digest, contentType and messageDigest signed attributes), with a self-made key and
+certificate: the verifier's digest and signer checks pass on it, and only the chain can fail.
 """
 
 from __future__ import annotations
 
-import base64
+import datetime
+import functools
+import hashlib
+import lzma
+import struct
+from pathlib import Path
 
-DEBIAN_SHIM_PKCS7 = base64.b64decode("""
-MIImLgYJKoZIhvcNAQcCoIImHzCCJhsCAQExDzANBglghkgBZQMEAgEFADBcBgorBgEEAYI3AgEEoE4wTDAXBgorBgEEAYI3
-AgEPMAkDAQCgBKICgAAwMTANBglghkgBZQMEAgEFAAQggKZtU6lF0ihvyt14D64cIlqnMgec1ntSJdx4qqtOL/igggszMIIF
-GzCCBAOgAwIBAgITMwAAAHCMw2TXVVonXgABAAAAcDANBgkqhkiG9w0BAQsFADCBgTELMAkGA1UEBhMCVVMxEzARBgNVBAgT
-Cldhc2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjErMCkGA1UEAxMi
-TWljcm9zb2Z0IENvcnBvcmF0aW9uIFVFRkkgQ0EgMjAxMTAeFw0yNjAzMTIxOTM1MTlaFw0yNjA2MjYxOTM1MTlaMIGGMQsw
-CQYDVQQGEwJVUzETMBEGA1UECBMKV2FzaGluZ3RvbjEQMA4GA1UEBxMHUmVkbW9uZDEeMBwGA1UEChMVTWljcm9zb2Z0IENv
-cnBvcmF0aW9uMTAwLgYDVQQDEydNaWNyb3NvZnQgV2luZG93cyBVRUZJIERyaXZlciBQdWJsaXNoZXIwggEiMA0GCSqGSIb3
-DQEBAQUAA4IBDwAwggEKAoIBAQDrm5tM3PGu3ZzL1seuORi3tOskDgW1cFR+Sg4bZI9ze6PAz7Gxvu6gbWuWvHDZTST2Wvip
-nlZjTs4IQwhnJyq9W1SwFOWdbuxWseYNIiDsCJ21oyZTY9GV6UzmhCxOgx7OqbK1lSUVd+29GnCtKs8r9OKSd7ZW7Eaa+jRA
-ueLhoP5ikRO7IRSHe5xsQi3N+1IosEluzRO1HPYxia3uJgfUnWhyODwgY79SdAWiKLiUdMAWpgmm4z4ykix93swltYE+2xKR
-sF9fO56P5jhRbLHCYN01DHnAuFYsSYcJJBi6CwHK0fR9HPzdte2CtiuyUEIQXdJvU+Ma8ZZlJuF0ndk1AgMBAAGjggGDMIIB
-fzAfBgNVHSUEGDAWBgorBgEEAYI3UAIBBggrBgEFBQcDAzAdBgNVHQ4EFgQUAaj7QPdlPDk1Z1Xj5TgaPe6Rtl0wVAYDVR0R
-BE0wS6RJMEcxLTArBgNVBAsTJE1pY3Jvc29mdCBJcmVsYW5kIE9wZXJhdGlvbnMgTGltaXRlZDEWMBQGA1UEBRMNMjI5OTEx
-KzUwNzM2MDAfBgNVHSMEGDAWgBQTrb9DCb2CcJyM1U8xbtUimIob1DBWBgNVHR8ETzBNMEugSaBHhkVodHRwOi8vd3d3Lm1p
-Y3Jvc29mdC5jb20vcGtpb3BzL2NybC9NaWNDb3JVRUZDQTIwMTFfMjAxMS0wNi0yNy5jcmwlMjAwYAYIKwYBBQUHAQEEVDBS
-MFAGCCsGAQUFBzAChkRodHRwOi8vd3d3Lm1pY3Jvc29mdC5jb20vcGtpb3BzL2NlcnRzL01pY0NvclVFRkNBMjAxMV8yMDEx
-LTA2LTI3LmNydDAMBgNVHRMBAf8EAjAAMA0GCSqGSIb3DQEBCwUAA4IBAQAdCnUczmcXIeEdWU0AXkcDtKs1toMkhbXyCRWI
-BEAi2y3xDi9kYK0qHI0ah3fO6kcVzKzMgoEldXfnTAgq9vebdzcp2x4pS9bD31/L8vljGqs2w2KjG6n/2n4pfYGeitfxXuy+
-gpkKdiDq0upS85VK8nTH9uF5NZmH1lhYHla8KuMypE63QprI3Ndej7tvaY4yRtJYHdXW+DXKGL8vAMfcNRkKB/Gm35tFKsJo
-PeVVDUw7XhcQ4EDZr+5bFdPlsJfnX0Tn/ID+mbKtgQhvkzhLB3VgTw08qC6SRr2ur1vdwJey2GKDYpWl6Suk8jc/2X4v/ovO
-j/HG4C8LRmXn4MeRMIIGEDCCA/igAwIBAgIKYQjTxAAAAAAABDANBgkqhkiG9w0BAQsFADCBkTELMAkGA1UEBhMCVVMxEzAR
-BgNVBAgTCldhc2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjE7MDkG
-A1UEAxMyTWljcm9zb2Z0IENvcnBvcmF0aW9uIFRoaXJkIFBhcnR5IE1hcmtldHBsYWNlIFJvb3QwHhcNMTEwNjI3MjEyMjQ1
-WhcNMjYwNjI3MjEzMjQ1WjCBgTELMAkGA1UEBhMCVVMxEzARBgNVBAgTCldhc2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQx
-HjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjErMCkGA1UEAxMiTWljcm9zb2Z0IENvcnBvcmF0aW9uIFVFRkkgQ0Eg
-MjAxMTCCASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBAKUIbEzHRQlqSwykwId/BnUMQwFUZOAWfwftkn0LsnO/DArG
-SkVhoMUWLZbT9Sug+01Jm0GAkDy5VP3mvNGdxKQYin9BilxZg2gyu4xHye5xvCFPmop8/0Q/jY8ysiZIrnW17slMHkoZfuSC
-mh14d00MsL32D9MW07z6K6VROF31+7rbeALb/+wKG5bVg7gZE+m2wHtAe+EfKCfJ+u9WXhzmfpR+wPBEsnk55dqyYotNvzhw
-4mgkFMkzpAg31VhpXtN87cEEUwjnTrAqh2MIYW9jFVnqsit51wxhZ4pb/V6th3+6hmdPcVgSIgQiIs6L71RxAM5QNVh2lQju
-arGiAdUCAwEAAaOCAXYwggFyMBIGCSsGAQQBgjcVAQQFAgMBAAEwIwYJKwYBBAGCNxUCBBYEFPjBa7d/d1NK8yU3HU6hJnsP
-IHCAMB0GA1UdDgQWBBQTrb9DCb2CcJyM1U8xbtUimIob1DAZBgkrBgEEAYI3FAIEDB4KAFMAdQBiAEMAQTALBgNVHQ8EBAMC
-AYYwDwYDVR0TAQH/BAUwAwEB/zAfBgNVHSMEGDAWgBRFZlJD4X5YEb/WTp4jVQg7OiJqqDBcBgNVHR8EVTBTMFGgT6BNhkto
-dHRwOi8vY3JsLm1pY3Jvc29mdC5jb20vcGtpL2NybC9wcm9kdWN0cy9NaWNDb3JUaGlQYXJNYXJSb29fMjAxMC0xMC0wNS5j
-cmwwYAYIKwYBBQUHAQEEVDBSMFAGCCsGAQUFBzAChkRodHRwOi8vd3d3Lm1pY3Jvc29mdC5jb20vcGtpL2NlcnRzL01pY0Nv
-clRoaVBhck1hclJvb18yMDEwLTEwLTA1LmNydDANBgkqhkiG9w0BAQsFAAOCAgEANQhC/zDMzvd2DK0QaFg1KUYydid87xJB
-J0IbSqptgThIWRNV8+lYNKYWC4KqXa2C2oCDQQaPtB3yA7nzGl0b8VCQ+bNVhEIoHCC9sq5RFMXArJeVIRyQ2w/8d56Vc5GI
-yr29UrkFUA3fV56gYe0N5W0l2UAPF0DIzqNKwk2vmhIdCFSPvce8uSs9SSsfMvxqIWlPm8h+QjT8NgYXi48gQMCzmiV1J83J
-A6P2XdHnNlR6uVC10xLRB7+7dN/cHo+A1e0Y9C8UFmsv3maMsCPlx4TY7erBM4KtVksYLfFolQfNz/By8K673YaFmCwhTDMr
-8A9K8GiHtZJVMnWhaoJqPKMlEaTtrdcErsvYQFmghNGVTGKRIhp0HYw9Rw5EpuSwmzQ1sfq2U6gsgeykBXHInbi66BtEZuRH
-VA6OVn+znxaYsobQaD6QI7UvXo9QhY3GjYJfQaH0Lg3gmdJsdeS2abUhhvoH0fbiTdHarSx3Ux4lMjfHbFJylYaw8TVhahn1
-sjuBUFamMi3+oon5QoYnGFWhgspam/gwmFQUpkeWJS/IJuRBlBpcAj/lluOFWzw+P7tHFnJV4iUisdl75wMGKqP3HpBGwwAN
-1hmJ4w41J2IDcRWm79AnoKBZN2D4OJS44Hhw+LpMhoeU9uCuAkXuZcK2o35pFnUHkpv1prxZg1gxghpuMIIaagIBATCBmTCB
-gTELMAkGA1UEBhMCVVMxEzARBgNVBAgTCldhc2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29m
-dCBDb3Jwb3JhdGlvbjErMCkGA1UEAxMiTWljcm9zb2Z0IENvcnBvcmF0aW9uIFVFRkkgQ0EgMjAxMQITMwAAAHCMw2TXVVon
-XgABAAAAcDANBglghkgBZQMEAgEFAKCB9TAZBgkqhkiG9w0BCQMxDAYKKwYBBAGCNwIBBDAcBgorBgEEAYI3AgELMQ4wDAYK
-KwYBBAGCNwIBFTAvBgkqhkiG9w0BCQQxIgQgtNqZjK5S6T7rhutn85J4x6Zcosj/6X+lCUT3HA31kCIwgYgGCisGAQQBgjcC
-AQwxejB4oEqASABTAG8AZgB0AHcAYQByAGUAIABpAG4AIAB0AGgAZQAgAFAAdQBiAGwAaQBjACAASQBuAHQAZQByAGUAcwB0
-ACwAIABJAG4AY6EqgChodHRwczovL3d3dy5taWNyb3NvZnQuY29tL2VuLXVzL3dpbmRvd3MgMA0GCSqGSIb3DQEBAQUABIIB
-AGkejrpySt0zVA5U9ZpPvtCa7UB52Za6qfbddZEAV+gQg+RzCZQvaqFpK+YRqg83l7vaL9tlPShbZxli0QdxNdmIFJuu+/zL
-dcJI7gUlwr98bHkgYLMmjvU7Ssf6BgcV3Ns/hI1U1+mVk718YVv05PZkPMB7AhNilSbCqull0Vi6eDaWPg10Xmo+GQYNy+ti
-4UJjQCX970H7WH7zVsr6naopHq5wexe9EuHEhF7yBvdE1nntyhT1kmGA258FgkMXMZD2Kd5g/ys3ySmkLe6mh9im+iwrv8w6
-LpV/cxstY6506r6QAur+WsHPsx0MtBB98nHu7utQAU611HaFBR9deS+hghetMIIXqQYKKwYBBAGCNwMDATGCF5kwgheVBgkq
-hkiG9w0BBwKggheGMIIXggIBAzEPMA0GCWCGSAFlAwQCAQUAMIIBWgYLKoZIhvcNAQkQAQSgggFJBIIBRTCCAUECAQEGCisG
-AQQBhFkKAwEwMTANBglghkgBZQMEAgEFAAQgXriu82co7x9W5STDpoSDWQ9LCeG6Zq8lgYnRJnpMCvACBmnr10NrJRgTMjAy
-NjA1MTMxMDA2MTMuNzIyWjAEgAIB9KCB2aSB1jCB0zELMAkGA1UEBhMCVVMxEzARBgNVBAgTCldhc2hpbmd0b24xEDAOBgNV
-BAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjEtMCsGA1UECxMkTWljcm9zb2Z0IElyZWxhbmQg
-T3BlcmF0aW9ucyBMaW1pdGVkMScwJQYDVQQLEx5uU2hpZWxkIFRTUyBFU046NEMxQS0wNUUwLUQ5NDcxJTAjBgNVBAMTHE1p
-Y3Jvc29mdCBUaW1lLVN0YW1wIFNlcnZpY2WgghH7MIIHKDCCBRCgAwIBAgITMwAAAhgl2ZIF4ufl5AABAAACGDANBgkqhkiG
-9w0BAQsFADB8MQswCQYDVQQGEwJVUzETMBEGA1UECBMKV2FzaGluZ3RvbjEQMA4GA1UEBxMHUmVkbW9uZDEeMBwGA1UEChMV
-TWljcm9zb2Z0IENvcnBvcmF0aW9uMSYwJAYDVQQDEx1NaWNyb3NvZnQgVGltZS1TdGFtcCBQQ0EgMjAxMDAeFw0yNTA4MTQx
-ODQ4MjVaFw0yNjExMTMxODQ4MjVaMIHTMQswCQYDVQQGEwJVUzETMBEGA1UECBMKV2FzaGluZ3RvbjEQMA4GA1UEBxMHUmVk
-bW9uZDEeMBwGA1UEChMVTWljcm9zb2Z0IENvcnBvcmF0aW9uMS0wKwYDVQQLEyRNaWNyb3NvZnQgSXJlbGFuZCBPcGVyYXRp
-b25zIExpbWl0ZWQxJzAlBgNVBAsTHm5TaGllbGQgVFNTIEVTTjo0QzFBLTA1RTAtRDk0NzElMCMGA1UEAxMcTWljcm9zb2Z0
-IFRpbWUtU3RhbXAgU2VydmljZTCCAiIwDQYJKoZIhvcNAQEBBQADggIPADCCAgoCggIBALHc6OrrkCagH8S57xAXyL4+pJyv
-qem5zFxBWf0IzzhcsJXIw38yPA4NZ8w5cZu/6am741ocr2syphcjuqmz8ApX0ZyOe4eTgosYKTjghiSUCGUk4jILotwfAz4h
-bST3H80bdxbJ8Yy18ASIxoJ4xn5kJe83owNVqGC/6gZkIcPxQxU1nm8X6OJtEQgjsX9qsI99Wjo3NmmFHj7SzFx7FyjxR9La
-eUiiBf/bScUUoNDWBL0KlYpY3vGkJD3d6swLsdjHORzEiuDTE7VVQmAFg1GeKfuogyPbeQTQgSLH+aKBTVFrcQqp6RWIi2JB
-3xX8YVVAWfCxhsWLAN+rJw+ubNh3+LfOpNHvFnpR/7rH4WKjjN89smiPK4NPOt9SJMKlM8kKBD6jLB4AXptcaZjhkiFJ1b07
-AL/pZhAi9kaq3DmZWWsfCtGooo/IelJFgTdiAP4pGnJE0hlUQUJllmbixVlf0+Mbjc7HAtF+8aOH3rYKbKmhANI2P0Hr5E7y
-7+DpTTfXji/CzYe1ZtEeuT+6GmzkA6rVBQMAoI4DydIlf40AmjAHDt0mKRucEgGIiZJOFy4zUpTcVNiHY7NbDkYZe7OywuoT
-m+21QB1cDje+BsXxTYhCAOgX7nQDY6UCdJ1HP6aRF6U+KYAwR7GLVfDsikoyrCMTnRUe3yCSIw3PA71JAgMBAAGjggFJMIIB
-RTAdBgNVHQ4EFgQUJC6hxFw6G2O3R7qEAgWuLF+2i9EwHwYDVR0jBBgwFoAUn6cVXQBeYl2D9OXSZacbUzUZ6XIwXwYDVR0f
-BFgwVjBUoFKgUIZOaHR0cDovL3d3dy5taWNyb3NvZnQuY29tL3BraW9wcy9jcmwvTWljcm9zb2Z0JTIwVGltZS1TdGFtcCUy
-MFBDQSUyMDIwMTAoMSkuY3JsMGwGCCsGAQUFBwEBBGAwXjBcBggrBgEFBQcwAoZQaHR0cDovL3d3dy5taWNyb3NvZnQuY29t
-L3BraW9wcy9jZXJ0cy9NaWNyb3NvZnQlMjBUaW1lLVN0YW1wJTIwUENBJTIwMjAxMCgxKS5jcnQwDAYDVR0TAQH/BAIwADAW
-BgNVHSUBAf8EDDAKBggrBgEFBQcDCDAOBgNVHQ8BAf8EBAMCB4AwDQYJKoZIhvcNAQELBQADggIBAJ5I0YY8D4HaCKb7eGIq
-E/49C1rgcRdwEQSlwxDYIK2irwtKET8G4wJrF5zxJrbqOTA/LifV8PXmK8aqpCuAxfbJ2TKxzH6KMQmvvtYqy8/GKKMwuLXI
-vmuDd+0m5HtabdcbPambb5D4GRlp+QXMFX5gMEmSx4tgrmdOmNP1/renzQZ62zFaLzWg1+Fj3ciPRhM8XyIIA7HJNiKaOFVy
-/wK3M+6dhe2xGRkbssY4DAvsKApAyWh/8pP8HGaQLIsXuDznTdA1umW9+Ttw4N/muqawDTHN1iHb3yg5e+T9GqnEG0AEe29H
-+IB+DTJFHLdFpuBjeSobBNWCu1f8AKgypiuI8d8y892vB7MWvRwdxsorZZgubA4TpeEExjeZEYuqAqFeISvpCBYJ5Fox4UkT
-aJs9+kJ2wkhvwRyxJthkVPbt/yOM1HfRNQAveyCRBn8G/tDVm90BHK5MqXRnVsJdCxDm4a0EfQdVe/nnXMjZrF9KdgV9KxaX
-dT5FyUm8X/CHBIsP25DYGoGRPlZQ7cV3q7i3aOZN5Rjr+6z2LjhGqGWMQ72baRz/T9+sJluCDY0ejSJ59lDPpKz/8Xi50Www
-ZJvUbJZ6A4Va2pYigx+tgcYXIC/bYkYDh5XCNMKr1Vi3b/MlvK8ZGsDpYQkak9xChAlvJLVAD8DWwVC5E/qFnLwXMIIHcTCC
-BVmgAwIBAgITMwAAABXF52ueAptJmQAAAAAAFTANBgkqhkiG9w0BAQsFADCBiDELMAkGA1UEBhMCVVMxEzARBgNVBAgTCldh
-c2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjEyMDAGA1UEAxMpTWlj
-cm9zb2Z0IFJvb3QgQ2VydGlmaWNhdGUgQXV0aG9yaXR5IDIwMTAwHhcNMjEwOTMwMTgyMjI1WhcNMzAwOTMwMTgzMjI1WjB8
-MQswCQYDVQQGEwJVUzETMBEGA1UECBMKV2FzaGluZ3RvbjEQMA4GA1UEBxMHUmVkbW9uZDEeMBwGA1UEChMVTWljcm9zb2Z0
-IENvcnBvcmF0aW9uMSYwJAYDVQQDEx1NaWNyb3NvZnQgVGltZS1TdGFtcCBQQ0EgMjAxMDCCAiIwDQYJKoZIhvcNAQEBBQAD
-ggIPADCCAgoCggIBAOThpkzntHIhC3miy9ckeb0O1YLT/e6cBwfSqWxOdcjKNVf2AX9sSuDivbk+F2Az/1xPx2b3lVNxWuJ+
-Slr+uDZnhUYjDLWNE893MsAQGOhgfWpSg0S3po5GawcU88V29YZQ3MFEyHFcUTE3oAo4bo3t1w/YJlN8OWECesSq/XJprx2r
-rPY2vjUmZNqYO7oaezOtgFt+jBAcnVL+tuhiJdxqD89d9P6OU8/W7IVWTe/dvI2k45GPsjksUZzpcGkNyjYtcI4xyDUoveO0
-hyTD4MmPfrVUj9z6BVWYbWg7mka97aSueik3rMvrg0XnRm7KMtXAhjBcTyziYrLNueKNiOSWrAFKu75xqRdbZ2De+JKRHh09
-/SDPc31BmkZ1zcRfNN0Sidb9pSB9fvzZnkXftnIv231fgLrbqn427DZM9ituqBJR6L8FA6PRc6ZNN3SUHDSCD/AQ8rdHGO2n
-6Jl8P0zbr17C89XYcz1DTsEzOUyOArxCaC4Q6oRRRuLRvWoYWmEBc8pnol7XKHYC4jMYctenIPDC+hIK12NvDMk2ZItboKaD
-IV1fMHSRlJTYuVD5C4lh8zYGNRiER9vcG9H9stQcxWv2XFJRXRLbJbqvUAV6bMURHXLvjflSxIUXk8A8FdsaN8cIFRg/eKtF
-tvUeh17aj54WcmnGrnu3tz5q4i6tAgMBAAGjggHdMIIB2TASBgkrBgEEAYI3FQEEBQIDAQABMCMGCSsGAQQBgjcVAgQWBBQq
-p1L+ZMSavoKRPEY1Kc8Q/y8E7jAdBgNVHQ4EFgQUn6cVXQBeYl2D9OXSZacbUzUZ6XIwXAYDVR0gBFUwUzBRBgwrBgEEAYI3
-TIN9AQEwQTA/BggrBgEFBQcCARYzaHR0cDovL3d3dy5taWNyb3NvZnQuY29tL3BraW9wcy9Eb2NzL1JlcG9zaXRvcnkuaHRt
-MBMGA1UdJQQMMAoGCCsGAQUFBwMIMBkGCSsGAQQBgjcUAgQMHgoAUwB1AGIAQwBBMAsGA1UdDwQEAwIBhjAPBgNVHRMBAf8E
-BTADAQH/MB8GA1UdIwQYMBaAFNX2VsuP6KJcYmjRPZSQW9fOmhjEMFYGA1UdHwRPME0wS6BJoEeGRWh0dHA6Ly9jcmwubWlj
-cm9zb2Z0LmNvbS9wa2kvY3JsL3Byb2R1Y3RzL01pY1Jvb0NlckF1dF8yMDEwLTA2LTIzLmNybDBaBggrBgEFBQcBAQROMEww
-SgYIKwYBBQUHMAKGPmh0dHA6Ly93d3cubWljcm9zb2Z0LmNvbS9wa2kvY2VydHMvTWljUm9vQ2VyQXV0XzIwMTAtMDYtMjMu
-Y3J0MA0GCSqGSIb3DQEBCwUAA4ICAQCdVX38Kq3hLB9nATEkW+Geckv8qW/qXBS2Pk5HZHixBpOXPTEztTnXwnE2P9pkbHzQ
-dTltuw8x5MKP+2zRoZQYIu7pZmc6U03dmLq2HnjYNi6cqYJWAAOwBb6J6Gngugnue99qb74py27YP0h1AdkY3m2CDPVtI1Tk
-eFN1JFe53Z/zjj3G82jfZfakVqr3lbYoVSfQJL1AoL8ZthISEV09J+BAljis9/kpicO8F7BUhUKz/AyeixmJ5/ALaoHCgRlC
-GVJ1ijbCHcNhcy4sa3tuPywJeBTpkbKpW99Jo3QMvOyRgNI95ko+ZjtPu4b6MhrZlvSP9pEB9s7GdP32THJvEKt1MMU0sHrY
-UP4KWN1APMdUbZ1jdEgssU5HLcEUBHG/ZPkkvnNtyo4JvbMBV0lUZNlz138eW0QBjloZkWsNn6Qo3GcZKCS6OEuabvshVGtq
-RRFHqfG3rsjoiV5PndLQTHa1V1QJsWkBRH58oWFsc/4Ku+xBZj1p/cvBQUl+fpO+y/g75LcVv7TOPqUxUYS8vwLBgqJ7Fx0V
-iY1w/ue10CgaiQuPNtq6TPmb/wrpNPgkNWcr4A245oyZ1uEi6vAnQj0llOZ0dFtq0Z4+7X6gMTN9vMvpe784cETRkPHIqzqK
-Oghif9lwY1NNje6CbaUFEMFxBmoQtB1VM1izoXBm8qGCA1YwggI+AgEBMIIBAaGB2aSB1jCB0zELMAkGA1UEBhMCVVMxEzAR
-BgNVBAgTCldhc2hpbmd0b24xEDAOBgNVBAcTB1JlZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjEtMCsG
-A1UECxMkTWljcm9zb2Z0IElyZWxhbmQgT3BlcmF0aW9ucyBMaW1pdGVkMScwJQYDVQQLEx5uU2hpZWxkIFRTUyBFU046NEMx
-QS0wNUUwLUQ5NDcxJTAjBgNVBAMTHE1pY3Jvc29mdCBUaW1lLVN0YW1wIFNlcnZpY2WiIwoBATAHBgUrDgMCGgMVAJ1rRq11
-orjRPEKyn5uArRq+e8/poIGDMIGApH4wfDELMAkGA1UEBhMCVVMxEzARBgNVBAgTCldhc2hpbmd0b24xEDAOBgNVBAcTB1Jl
-ZG1vbmQxHjAcBgNVBAoTFU1pY3Jvc29mdCBDb3Jwb3JhdGlvbjEmMCQGA1UEAxMdTWljcm9zb2Z0IFRpbWUtU3RhbXAgUENB
-IDIwMTAwDQYJKoZIhvcNAQELBQACBQDtrrg5MCIYDzIwMjYwNTEzMDg0MzM3WhgPMjAyNjA1MTQwODQzMzdaMHQwOgYKKwYB
-BAGEWQoEATEsMCowCgIFAO2uuDkCAQAwBwIBAAICCXswBwIBAAICEyAwCgIFAO2wCbkCAQAwNgYKKwYBBAGEWQoEAjEoMCYw
-DAYKKwYBBAGEWQoDAqAKMAgCAQACAwehIKEKMAgCAQACAwGGoDANBgkqhkiG9w0BAQsFAAOCAQEAKlkp+xQd/h+/m8uZDgAP
-/e2dJELudVtW2w/zTiiYCxgtlbjzmlfoVTHcsv+5xhobyJq85P7TYbaRH5JF7hruyn1hYwfRSDQAN3LaFeu7asLlTLGNpMs8
-ItBC7ySWdVsXGzkgx93kA844VEg3sU4N01SXdLA4cRKfXKabAXCIt/re1P2A54wWH98o1gldKXK8QK2sY7wXVmr8hwAzrAus
-yRMsF3Bdn9f6G+pxaKEEGhnhmZT1skjgUA713j1tjf9PawCf1tqvLAPXHBeXnysmfH7XBxQo+9nFc+IJw9EVoqkSZtMNkw6q
-ZGg9aEexkNbQAKcglwIb2oWvhe+1894qxTGCBA0wggQJAgEBMIGTMHwxCzAJBgNVBAYTAlVTMRMwEQYDVQQIEwpXYXNoaW5n
-dG9uMRAwDgYDVQQHEwdSZWRtb25kMR4wHAYDVQQKExVNaWNyb3NvZnQgQ29ycG9yYXRpb24xJjAkBgNVBAMTHU1pY3Jvc29m
-dCBUaW1lLVN0YW1wIFBDQSAyMDEwAhMzAAACGCXZkgXi5+XkAAEAAAIYMA0GCWCGSAFlAwQCAQUAoIIBSjAaBgkqhkiG9w0B
-CQMxDQYLKoZIhvcNAQkQAQQwLwYJKoZIhvcNAQkEMSIEIMWc1gW1M4AXWoinsp6eX/aATQbuHh5lk0PiePpZwblPMIH6Bgsq
-hkiG9w0BCRACLzGB6jCB5zCB5DCBvQQgmRPcibjkyLSMFmhEupcxiitV3EqM9cp0c2jlc8fXhWowgZgwgYCkfjB8MQswCQYD
-VQQGEwJVUzETMBEGA1UECBMKV2FzaGluZ3RvbjEQMA4GA1UEBxMHUmVkbW9uZDEeMBwGA1UEChMVTWljcm9zb2Z0IENvcnBv
-cmF0aW9uMSYwJAYDVQQDEx1NaWNyb3NvZnQgVGltZS1TdGFtcCBQQ0EgMjAxMAITMwAAAhgl2ZIF4ufl5AABAAACGDAiBCBk
-qCo0ytfwQ6DedNVPzYkOkDzfbbrWIPTdwR3wc4Sx6DANBgkqhkiG9w0BAQsFAASCAgCLS/NpKGgF2DWOSaL35oN1G1FNBGae
-fNUQRQj2yf3TAsO4dDvzC6o9S64/xichcSghfQf/6j4u/xkAScikOvKA8T2eYXLJulkQCnBQKwRuIC3h542J4yc4zkHuQtUr
-SZUHaT0bpvRA0yvULX+X6IEJmiEWA4YbZHVZp0UWcLrpkWdKnm+AVwqNJ4D93j2/qSn6eY0/TeUL2NHRN8rViyZOSboqWuu2
-XFL09dWJsG8JNyXiMTydP2inVDStEKuat2HEYJJbpLMPb9pOj16CMYEsdv/QqA8dESUmpReJBLKhu48FtYifKJjJWmRmjWnh
-P/ui68t570BkdR2lPCk/GR9CSaptouQ8X0L3pe7XRrkecv+fg5TWVOusgU3dLzD+hHJQz2TBTuYjVv96+xL7NJ6Idc1d7zsi
-LkGG89Jx1J+ta8QtktbwsyY7UediIow1PLBlziuebKJ65gyKDfU5P0awxexrd9eqtVybUoc8a9abHrgXch2lB1wbiJxy3TFp
-wiYt9njOq49XKwawefZM4+qdsd8Xjmlm7w4uO3KAvFnxmofH9y+CHKsERdTBG7hGcvaGfOFru2yBKy1ODvz5JLJA+PSoXGtH
-r/kYGlnRXsS2ExZqS9as42P/anEg8i/z4NIQwF2EbHcPg+8arlCa9C4uw2hLeYWiu2kg0rN/cNFWYQAAAAAAAA==""")
+from vhdtool.checks.authenticode import image_digest
+
+SHIM_SHA256 = "0fc347af103ec1dfac6e3f184c0a5241a2ce756a0932b359c404d39c45423806"
+SHIM_TEXT = 0x21000          #: file offset of the shim's .text section
+
+
+@functools.lru_cache(maxsize=None)
+def debian_shim() -> bytes:
+    data = lzma.decompress((Path(__file__).parent / "data/shimx64.efi.signed.xz").read_bytes())
+    assert hashlib.sha256(data).hexdigest() == SHIM_SHA256
+    return data
+
+
+def tampered_shim() -> bytes:
+    """Debian's shim with one byte of its code changed (the signature left as it was)."""
+    data = bytearray(debian_shim())
+    data[SHIM_TEXT + 0x100] ^= 0x01
+    return bytes(data)
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    size = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + \
+        n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + size + body
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | (arc & 0x7F))
+        out += bytes(reversed(chunk))
+    return _der(0x06, bytes(out))
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _der(0x30, b"".join(parts))
+
+
+SHA256 = _seq(_oid("2.16.840.1.101.3.4.2.1"), b"\x05\x00")
+SPC_INDIRECT = "1.3.6.1.4.1.311.2.1.4"
+#: SpcAttributeTypeAndOptionalValue of a PE image (SpcPeImageData, as Debian's shim carries it)
+SPC_PE_IMAGE = bytes.fromhex("3017060a2b0601040182370201 0f3009030100a004a2028000".replace(" ", ""))
+
+
+def self_made_cert(issuer: str, subject: str = "Test Secure Boot Signer") -> tuple:
+    """An EC key and a certificate for it naming ``issuer`` (self-signed with that same key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime(2024, 1, 1)
+    cert = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+            .public_key(key.public_key()).serial_number(7).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def sign_pe(image: bytes, issuer: str = "Test UEFI CA") -> bytes:
+    """``image`` (unsigned, 8-byte aligned) with an Authenticode signature by a self-made key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key, cert = _cached_key(issuer)
+    spc = SPC_PE_IMAGE + _seq(SHA256, _der(0x04, image_digest(image)))
+    attrs = sorted([_seq(_oid("1.2.840.113549.1.9.3"), _der(0x31, _oid(SPC_INDIRECT))),
+                    _seq(_oid("1.2.840.113549.1.9.4"),
+                         _der(0x31, _der(0x04, hashlib.sha256(spc).digest())))])
+    signature = key.sign(_der(0x31, b"".join(attrs)), ec.ECDSA(hashes.SHA256()))
+    issuer_and_serial = _seq(cert.issuer.public_bytes(), _der(0x02, b"\x07"))
+    signer = _seq(_der(0x02, b"\x01"), issuer_and_serial, SHA256, _der(0xA0, b"".join(attrs)),
+                  _seq(_oid("1.2.840.10045.4.3.2")), _der(0x04, signature))
+    signed_data = _seq(_der(0x02, b"\x01"), _der(0x31, SHA256),
+                       _seq(_oid(SPC_INDIRECT), _der(0xA0, _der(0x30, spc))),
+                       _der(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+                       _der(0x31, signer))
+    pkcs7 = _seq(_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
+    return attach(image, pkcs7)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_key(issuer: str) -> tuple:
+    return self_made_cert(issuer)
+
+
+def attach(image: bytes, pkcs7: bytes, lfanew: int = 0x40) -> bytes:
+    """``image`` with a security directory holding one WIN_CERTIFICATE of ``pkcs7``."""
+    cert = struct.pack("<IHH", 8 + len(pkcs7), 0x200, 2) + pkcs7
+    cert += b"\0" * (-len(cert) % 8)
+    out = bytearray(image + cert)
+    struct.pack_into("<II", out, lfanew + 24 + 112 + 4 * 8, len(image), len(cert))
+    return bytes(out)
+
+
+__all__ = ["SHIM_TEXT", "attach", "debian_shim", "sign_pe", "tampered_shim", "self_made_cert"]
