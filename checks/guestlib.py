@@ -1,15 +1,13 @@
 """Facts the guest checks share, derived from a :class:`checks.guest.Guest` and memoised per run.
 
-Enabled systemd units, ``waagent.conf``, the merged cloud-init configuration, the kernel command
-lines the bootloader passes, the modules available to each kernel (files, ``modules.builtin``, the
-initramfs) and the modprobe rules that disable some.
+Enabled systemd units, ``waagent.conf``, the kernel command lines the bootloader passes, the
+modules available to each kernel (files, ``modules.builtin``, the initramfs) and the modprobe rules
+that disable some. The merged cloud-init configuration is :mod:`checks.cloudinit`'s.
 
 References:
   - systemd.unit(5): enablement is a symlink in ``/etc/systemd/system/<target>.wants/``; a unit
     linked to ``/dev/null`` in ``/etc/systemd/system`` is masked.
   - WALinuxAgent ``waagent.conf`` (``key=value``, ``#`` comments; README "Configuration").
-  - cloud-init docs "Base configuration": ``/etc/cloud/cloud.cfg`` then ``cloud.cfg.d/*.cfg`` in
-    lexical order, later keys override; ``/etc/cloud/cloud-init.disabled``, ``cloud-init=disabled``.
   - GRUB manual (``GRUB_CMDLINE_LINUX``, ``GRUB_CMDLINE_LINUX_DEFAULT``, ``linux`` command in
     grub.cfg); grub-mkconfig sources ``/etc/default/grub`` then ``/etc/default/grub.d/*.cfg``
     (Debian/Ubuntu; read with :mod:`checks.shellvars`), and ``10_linux`` gives the default
@@ -29,7 +27,7 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .catalog import Context, Finding, NotApplicable
 from .guest import Guest, Kernel, module_name
@@ -113,53 +111,6 @@ def waagent_enabled(ctx: Context) -> str | None:
 def provisioning_agent(ctx: Context) -> Setting | None:
     conf = waagent_conf(ctx) or {}
     return conf.get("Provisioning.Agent")
-
-
-# -- cloud-init -------------------------------------------------------------------------------------
-CLOUD_CFG = "/etc/cloud/cloud.cfg"
-CLOUD_CFG_D = "/etc/cloud/cloud.cfg.d"
-
-
-@dataclass(frozen=True)
-class CloudConfig:
-    merged: dict[str, Any]
-    origin: dict[str, str]          #: top-level key -> file that set it last
-    errors: tuple[Finding, ...]
-
-
-def _cloud_config(g: Guest) -> CloudConfig | None:
-    import yaml
-    if not g.exists("/usr/bin/cloud-init") and not g.is_file(CLOUD_CFG):
-        return None
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    errors = []
-    for path in [CLOUD_CFG] + g.glob(CLOUD_CFG_D, r".+\.cfg"):
-        text = g.read_text(path)
-        if text is None:
-            continue
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            errors.append(Finding(f"cloud-init cannot parse {path}: {e}", path))
-            continue
-        if isinstance(doc, dict):
-            merged.update(doc)
-            origin.update({k: path for k in doc})
-    return CloudConfig(merged, origin, tuple(errors))
-
-
-def cloud_config(ctx: Context) -> CloudConfig | None:
-    return memo(ctx, "guest.cloudcfg", _cloud_config)
-
-
-def cloudinit_enabled(ctx: Context) -> bool:
-    g = guest(ctx)
-    if cloud_config(ctx) is None or g.exists("/etc/cloud/cloud-init.disabled"):
-        return False
-    if any("cloud-init=disabled" in c.args for c in cmdlines(ctx)):
-        return False
-    return any(u.startswith("cloud-init") for u in units(ctx))
 
 
 def line_of(g: Guest, path: str, pattern: str) -> int | None:
