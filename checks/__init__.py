@@ -11,7 +11,9 @@ Open:
     :mod:`checks.disk_checks` (the container and its sizes) and :mod:`checks.disk_layout` (the
     partition layout and what it boots) for the checks on them;
   - :mod:`checks.guest` (the read-only guest view and its facts) and :mod:`checks.guestlib`
-    (shared derived facts: units, waagent.conf, cloud-init config, command lines, modules);
+    (shared derived facts: units, waagent.conf, command lines, modules),
+    with :mod:`checks.shellvars` (the static reader of /etc/default/grub and its drop-ins) and
+    :mod:`checks.cloudinit` (cloud-init's configuration merged as cloud-init merges it);
   - :mod:`checks.provisioning` for who provisions and the agents' versions;
   - the guest checks by subject: :mod:`checks.guest_prov` (provisioner, sshd),
     :mod:`checks.guest_boot` (command line, drivers, EFI loader, fstab, swap),

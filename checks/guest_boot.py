@@ -38,6 +38,19 @@ def _grub_with(cmdline: str) -> dict[str, str]:
             DEFAULT_GRUB: f'GRUB_CMDLINE_LINUX="{cmdline}"\n'}
 
 
+#: Ubuntu's cloud images: the console in a grub.d drop-in, the recovery entry without it
+CLOUDIMG_CFG = "/etc/default/grub.d/50-cloudimg-settings.cfg"
+UBUNTU_GRUB = {
+    DEFAULT_GRUB: 'GRUB_DEFAULT=0\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo '
+                  'Debian`\nGRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\nGRUB_CMDLINE_LINUX=""\n',
+    CLOUDIMG_CFG: '# CLOUD_IMG: This file was created/modified by the Cloud Image build process\n'
+                  'GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0"\nGRUB_TIMEOUT=0\n',
+    GRUB_CFG: f"menuentry 'Ubuntu' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=/dev/sda1 ro "
+              "console=tty1 console=ttyS0\n}\nsubmenu 'Advanced options for Ubuntu' {\n"
+              f"\tmenuentry 'Ubuntu, with Linux {KVER} (recovery mode)' {{\n"
+              f"\t\tlinux\t/boot/vmlinuz-{KVER} root=/dev/sda1 ro recovery nomodeset\n\t}}\n}}\n"}
+
+
 @check(id="guest.opened", title="The guest was opened, so the guest checks ran",
        severity=Severity.ERROR, needs="disk",
        rationale="An OS disk whose guest cannot be read (no Linux root filesystem holding "
@@ -76,16 +89,24 @@ CMDLINE_ARGS = (
         id="guest.cmdline.console", title="The kernel logs to the serial console",
         severity=Severity.WARNING, error_when=MP,
         rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "
-                  "view of a VM that does not boot (boot diagnostics, serial console).",
+                  "view of a VM that does not boot (boot diagnostics, serial console). Judged on "
+                  "the default grub.cfg entries and on GRUB_CMDLINE_LINUX[_DEFAULT] as "
+                  "grub-mkconfig composes them from /etc/default/grub and grub.d/*.cfg.",
         source=("MKT: test 40", "GEN"),
-        remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub and "
-                    "regenerate grub.cfg (update-grub / grub2-mkconfig).",
+        remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub (or where a "
+                    "/etc/default/grub.d/*.cfg drop-in sets it last) and regenerate grub.cfg "
+                    "(update-grub / grub2-mkconfig).",
         passes=(Example("console=ttyS0,115200 on both",
-                        files=_grub_with("console=ttyS0,115200")),),
+                        files=_grub_with("console=ttyS0,115200")),
+                Example("Ubuntu cloud image: in GRUB_CMDLINE_LINUX_DEFAULT of "
+                        "grub.d/50-cloudimg-settings.cfg", files=UBUNTU_GRUB)),
         fails=(Example("grub.cfg regenerated without it",
                        files={GRUB_CFG: f"menuentry 'x' {{\n\tlinux\t/boot/vmlinuz-{KVER} ro "
                                         "quiet\n}\n"}),
-               Example("only tty0", files=_grub_with("console=tty0"))),
+               Example("only tty0", files=_grub_with("console=tty0")),
+               Example("a later grub.d file sets GRUB_CMDLINE_LINUX_DEFAULT without it",
+                       files={**UBUNTU_GRUB, "/etc/default/grub.d/99-local.cfg":
+                              'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'})),
         args=(("console", "ttyS0"),)),
     KernelArgs(
         id="guest.cmdline.rootdelay", title="earlyprintk=ttyS0 and rootdelay=300 are set",

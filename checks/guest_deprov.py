@@ -21,7 +21,8 @@ from .catalog import (GENERALIZED, Applies, CheckFunc, Context, Example, Finding
                       Severity, check)
 from .guest import Guest
 from .provisioning import cloudinit_provisions
-from .guestlib import cloud_config, guest, home_dirs, parse_keyvalue, waagent_conf, where
+from .cloudinit import cloud_config
+from .guestlib import guest, home_dirs, parse_keyvalue, waagent_conf, where
 from .tables import Row, declare
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))

@@ -16,8 +16,9 @@ import re
 from .catalog import (GENERALIZED, SPECIALIZED, Applies, Context, Example, Finding, NotApplicable,
                       Severity, check)
 from .examples import symlink
-from .guestlib import (WAAGENT_CONF, cloud_config, cloudinit_enabled, cmdlines, guest, line_of,
-                       provisioning_agent, units, waagent_conf, waagent_enabled, where)
+from .cloudinit import cloud_config, cloudinit_enabled
+from .guestlib import (WAAGENT_CONF, cmdlines, guest, line_of, provisioning_agent, units,
+                       waagent_conf, waagent_enabled, where)
 from .provisioning import (AGENT_VERSION_FILES, agent_version, cloudinit_provisions,
                            waagent_provisions)
 

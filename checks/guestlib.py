@@ -1,17 +1,19 @@
 """Facts the guest checks share, derived from a :class:`checks.guest.Guest` and memoised per run.
 
-Enabled systemd units, ``waagent.conf``, the merged cloud-init configuration, the kernel command
-lines the bootloader passes, the modules available to each kernel (files, ``modules.builtin``, the
-initramfs) and the modprobe rules that disable some.
+Enabled systemd units, ``waagent.conf``, the kernel command lines the bootloader passes, the
+modules available to each kernel (files, ``modules.builtin``, the initramfs) and the modprobe rules
+that disable some. The merged cloud-init configuration is :mod:`checks.cloudinit`'s.
 
 References:
   - systemd.unit(5): enablement is a symlink in ``/etc/systemd/system/<target>.wants/``; a unit
     linked to ``/dev/null`` in ``/etc/systemd/system`` is masked.
   - WALinuxAgent ``waagent.conf`` (``key=value``, ``#`` comments; README "Configuration").
-  - cloud-init docs "Base configuration": ``/etc/cloud/cloud.cfg`` then ``cloud.cfg.d/*.cfg`` in
-    lexical order, later keys override; ``/etc/cloud/cloud-init.disabled``, ``cloud-init=disabled``.
   - GRUB manual (``GRUB_CMDLINE_LINUX``, ``GRUB_CMDLINE_LINUX_DEFAULT``, ``linux`` command in
-    grub.cfg), Boot Loader Specification (``options`` in ``/boot/loader/entries/*.conf``), grubenv
+    grub.cfg); grub-mkconfig sources ``/etc/default/grub`` then ``/etc/default/grub.d/*.cfg``
+    (Debian/Ubuntu; read with :mod:`checks.shellvars`), and ``10_linux`` gives the default
+    entries ``GRUB_CMDLINE_LINUX GRUB_CMDLINE_LINUX_DEFAULT``, the recovery entries only
+    ``GRUB_CMDLINE_LINUX``; Boot Loader Specification (``options`` in
+    ``/boot/loader/entries/*.conf``), grubenv
     ``kernelopts`` (RHEL 8), kernel-install(8) ``/etc/kernel/cmdline``.
   - modprobe.d(5): ``blacklist <mod>``, ``install <mod> /bin/true|/bin/false``; directories
     ``/etc/modprobe.d``, ``/lib/modprobe.d``, ``/usr/lib/modprobe.d``, ``/run/modprobe.d``.
@@ -25,11 +27,12 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .catalog import Context, Finding, NotApplicable
 from .guest import Guest, Kernel, module_name
 from .initramfs import InitramfsError, read_initramfs
+from .shellvars import ShellVars
 
 T = TypeVar("T")
 MAX_INITRAMFS = 512 * 1024 * 1024
@@ -110,53 +113,6 @@ def provisioning_agent(ctx: Context) -> Setting | None:
     return conf.get("Provisioning.Agent")
 
 
-# -- cloud-init -------------------------------------------------------------------------------------
-CLOUD_CFG = "/etc/cloud/cloud.cfg"
-CLOUD_CFG_D = "/etc/cloud/cloud.cfg.d"
-
-
-@dataclass(frozen=True)
-class CloudConfig:
-    merged: dict[str, Any]
-    origin: dict[str, str]          #: top-level key -> file that set it last
-    errors: tuple[Finding, ...]
-
-
-def _cloud_config(g: Guest) -> CloudConfig | None:
-    import yaml
-    if not g.exists("/usr/bin/cloud-init") and not g.is_file(CLOUD_CFG):
-        return None
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    errors = []
-    for path in [CLOUD_CFG] + g.glob(CLOUD_CFG_D, r".+\.cfg"):
-        text = g.read_text(path)
-        if text is None:
-            continue
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            errors.append(Finding(f"cloud-init cannot parse {path}: {e}", path))
-            continue
-        if isinstance(doc, dict):
-            merged.update(doc)
-            origin.update({k: path for k in doc})
-    return CloudConfig(merged, origin, tuple(errors))
-
-
-def cloud_config(ctx: Context) -> CloudConfig | None:
-    return memo(ctx, "guest.cloudcfg", _cloud_config)
-
-
-def cloudinit_enabled(ctx: Context) -> bool:
-    g = guest(ctx)
-    if cloud_config(ctx) is None or g.exists("/etc/cloud/cloud-init.disabled"):
-        return False
-    if any("cloud-init=disabled" in c.args for c in cmdlines(ctx)):
-        return False
-    return any(u.startswith("cloud-init") for u in units(ctx))
-
-
 def line_of(g: Guest, path: str, pattern: str) -> int | None:
     rx = re.compile(pattern)
     for no, line in g.lines(path):
@@ -171,11 +127,14 @@ class Cmdline:
     path: str
     line: int
     args: tuple[str, ...]
-    what: str            #: "grub.cfg linux", "GRUB_CMDLINE_LINUX", "BLS options", ...
+    what: str            #: "grub.cfg linux", "GRUB_CMDLINE_LINUX[_DEFAULT]", "BLS options", ...
+    #: a grub.cfg recovery entry (10_linux gives it GRUB_CMDLINE_LINUX without the _DEFAULT part)
+    recovery: bool = False
+    also: tuple[str, ...] = ()     #: further evidence (the other assignment it was composed from)
 
     @property
     def evidence(self) -> str:
-        return where(self.path, self.line)
+        return ", ".join((where(self.path, self.line),) + self.also)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -185,36 +144,74 @@ def _split(text: str) -> tuple[str, ...]:
         return tuple(text.split())
 
 
+RECOVERY = re.compile(r"\(recovery mode\)|-recovery-")
+
+
 def _grub_cfg_lines(g: Guest, path: str) -> list[Cmdline]:
-    out = []
+    out, recovery = [], False
     for no, line in g.lines(path):
         parts = line.split(None, 2)
-        if parts[0] in ("linux", "linuxefi", "linux16") and len(parts) >= 2:
-            out.append(Cmdline(path, no, _split(parts[2] if len(parts) > 2 else ""),
-                               "grub.cfg linux"))
+        if parts[0] == "menuentry":
+            recovery = bool(RECOVERY.search(line))
+        elif parts[0] in ("linux", "linuxefi", "linux16") and len(parts) >= 2:
+            what = "grub.cfg linux (recovery entry)" if recovery else "grub.cfg linux"
+            out.append(Cmdline(path, no, _split(parts[2] if len(parts) > 2 else ""), what,
+                               recovery))
     return out
 
 
-def _default_grub(g: Guest) -> list[Cmdline]:
-    path = "/etc/default/grub"
-    vals = parse_keyvalue(g, path)
-    out = []
-    for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
-        if key in vals:
-            s = vals[key]
-            out.append(Cmdline(path, s.line, _split(" ".join(_split(s.value))), key))
-    if out:
-        # both variables are concatenated on the default entry: judge them together
-        args = tuple(a for c in out for a in c.args)
-        return [Cmdline(path, out[0].line, args, "GRUB_CMDLINE_LINUX[_DEFAULT]")]
-    return []
+DEFAULT_GRUB = "/etc/default/grub"
+DEFAULT_GRUB_D = "/etc/default/grub.d"
+CMDLINE_VARS = ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT")
 
 
-def _all_cmdlines(g: Guest) -> list[Cmdline]:
+def grub_defaults(g: Guest) -> ShellVars:
+    """The variables grub-mkconfig sees: ``/etc/default/grub`` then ``grub.d/*.cfg``.
+
+    grub-mkconfig (``util/grub-mkconfig.in``) sources ``/etc/default/grub`` if it is a file, then
+    each existing ``/etc/default/grub.d/*.cfg`` in the order ``/bin/sh`` expands the glob
+    (byte order; ``*`` does not match a leading dot).
+    """
+    env = ShellVars()
+    paths = [DEFAULT_GRUB] if g.is_file(DEFAULT_GRUB) else []
+    paths += sorted(g.glob(DEFAULT_GRUB_D, r"[^.].*\.cfg"))
+    for path in paths:
+        text = g.read_text(path)
+        if text is not None:
+            env.source(text, path)
+    return env
+
+
+def _default_grub(g: Guest) -> tuple[list[Cmdline], list[str]]:
+    """The command line 10_linux composes for the default entries (``GRUB_CMDLINE_LINUX``, then
+    ``GRUB_CMDLINE_LINUX_DEFAULT``), or why it could not be evaluated."""
+    env = grub_defaults(g)
+    vals = {k: v for k in CMDLINE_VARS if (v := env.values.get(k)) is not None}
+    unknown = [f"{k} ({v.evidence}: {v.why})" for k in CMDLINE_VARS
+               if (v := env.get(k)) is not None and v.text is None]
+    if unknown:
+        return [], [f"{' and '.join(unknown)} not evaluated"]
+    if not vals:
+        return [], []
+    # the place to edit: the last assignment of GRUB_CMDLINE_LINUX (else of _DEFAULT)
+    main = vals.get("GRUB_CMDLINE_LINUX") or vals["GRUB_CMDLINE_LINUX_DEFAULT"]
+    also = tuple(v.evidence for v in vals.values() if v is not main)
+    args = _split(" ".join(v.text or "" for v in vals.values()))
+    return [Cmdline(main.path, main.line, args, "GRUB_CMDLINE_LINUX[_DEFAULT]", also=also)], []
+
+
+@dataclass(frozen=True)
+class Cmdlines:
+    found: list[Cmdline]
+    unevaluated: list[str]       #: sources that could not be read statically, and why
+
+
+def _all_cmdlines(g: Guest) -> Cmdlines:
     out: list[Cmdline] = []
     for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"):
         out += _grub_cfg_lines(g, path)
-    out += _default_grub(g)
+    defaults, unevaluated = _default_grub(g)
+    out += defaults
     for path in g.glob("/boot/loader/entries", r".+\.conf"):
         for no, line in g.lines(path):
             if line.startswith("options"):
@@ -225,17 +222,22 @@ def _all_cmdlines(g: Guest) -> list[Cmdline]:
                 out.append(Cmdline(path, no, _split(line.split("=", 1)[1]), "grubenv kernelopts"))
     for no, line in g.lines("/etc/kernel/cmdline"):
         out.append(Cmdline("/etc/kernel/cmdline", no, _split(line), "kernel-install cmdline"))
-    return out
+    return Cmdlines(out, unevaluated)
 
 
 def cmdlines(ctx: Context) -> list[Cmdline]:
-    return memo(ctx, "guest.cmdlines", _all_cmdlines)
+    """Every kernel command line the bootloader configuration holds (evaluated ones)."""
+    return memo(ctx, "guest.cmdlines", _all_cmdlines).found
 
 
 def require_cmdlines(ctx: Context) -> list[Cmdline]:
-    found = cmdlines(ctx)
+    """The command lines the default boot entries use: recovery entries left out."""
+    both = memo(ctx, "guest.cmdlines", _all_cmdlines)
+    found = [c for c in both.found if not c.recovery]
     if not found:
-        raise NotApplicable("no bootloader configuration with a kernel command line found")
+        why = "; ".join(both.unevaluated)
+        raise NotApplicable("no bootloader configuration with a kernel command line found"
+                            + (f" ({why})" if why else ""))
     return found
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .catalog import Context
-from .guestlib import (cloud_config, cloudinit_enabled, guest, provisioning_agent, waagent_conf,
-                       waagent_enabled)
+from .cloudinit import cloud_config, cloudinit_enabled
+from .guestlib import guest, provisioning_agent, waagent_conf, waagent_enabled
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 WAAGENT_PACKAGES = ("waagent", "walinuxagent", "WALinuxAgent")
