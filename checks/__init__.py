@@ -22,7 +22,9 @@ Open:
     SignedData) and :mod:`checks.initramfs` as readers);
   - :mod:`checks.gallery` for the gallery definition: declared, derived, and checked.
 
-This package never imports ``vhdtool`` nor a libguestfs handle.
+Installed as ``vhdtool.checks`` (the wheel maps this folder there), it imports only its own
+modules, relatively: never the rest of ``vhdtool``, nor ``vhdtool.formats``, nor a libguestfs
+handle.
 """
 
 from __future__ import annotations

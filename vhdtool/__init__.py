@@ -15,7 +15,13 @@ Which module to open for what:
   over ``native_io`` bounded reads, ``native_fs`` filesystems, ``native_view`` the checks' view);
   ``guestfs_engine`` (libguestfs appliance; ``guestfs_view`` read-only and writable views);
   ``procguard`` (no process libguestfs starts outlives vhdtool).
-* ``convert``, ``manifest``, ``info``, ``bmap``, ``report``: the other commands and outputs.
+* the command line's shared options: ``options``; start-up and signals: ``entry``, ``signals``.
+* ``convert`` (a package: plan, sysio, engine, schedules, result, run), ``bmap`` (its default
+  digest), ``atomicfile`` (every output written through a locked partial file and a rename).
+* ``manifest`` (the document) and ``upload`` (its commands and ARM fragment), ``info``,
+  ``report`` (text, JSON, JUnit, SARIF), ``schemas`` (the outputs' JSON schemas).
+* ``formats`` and ``checks``: the format core and the catalog (folders at the top of the source
+  tree, installed here; each ``__init__`` says which module holds what).
 """
 
 __version__ = "0.1.0"
