@@ -371,6 +371,6 @@ def render_convert(facts: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    """The command line (``vhdtool.entry.main`` installs the signal handlers first)."""
-    signals.install()
+    """The command line; ``vhdtool.entry.main``, the program's entry point, installs the signal
+    handlers before importing this module and calls this."""
     cli(prog_name="vhdtool")
