@@ -189,6 +189,8 @@ class Check:
     func: CheckFunc = field(repr=False, compare=False)
     #: features that raise the severity to ERROR (e.g. marketplace for W (E for MP) rules)
     error_when: frozenset[str] = frozenset()
+    #: checks.fixes.Fix: how ``vhdtool fix`` puts a failure right (None: no fix, see remediation)
+    fix: Any = field(default=None, compare=False)
 
     def severity_for(self, profile: Profile) -> Severity:
         if any(profile.has(f) for f in self.error_when):
@@ -231,7 +233,7 @@ CATALOG: dict[str, Check] = {}
 def check(*, id: str, title: str, severity: Severity, rationale: str, source: str | Sequence[str],
           remediation: str, passes: Sequence[Example], fails: Sequence[Example],
           needs: str = "guest", applies: Applies = ALL,
-          error_when: Iterable[str] = ()) -> Callable[[CheckFunc], CheckFunc]:
+          error_when: Iterable[str] = (), fix: Any = None) -> Callable[[CheckFunc], CheckFunc]:
     """Declare a check. Ids are permanent and never reused; ``source`` is one citation or a
     sequence of them, each ``"KEY"`` or ``"KEY: detail"`` with KEY in checks.sources.REFERENCES."""
 
@@ -248,7 +250,7 @@ def check(*, id: str, title: str, severity: Severity, rationale: str, source: st
         for c in cited:
             refs.reference(c)           # KeyError naming the unknown key
         CATALOG[id] = Check(id, title, severity, applies, rationale, cited, remediation,
-                            tuple(passes), tuple(fails), needs, func, frozenset(error_when))
+                            tuple(passes), tuple(fails), needs, func, frozenset(error_when), fix)
         return func
 
     return register

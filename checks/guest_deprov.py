@@ -15,10 +15,11 @@ References:
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .catalog import (GENERALIZED, Applies, CheckFunc, Context, Example, Finding, NotApplicable,
                       Severity, check)
+from .fixes import Change, Delete, Fix, Safety
 from .guest import Guest
 from .provisioning import cloudinit_provisions
 from .cloudinit import cloud_config
@@ -114,13 +115,20 @@ LEFTOVERS = (
 )
 
 
+def _delete_leftovers(row: Leftovers) -> Fix:
+    def plan(ctx: Context, _result: object) -> list[Change]:
+        return [Delete(f.evidence) for f in _leftovers(guest(ctx), row.places) if f.evidence]
+    return Fix(f"deletes {' and '.join(d for d, _ in row.places)} entries left from the build "
+               "machine", Safety.SAFE, plan, deprovision=True)
+
+
 def _leftovers_check(row: Leftovers) -> CheckFunc:
     def func(ctx: Context) -> list[Finding]:
         return _leftovers(guest(ctx), row.places)
     return func
 
 
-declare(LEFTOVERS, _leftovers_check)
+declare([replace(row, fix=_delete_leftovers(row)) for row in LEFTOVERS], _leftovers_check)
 
 
 NO_CI_WAAGENT_KEEPS_KEYS = {

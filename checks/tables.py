@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .catalog import ALL, Applies, CheckFunc, Example, Severity, check
 
@@ -31,6 +31,8 @@ class Row:
     needs: str = "guest"
     applies: Applies = ALL
     error_when: frozenset[str] = frozenset()
+    #: checks.fixes.Fix, or None
+    fix: Any = None
 
 
 R = TypeVar("R", bound=Row)
@@ -44,4 +46,4 @@ def declare(rows: Iterable[R], body: Callable[[R], CheckFunc]) -> None:
         check(id=row.id, title=row.title, severity=row.severity, rationale=row.rationale,
               source=row.source, remediation=row.remediation, passes=row.passes,
               fails=row.fails, needs=row.needs, applies=row.applies,
-              error_when=row.error_when)(func)
+              error_when=row.error_when, fix=row.fix)(func)
