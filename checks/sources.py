@@ -46,6 +46,21 @@ REFERENCES: dict[str, Reference] = {
                         "definitions)", f"{LEARN}/shared-image-galleries"),
     "IMGV": Reference("Azure: Create an image definition and an image version",
                       f"{LEARN}/image-version"),
+    "ACG-UPD": Reference("Azure: Update resources in an Azure Compute Gallery",
+                         f"{LEARN}/update-image-resources"),
+    "ACG-SHARE": Reference("Azure: Share gallery resources (private, direct shared, community)",
+                           f"{LEARN}/share-gallery"),
+    "ACG-COMM": Reference("Azure: Share images using a community gallery (limitations)",
+                          f"{LEARN}/share-gallery-community"),
+    "ACG-REPL": Reference("Azure Compute Gallery: scaling, replication and shallow replication",
+                          f"{LEARN}/azure-compute-gallery#scaling"),
+    "SDK-GAL": Reference("azure-mgmt-compute 34.1.0 models (API 2023-07-03): GalleryImage, "
+                         "GalleryImageVersionPublishingProfile, StorageAccountType, "
+                         "DiskStorageAccountTypes", "https://pypi.org/project/azure-mgmt-compute/"),
+    "REGIONS": Reference("Azure public regions (names as `az account list-locations` gives them), "
+                         "as listed by Azure/karpenter-provider-azure hack/code/prices_gen.go",
+                         "https://github.com/Azure/karpenter-provider-azure/blob/"
+                         "6872c29c4181ffc908018fd9013d79394145bc4f/hack/code/prices_gen.go"),
     "DPS6": Reference("Azure: Dpsv6 sizes series (Arm64)",
                       f"{LEARN}/sizes/general-purpose/dpsv6-series"),
     "TL": Reference("Azure: Trusted Launch for Azure virtual machines", f"{LEARN}/trusted-launch"),

@@ -207,14 +207,13 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.option("--commands", "show_commands", is_flag=True,
               help="Print the upload commands (bash) on stdout; the manifest goes to -o FILE.")
 @click.option("--resource-group", default=None, help="Upload commands: resource group.")
-@click.option("--location", default=None, help="Upload commands: Azure region.")
 @click.option("--disk-name", default=None, help="Upload commands: managed disk name.")
 @fail_on_option
 @guest_options
 def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
                  accelerated_networking: bool | None, md5: bool, digests_from: str | None,
                  output: str | None,
-                 show_commands: bool, resource_group: str | None, location: str | None,
+                 show_commands: bool, resource_group: str | None,
                  disk_name: str | None, fail_on: str, guest: bool, guest_timeout: float,
                  engine_name: str,
                  **declared: Any) -> None:
@@ -234,13 +233,14 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     threshold = Severity.parse(fail_on)
+    declaration = declaration_of(declared, accelerated_networking)
     profile, digests, collect = _manifest_setup(
-        image, profile_of(os_state, generation, "os", {}), output or "-", md5,
-        declaration_of(declared, accelerated_networking), digests_from)
+        image, profile_of(os_state, generation, "os", {}), output or "-", md5, declaration,
+        digests_from)
     result = run_with_engine(
         "manifest", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, guest_engine=engine, collect=collect))
-    doc = build(result, digests.result(), threshold, Target(resource_group, location, disk_name))
+    doc = build(result, digests.result(), threshold, Target(resource_group, profile.gallery.location, disk_name))
     text = render_manifest(doc)
     if output:
         write_atomic(output, text)

@@ -37,6 +37,7 @@ from vhdtool.checks.catalog import V2, Context, Severity, Verdict
 from vhdtool.checks.gallery import (Declaration, Definition, Derivation, declared_accelerated,
                                     declared_controllers, declared_security_type, derive,
                                     feature_values)
+from vhdtool.checks.gallery.document import source_section, updatable_section
 from vhdtool.checks.provisioning import provisioners
 
 from . import __version__
@@ -226,6 +227,8 @@ def gallery_section(run: CheckRun, derivation: Derivation) -> dict[str, Any]:
                                  "specialized": "Specialized"}[prof.os_state],
                      "hyperVGeneration": sorted(prof.generations)
                      if prof.generations is not None else None, **decl.as_dict()},
+        "updatable": updatable_section(decl),
+        "source": source_section(decl),
         "register": effective(run, derivation),
     }
 

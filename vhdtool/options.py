@@ -100,9 +100,58 @@ def run_with_engine(command: str, image: str, guest: bool, engine_name: str, tim
     return result
 
 
+def _pairs(param: str, values: tuple[str, ...], sep: str = "=") -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        key, eq, value = v.partition(sep)
+        if not eq or not key:
+            raise click.BadParameter(f"{v!r} is not KEY{sep}VALUE", param_hint=param)
+        out.append((key, value))
+    return out
+
+
+def _int(param: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an integer", param_hint=param) from None
+
+
+def parse_range(param: str, text: str | None) -> tuple[int | None, int | None] | None:
+    """``MIN-MAX``, ``MIN-`` or ``-MAX`` (or ``N``: MIN=MAX=N)."""
+    if text is None:
+        return None
+    low, dash, high = text.partition("-")
+    if not dash:
+        return (_int(param, low), _int(param, low))
+    return (_int(param, low) if low else None, _int(param, high) if high else None)
+
+
+def parse_regions(values: tuple[str, ...]) -> tuple[tuple[str, int | None], ...] | None:
+    """``REGION`` or ``REGION=COUNT``, as az's --target-regions spells them."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        name, eq, count = v.partition("=")
+        if not name or (eq and not count):
+            raise click.BadParameter(f"{v!r} is not REGION[=COUNT]", param_hint="--target-region")
+        out.append((name, _int("--target-region", count) if eq else None))
+    return tuple(out)
+
+
+GALLERY_FILE_HELP = ("Declaration file (YAML or JSON, vhdtool/schemas/gallery.schema.json, the "
+                     "keys of the manifest's gallery.declared); options given on the command "
+                     "line win over it.")
+
+
 def gallery_options(func: Any) -> Any:
-    """Declared gallery values; the gallery.* checks compare them with what the disk supports."""
+    """Declared gallery values (the image definition, the version, its replication, sharing and
+    source; docs/gallery.md); the gallery.* checks compare them with the disk and Azure's rules.
+    ``--location`` is the source region (also where the upload commands create the disk)."""
     return _stack(func, [
+        click.option("--gallery-file", type=click.Path(dir_okay=False), default=None,
+                     metavar="FILE", help=GALLERY_FILE_HELP),
         click.option("--security-type", type=click.Choice(SECURITY_TYPES), default=None,
                      help="Declared features SecurityType (TrustedLaunchSupported needs a "
                           "Microsoft-signed shim and Gen2)."),
@@ -115,20 +164,80 @@ def gallery_options(func: Any) -> Any:
         click.option("--definition", default=None, help="Image definition name."),
         click.option("--image-version", default=None, help="Image version (MAJOR.MINOR.PATCH)."),
         click.option("--end-of-life", default=None, metavar="DATE",
-                     help="Image definition end-of-life date (ISO-8601, in the future)."),
+                     help="End-of-life date of the definition and the version (ISO-8601, in "
+                          "the future)."),
+        click.option("--description", default=None, help="Image definition description."),
+        click.option("--eula", default=None, help="Image definition EULA text."),
+        click.option("--privacy-statement-uri", default=None, metavar="URI"),
+        click.option("--release-note-uri", default=None, metavar="URI"),
+        click.option("--tag", "tags", multiple=True, metavar="K=V",
+                     help="Tag of the definition and the version; repeatable."),
+        click.option("--vcpus", default=None, metavar="MIN-MAX",
+                     help="Recommended vCPUs (MIN-MAX, MIN- or -MAX)."),
+        click.option("--memory", default=None, metavar="MIN-MAX",
+                     help="Recommended memory (MIN-MAX, in the unit az and the API take: az's "
+                          "help says MB)."),
+        click.option("--disallowed-disk-type", "disallowed_disk_types", multiple=True,
+                     metavar="TYPE", help="Disk type the image must not use (e.g. Standard_LRS); "
+                                          "repeatable."),
+        click.option("--plan-publisher", default=None, help="Purchase plan publisher."),
+        click.option("--plan-name", default=None, help="Purchase plan name."),
+        click.option("--plan-product", default=None, help="Purchase plan product."),
+        click.option("--location", default=None,
+                     help="Source region: where the disk is uploaded and the version created."),
+        click.option("--target-region", "target_regions", multiple=True, metavar="REGION[=N]",
+                     help="Replication target region, with its replica count; repeatable (the "
+                          "source region must be among them)."),
+        click.option("--replica-count", type=int, default=None,
+                     help="Replicas in each target region that gives no count."),
+        click.option("--storage-account-type", default=None, metavar="TYPE",
+                     help="Storage of the replicas: Standard_LRS, Standard_ZRS or Premium_LRS."),
+        click.option("--exclude-from-latest/--no-exclude-from-latest", default=None,
+                     help="Keep this version out of 'latest'."),
+        click.option("--replication-mode", type=click.Choice(["Full", "Shallow"]), default=None,
+                     help="Full (copies, for scale) or Shallow (no copy, development and test)."),
+        click.option("--sharing", type=click.Choice(["private", "direct", "community"]),
+                     default=None, help="Who the gallery reaches: private (RBAC), direct "
+                                        "(subscriptions or tenants), community (everyone)."),
+        click.option("--source", type=click.Choice(["managed-disk", "managed-image",
+                                                   "storage-vhd"]), default=None,
+                     help="What the version is made from (default managed-disk)."),
     ])
 
 
 def declaration_of(opts: dict[str, Any], accelerated: bool | None) -> Any:
-    """A checks.gallery.Declaration of the gallery options, or None when none was given."""
+    """A checks.gallery.Declaration of the gallery options over the ``--gallery-file`` values,
+    or None when neither declares anything."""
     from vhdtool.checks.gallery import Declaration
-    values = {"security_type": opts.get("security_type"),
-              "disk_controllers": tuple(opts["disk_controller"].split(","))
-              if opts.get("disk_controller") else None,
-              "accelerated_networking": accelerated,
-              **{k: opts.get(k) for k in ("publisher", "offer", "sku", "gallery", "definition",
-                                           "end_of_life")},
-              "version": opts.get("image_version")}
-    if all(v is None for v in values.values()):
+    values: dict[str, Any] = {}
+    if opts.get("gallery_file"):
+        from .galleryfile import GalleryFileError, load
+        try:
+            values.update(load(opts["gallery_file"]))
+        except GalleryFileError as e:
+            raise click.BadParameter(str(e), param_hint="--gallery-file") from None
+    given = {
+        "security_type": opts.get("security_type"),
+        "disk_controllers": tuple(opts["disk_controller"].split(","))
+        if opts.get("disk_controller") else None,
+        "accelerated_networking": accelerated,
+        **{k: opts.get(k) for k in ("publisher", "offer", "sku", "gallery", "definition",
+                                     "end_of_life", "description", "eula",
+                                     "privacy_statement_uri", "release_note_uri", "plan_publisher",
+                                     "plan_name", "plan_product", "location", "replica_count",
+                                     "storage_account_type", "exclude_from_latest",
+                                     "replication_mode", "sharing", "source")},
+        "version": opts.get("image_version"),
+        "tags": tuple(_pairs("--tag", opts.get("tags") or ())) or None,
+        "vcpus": parse_range("--vcpus", opts.get("vcpus")),
+        "memory": parse_range("--memory", opts.get("memory")),
+        "disallowed_disk_types": tuple(opts.get("disallowed_disk_types") or ()) or None,
+        "target_regions": parse_regions(tuple(opts.get("target_regions") or ())),
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    if not values:
         return None
-    return Declaration(**values)
+    try:
+        return Declaration(**values)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--gallery-file") from None

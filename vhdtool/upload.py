@@ -2,7 +2,8 @@
 
 ``commands`` gives bash lines: ``az disk create --upload-type Upload --upload-size-bytes N``,
 ``az disk grant-access``, ``azcopy copy --blob-type PageBlob``, ``az disk revoke-access``, ``az
-snapshot create``, ``az sig image-definition create`` and ``az sig image-version create``;
+snapshot create``, ``az sig image-definition create`` and ``az sig image-version create`` (with
+what the declaration adds, and the managed-image or storage-VHD route: :mod:`vhdtool.publish`);
 ``arm_template`` the same image definition(s) and version as an ARM fragment; ``script`` the
 lines as a bash script that stops where a name was not given (``Target``).  Every command is
 checked offline by the real Azure CLI in tests/vhdtool/test_az_commands.py.
@@ -25,6 +26,8 @@ from vhdtool.checks.gallery import SIGNED_TYPES, Declaration
 
 from . import __version__
 from .pipeline import CheckRun
+from .publish import (definition_flags, definition_properties, gallery_resource,
+                      publishing_profile, sharing_lines, sharing_variables, tags, version_flags)
 
 ARM_API = "2023-07-03"
 SAS_SECONDS = 86400
@@ -85,13 +88,20 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
     lines = [
         "set -euo pipefail",
         f"# {doc['file']['name']}: sha256 {doc['file']['sha256']}",
-        _var("RESOURCE_GROUP", target.resource_group), _var("LOCATION", target.location),
+        _var("RESOURCE_GROUP", target.resource_group),
+        _var("LOCATION", target.location or decl.location),
         _var("DISK", target.disk_name or _safe_name(stem)),
         _var("GALLERY", decl.gallery), _var("DEFINITION", decl.definition),
         _var("VERSION", decl.version), _var("PUBLISHER", decl.publisher),
         _var("OFFER", decl.offer), _var("SKU", decl.sku),
         _var("VHD", doc["file"]["path"]),
+        *(_var(name, None) for name in sharing_variables(decl)),
     ]
+    kind = decl.source or "managed-disk"
+    if kind == "storage-vhd":
+        lines += [_var("STORAGE_ACCOUNT", None), _var("CONTAINER", "vhds"),
+                  _var("BLOB", f"{_safe_name(stem)}.vhd")]
+    lines.append(f"# source {kind}: {doc['gallery']['source']['permission']}")
     trusted = primary["features"]["SecurityType"] in SIGNED_TYPES
     # a hybrid disk's upload stays Standard: its V1 snapshot cannot carry a Trusted Launch type
     security = ["--security-type", "TrustedLaunch"] if trusted and len(register) == 1 else []
@@ -99,7 +109,51 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         lines.append("# hybrid disk: the upload disk stays Standard so that a V1 snapshot can be "
                      "made from it; the V2 definition still says SecurityType="
                      f"{primary['features']['SecurityType']}")
-    lines += [
+    lines += _storage_upload(doc) if kind == "storage-vhd" else \
+        _disk_upload(doc, primary, arch, security, target)
+    lines += sharing_lines(decl)
+    for i, definition in enumerate(register):
+        gen = definition["hyperVGeneration"]
+        suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
+        source = '"$DISK_ID"'
+        if i > 0 and kind != "storage-vhd":   # a hybrid disk: a snapshot of the other generation
+            lines.append(" ".join(["az", "snapshot", "create", "--resource-group",
+                                '"$RESOURCE_GROUP"', "--name", f'"$DISK{suffix}"', "--location",
+                                '"$LOCATION"', "--source", '"$DISK_ID"', "--hyper-v-generation",
+                                gen]))
+            lines.append(f'SNAPSHOT_ID="$(az snapshot show --resource-group "$RESOURCE_GROUP" '
+                         f'--name "$DISK{suffix}" --query id --output tsv)"')
+            source = '"$SNAPSHOT_ID"'
+        features = " ".join(f"{k}={v}" for k, v in definition["features"].items())
+        lines.append(" ".join(["az", "sig", "image-definition", "create", "--resource-group",
+                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
+                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
+                            # the gallery's region, as for the version (az would otherwise ask
+                            # Azure for the resource group's, which may differ)
+                            "--location", '"$LOCATION"',
+                            "--publisher", '"$PUBLISHER"', "--offer", '"$OFFER"',
+                            "--sku", f'"$SKU{suffix}"', "--os-type", "Linux",
+                            "--os-state", os_state, "--hyper-v-generation", gen,
+                            "--architecture", arch, "--features", shlex.quote(features),
+                            *definition_flags(decl)]))
+        origin = {"managed-disk": ["--os-snapshot", source],
+                  "storage-vhd": ["--os-vhd-uri", '"$VHD_URI"', "--os-vhd-storage-account",
+                                  '"$STORAGE_ACCOUNT"']}.get(kind)
+        if origin is None:      # managed image: from the disk (or snapshot) of this generation
+            lines += _managed_image(suffix, source, gen)
+            origin = ["--managed-image", '"$IMAGE_ID"']
+        lines.append(" ".join(["az", "sig", "image-version", "create", "--resource-group",
+                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
+                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
+                            "--gallery-image-version", '"$VERSION"', "--location",
+                            '"$LOCATION"', *origin, *version_flags(decl)]))
+    return lines
+
+
+def _disk_upload(doc: dict[str, Any], primary: dict[str, Any], arch: str, security: list[str],
+                 target: Target) -> list[str]:
+    """Upload to a managed disk: create it for the file's bytes, write it with azcopy."""
+    return [
         " ".join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"',
                "--name", '"$DISK"', "--location", '"$LOCATION"', "--os-type", "Linux", "--upload-type", "Upload",
                "--upload-size-bytes", str(doc["file"]["upload_size_bytes"]),
@@ -113,36 +167,23 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         'DISK_ID="$(az disk show --resource-group "$RESOURCE_GROUP" --name "$DISK" '
         '--query id --output tsv)"',
     ]
-    for i, definition in enumerate(register):
-        gen = definition["hyperVGeneration"]
-        suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
-        source = '"$DISK_ID"'
-        if i > 0:       # a hybrid disk: a snapshot marked with the other generation
-            lines.append(" ".join(["az", "snapshot", "create", "--resource-group",
-                                '"$RESOURCE_GROUP"', "--name", f'"$DISK{suffix}"', "--location",
-                                '"$LOCATION"', "--source", '"$DISK_ID"', "--hyper-v-generation",
-                                gen]))
-            lines.append(f'SNAPSHOT_ID="$(az snapshot show --resource-group "$RESOURCE_GROUP" '
-                         f'--name "$DISK{suffix}" --query id --output tsv)"')
-            source = '"$SNAPSHOT_ID"'
-        features = " ".join(f"{k}={v}" for k, v in definition["features"].items())
-        eol = ["--end-of-life-date", decl.end_of_life] if decl.end_of_life else []
-        lines.append(" ".join(["az", "sig", "image-definition", "create", "--resource-group",
-                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
-                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
-                            # the gallery's region, as for the version (az would otherwise ask
-                            # Azure for the resource group's, which may differ)
-                            "--location", '"$LOCATION"',
-                            "--publisher", '"$PUBLISHER"', "--offer", '"$OFFER"',
-                            "--sku", f'"$SKU{suffix}"', "--os-type", "Linux",
-                            "--os-state", os_state, "--hyper-v-generation", gen,
-                            "--architecture", arch, "--features", shlex.quote(features), *eol]))
-        lines.append(" ".join(["az", "sig", "image-version", "create", "--resource-group",
-                            '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
-                            "--gallery-image-definition", f'"$DEFINITION{suffix}"',
-                            "--gallery-image-version", '"$VERSION"', "--location",
-                            '"$LOCATION"', "--os-snapshot", source]))
-    return lines
+
+
+def _storage_upload(doc: dict[str, Any]) -> list[str]:
+    """Upload as a page blob to a storage account (the --os-vhd-uri route)."""
+    return [" ".join(["az", "storage", "blob", "upload", "--account-name", '"$STORAGE_ACCOUNT"',
+                      "--container-name", '"$CONTAINER"', "--name", '"$BLOB"', "--file",
+                      '"$VHD"', "--type", "page", "--auth-mode", "login"]),
+            'VHD_URI="https://$STORAGE_ACCOUNT.blob.core.windows.net/$CONTAINER/$BLOB"']
+
+
+def _managed_image(suffix: str, source: str, gen: str) -> list[str]:
+    """``az image create`` from the uploaded disk (or snapshot), and its id."""
+    return [" ".join(["az", "image", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name",
+                      f'"$DISK{suffix}-image"', "--location", '"$LOCATION"', "--source", source,
+                      "--os-type", "Linux", "--hyper-v-generation", gen]),
+            f'IMAGE_ID="$(az image show --resource-group "$RESOURCE_GROUP" --name '
+            f'"$DISK{suffix}-image" --query id --output tsv)"']
 
 
 def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
@@ -156,7 +197,8 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
                                                 if decl.definition else {})},
         "versionName": {"type": "string", **({"defaultValue": decl.version}
                                              if decl.version else {})},
-        "location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
+        "location": {"type": "string",
+                     "defaultValue": decl.location or "[resourceGroup().location]"},
     }
     resources = []
     for i, definition in enumerate(g["register"]):
@@ -176,12 +218,11 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
                            f"[concat(parameters('sku'), '{suffix}')]"},
             "features": [{"name": k, "value": v} for k, v in definition["features"].items()],
         }
-        if decl.end_of_life:
-            props["endOfLifeDate"] = decl.end_of_life
+        props.update(definition_properties(decl))
         resources.append({
             "type": "Microsoft.Compute/galleries/images", "apiVersion": ARM_API,
             "name": f"[format('{{0}}/{{1}}', parameters('galleryName'), {name[1:-1]})]",
-            "location": "[parameters('location')]", "properties": props})
+            "location": "[parameters('location')]", **tags(decl), "properties": props})
         resources.append({
             "type": "Microsoft.Compute/galleries/images/versions", "apiVersion": ARM_API,
             "name": f"[format('{{0}}/{{1}}/{{2}}', parameters('galleryName'), {name[1:-1]}, "
@@ -189,15 +230,32 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
             "location": "[parameters('location')]",
             "dependsOn": [f"[resourceId('Microsoft.Compute/galleries/images', "
                           f"parameters('galleryName'), {name[1:-1]})]"],
-            "properties": {
-                "storageProfile": {"osDiskImage": {"source": {"id": f"[parameters('{source}')]"}}},
-                "publishingProfile": {"targetRegions": [{"name": "[parameters('location')]"}]}}})
+            **tags(decl),
+            "properties": {"storageProfile": _storage_profile(decl, source, params),
+                           "publishingProfile": publishing_profile(decl)}})
     for key in ("publisher", "offer", "sku"):
         if getattr(decl, key) is None and resources:
             params[key] = {"type": "string"}
+    resources[:0] = gallery_resource(decl)
     return {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/"
                        "deploymentTemplate.json#",
             "contentVersion": "1.0.0.0", "parameters": params, "resources": resources}
+
+
+def _storage_profile(decl: Declaration, source: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The version's source by route: the disk or snapshot (``source`` parameter), a managed
+    image made from it, or the VHD blob with its storage account."""
+    if decl.source == "managed-image":
+        params[f"{source}Image"] = {"type": "string", "metadata": {"description": (
+            f"resource id of the managed image made from {source}")}}
+        return {"source": {"id": f"[parameters('{source}Image')]"}}
+    if decl.source == "storage-vhd":
+        params["vhdUri"] = {"type": "string", "metadata": {"description": "URI of the VHD blob"}}
+        params["storageAccountId"] = {"type": "string", "metadata": {
+            "description": "resource id of the storage account holding the VHD"}}
+        return {"osDiskImage": {"source": {"uri": "[parameters('vhdUri')]", "storageAccountId":
+                                           "[parameters('storageAccountId')]"}}}
+    return {"osDiskImage": {"source": {"id": f"[parameters('{source}')]"}}}
 
 
 def upload_section(doc: dict[str, Any], run: CheckRun, target: Target) -> dict[str, Any]:

@@ -7,7 +7,11 @@ Open:
   - :mod:`checks.gallery.derivation` for :func:`derive`: each gallery property the disk supports
     (OS type and state, architecture, generations, and per generation the security type and
     disk controllers), with the evidence behind it;
-  - :mod:`checks.gallery.rules` for the checks themselves (registered in the catalog on import).
+  - :mod:`checks.gallery.rules` for the checks themselves (registered in the catalog on import);
+  - :mod:`checks.gallery.publishing` for the checks of replication, sharing, sizes, URIs and
+    source, with :mod:`checks.gallery.regions` (the dated list of Azure regions);
+  - :mod:`checks.gallery.document` for the declaration as a document (file and manifest keys),
+    which keys are updatable after creation, and the permission each source needs.
 
 The provisioner facts the manifest shows are in :mod:`checks.provisioning`.
 """
@@ -19,7 +23,7 @@ from .declaration import (CONTROLLERS, SECURITY_TYPES, SIGNED_TYPES, Declaration
                           identifier_problems, parse_date, version_problems)
 from .derivation import (Definition, Derivation, Evidence, Property, derive, feature_values,
                          provisioning_disabled)
-from . import rules  # noqa: F401  (registers the gallery.* checks)
+from . import rules, publishing  # noqa: F401  (register the gallery.* checks)
 
 __all__ = ["CONTROLLERS", "SECURITY_TYPES", "SIGNED_TYPES", "Declaration", "Definition",
            "Derivation", "Evidence", "Property", "declare", "declared_accelerated",

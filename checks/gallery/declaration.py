@@ -28,6 +28,9 @@ PRIVATE_ONLY = frozenset({"TrustedLaunch", "ConfidentialVM"})
 CONTROLLERS = ("SCSI", "NVMe")
 OS_STATES = {GENERALIZED: "Generalized", SPECIALIZED: "Specialized"}
 INT32_MAX = 2**31 - 1
+REPLICATION_MODES = ("Full", "Shallow")
+SHARING = ("private", "direct", "community")
+SOURCES = ("managed-disk", "managed-image", "storage-vhd")
 
 
 # -- what the author declares ------------------------------------------------------------------
@@ -48,7 +51,29 @@ class Declaration:
     gallery: str | None = None
     definition: str | None = None
     version: str | None = None
-    end_of_life: str | None = None      #: ISO-8601 date (or date-time)
+    end_of_life: str | None = None      #: ISO-8601 date (or date-time): definition and version
+    # -- the rest of the image definition (checks.gallery.document: keys, updatable or not) --
+    description: str | None = None
+    eula: str | None = None
+    privacy_statement_uri: str | None = None
+    release_note_uri: str | None = None
+    tags: tuple[tuple[str, str], ...] | None = None
+    vcpus: tuple[int | None, int | None] | None = None       #: recommended (min, max)
+    memory: tuple[int | None, int | None] | None = None      #: recommended (min, max), API unit
+    disallowed_disk_types: tuple[str, ...] | None = None
+    plan_publisher: str | None = None
+    plan_name: str | None = None
+    plan_product: str | None = None
+    # -- the image version: where and how it is replicated --
+    location: str | None = None         #: the source region (the version is created there)
+    target_regions: tuple[tuple[str, int | None], ...] | None = None   #: (region, replicas)
+    replica_count: int | None = None    #: for the target regions that give none
+    storage_account_type: str | None = None
+    exclude_from_latest: bool | None = None
+    replication_mode: str | None = None     #: Full or Shallow
+    # -- who it reaches, and where the version comes from --
+    sharing: str | None = None          #: private, direct or community
+    source: str | None = None           #: managed-disk, managed-image or storage-vhd
 
     def __post_init__(self) -> None:
         if self.security_type is not None and self.security_type not in SECURITY_TYPES:
@@ -56,6 +81,11 @@ class Declaration:
         for c in self.disk_controllers or ():
             if c not in CONTROLLERS:
                 raise ValueError(f"disk controller {c!r} is not SCSI or NVMe")
+        for name, allowed in (("replication_mode", REPLICATION_MODES), ("sharing", SHARING),
+                              ("source", SOURCES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}")
 
     def __repr__(self) -> str:       # only what is declared (docs and reports show examples)
         given = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
@@ -73,13 +103,10 @@ class Declaration:
         return frozenset(out)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"securityType": self.security_type,
-                "diskControllerTypes": list(self.disk_controllers)
-                if self.disk_controllers is not None else None,
-                "isAcceleratedNetworkSupported": self.accelerated_networking,
-                "publisher": self.publisher, "offer": self.offer, "sku": self.sku,
-                "gallery": self.gallery, "definition": self.definition,
-                "version": self.version, "endOfLifeDate": self.end_of_life}
+        """The declaration as a document (keys of :mod:`checks.gallery.document`), None for
+        what is not declared; :func:`checks.gallery.document.from_document` reads it back."""
+        from .document import as_document
+        return as_document(self)
 
 
 def declare(profile: Profile, declaration: Declaration) -> Profile:

@@ -31,7 +31,8 @@ from enum import Enum
 from typing import Any
 
 ARM_KEYS = {"type", "apiVersion", "name", "dependsOn"}     # template keys, not the resource body
-MODELS = {"Microsoft.Compute/galleries/images": "GalleryImage",
+MODELS = {"Microsoft.Compute/galleries": "Gallery",
+          "Microsoft.Compute/galleries/images": "GalleryImage",
           "Microsoft.Compute/galleries/images/versions": "GalleryImageVersion",
           "Microsoft.Compute/disks": "Disk", "Microsoft.Compute/snapshots": "Snapshot"}
 

@@ -54,8 +54,8 @@ SHIM = textwrap.dedent(f"""\
         f.write(json.dumps([os.path.basename(sys.argv[0]), args]) + "\\n")
     def opt(name):
         return args[args.index(name) + 1]
-    if args[:2] in (["disk", "show"], ["snapshot", "show"]):
-        kind = "disks" if args[0] == "disk" else "snapshots"
+    if args[:2] in (["disk", "show"], ["snapshot", "show"], ["image", "show"]):
+        kind = {{"disk": "disks", "snapshot": "snapshots", "image": "images"}}[args[0]]
         print(f"/subscriptions/{SUB}/resourceGroups/{{opt('--resource-group')}}"
               f"/providers/Microsoft.Compute/{{kind}}/{{opt('--name')}}")
     elif args[:2] == ["disk", "grant-access"]:
