@@ -16,9 +16,10 @@ from vhdtool.formats import FormatError, open_image
 
 from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
-from .exitcodes import Exit, OutputError, check_exit
-from .options import (FORMAT_CHOICE, IMAGE_PATH, declaration_of, fail_on_option, gallery_options,
-                      guest_options, image_options, profile_of, run_with_engine)
+from .exitcodes import Exit, FixFailed, GuestUnopenable, OutputError, check_exit
+from .options import (FORMAT_CHOICE, IMAGE_PATH, check_selection, declaration_of, fail_on_option,
+                      gallery_options, guest_options, image_options, manifest_setup, profile_of,
+                      guest_timeout_option, manifest_file_options, report_options, run_with_engine, selection_options)
 from .session import NOTICE
 
 if TYPE_CHECKING:
@@ -26,21 +27,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vhdtool")
 
+#: the errors every command can meet, and their exit codes: a failed conversion or fix is not a
+#: finding about the image; a gate whose report could not be written has not passed
+_ERRORS = ((FixFailed, Exit.FIX_FAILED), (ConvertError, Exit.CONVERT_FAILED),
+           (OutputError, Exit.FINDINGS), (FormatError, Exit.BAD_IMAGE),
+           (GuestUnopenable, Exit.BAD_IMAGE))
+
+
 class VhdtoolGroup(click.Group):
     """Maps the errors every command can meet to the documented exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConvertError as e:       # refused or failed: not a finding about the image
+        except (FixFailed, ConvertError, OutputError, FormatError, GuestUnopenable) as e:
             click.echo(f"vhdtool: error: {e}", err=True)
-            sys.exit(Exit.CONVERT_FAILED)
-        except OutputError as e:        # a gate whose report could not be written: not passed
-            click.echo(f"vhdtool: error: {e}", err=True)
-            sys.exit(Exit.FINDINGS)
-        except FormatError as e:
-            click.echo(f"vhdtool: error: {e}", err=True)
-            sys.exit(Exit.BAD_IMAGE)
+            sys.exit(next(code for cls, code in _ERRORS if isinstance(e, cls)))
         except OSError as e:
             name = f"{e.filename}: " if e.filename else ""
             click.echo(f"vhdtool: error: {name}{e.strerror or e}", err=True)
@@ -104,22 +106,11 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
 @click.option("--nvme", is_flag=True, help="Intended for NVMe disk controllers.")
 @click.option("--accelerated-networking", is_flag=True, help="Intended for Accelerated Networking.")
 @fail_on_option
-@click.option("--select", multiple=True, metavar="ID", help="Run only these ids or prefixes.")
-@click.option("--ignore", multiple=True, metavar="ID", help="Skip these ids or prefixes.")
-@click.option("--format", "formats", multiple=True, metavar="NAME[:FILE]",
-              help="Report: text, json, junit or sarif, optionally to FILE; repeatable.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="File for the first --format that names none.")
-@click.option("--color/--no-color", default=None,
-              help="Colour the text report (default: on a TTY).")
-@click.option("--show-skipped", is_flag=True,
-              help="Text report: list the checks that did not apply, with the reason "
-                   "(else counted).")
+@selection_options
+@report_options
 @guest_options
 @gallery_options
-@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the upload manifest (JSON) of this run to FILE.")
-@click.option("--md5", is_flag=True, help="Manifest: also MD5 (hex and Azure's base64 form).")
+@manifest_file_options("this run")
 @click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="Manifest: take the digests from `vhdtool convert --json` output when it "
                    "provably describes IMAGE as it is (else they are computed).")
@@ -131,28 +122,20 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               manifest_path: str | None, md5: bool, digests_from: str | None,
               **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
-    from vhdtool import checks
-    from vhdtool.checks.catalog import Severity, selected
+    from vhdtool.checks.catalog import Severity
 
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
-    from .report import check_writable, parse_outputs, render, write_atomic
-    try:
-        outs = parse_outputs(formats, output)
-        check_writable(*(o.path for o in outs), manifest_path)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
+    from .report import render, write_atomic
+    outs = _outputs(formats, output, manifest_path)
     profile = profile_of(os_state, generation, role,
                        {"marketplace": marketplace, "trusted_launch": trusted_launch,
                         "nvme": nvme, "accelerated_networking": accelerated_networking})
-    known = checks.load()
-    for pattern in select + ignore:
-        if not any(selected(cid, [pattern], []) for cid in known):
-            raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
+    check_selection(select, ignore)
     threshold = Severity.parse(fail_on)
     # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
     # --manifest) gallery.accelerated-networking reads it from there
-    profile, digests, collect = _manifest_setup(image, profile, manifest_path, md5,
-                                                declaration_of(declared, None), digests_from)
+    profile, digests, collect = manifest_setup(image, profile, manifest_path, md5,
+                                               declaration_of(declared, None), digests_from)
     result = run_with_engine(
         "check", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, select, ignore, guest_engine=engine,
@@ -174,21 +157,15 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     sys.exit(check_exit(result.results, threshold))
 
 
-def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5: bool,
-                    declaration: Any, digests_from: str | None = None
-                    ) -> tuple[Profile, Any, Any]:
-    """(profile with the declaration, digests started in a thread, collect hook) for a run.
-
-    A manifest implies a (possibly empty) declaration, so the gallery.* checks run.
-    """
-    from vhdtool.checks.gallery import Declaration, declare
-    if declaration is None and manifest_path is None:
-        return profile, None, None
-    profile = declare(profile, declaration or Declaration())
-    if manifest_path is None:
-        return profile, None, None
-    from .manifest import Digests, collect
-    return profile, Digests(image, md5, digests_from), collect
+def _outputs(formats: tuple[str, ...], output: str | None, *files: str | None) -> Any:
+    """The reports asked for, their folders (and those of ``files``) writable: else exit 2."""
+    from .report import check_writable, parse_outputs
+    try:
+        outs = parse_outputs(formats, output)
+        check_writable(*(o.path for o in outs), *files)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    return outs
 
 
 @cli.command("manifest")
@@ -234,7 +211,7 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
         raise click.UsageError(str(e)) from None
     threshold = Severity.parse(fail_on)
     declaration = declaration_of(declared, accelerated_networking)
-    profile, digests, collect = _manifest_setup(
+    profile, digests, collect = manifest_setup(
         image, profile_of(os_state, generation, "os", {}), output or "-", md5, declaration,
         digests_from)
     result = run_with_engine(
@@ -251,6 +228,47 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     for blocker in doc["upload"]["blockers"]:
         click.echo(f"vhdtool: not ready to upload: {blocker}", err=True)
     sys.exit(check_exit(result.results, threshold))
+
+
+@cli.command("fix")
+@click.argument("src", type=IMAGE_PATH)
+@click.argument("dst", type=click.Path(dir_okay=False))
+@image_options(os_state_help="How the image will be registered (--generalize: generalized).",
+               generation_help="Hyper-V generation(s) intended; auto = what the disk boots.")
+@click.option("--unsafe-fixes", is_flag=True, help="Also apply the unsafe fixes (boot, services).")
+@click.option("--generalize", is_flag=True, help="Apply the whole deprovision set (as waagent "
+              "-deprovision+user and cloud-init clean --logs --machine-id).")
+@click.option("--diff", is_flag=True, help="Print what would change on stdout; write nothing.")
+@fail_on_option
+@selection_options
+@report_options
+@guest_timeout_option
+@gallery_options
+@manifest_file_options("DST")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--sync/--no-sync", default=False, show_default=True, help="Make DST durable.")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Conversion progress on stderr (default: on a terminal).")
+def fix_cmd(src: str, dst: str, fmt: str | None, os_state: str, generation: str, **kw: Any) -> None:
+    """Fix SRC's findings offline into the fixed VHD DST, then check DST; see docs/fix.md."""
+    from vhdtool.checks.catalog import Severity
+
+    from .fixreport import emit
+    from .fixrun import FixOptions, fix
+    if kw["generalize"] and os_state != "generalized":
+        raise click.UsageError("--generalize makes a generalized image: not --os-state specialized")
+    outs = [] if kw["diff"] else _outputs(kw["formats"], kw["output"], kw["manifest_path"])
+    check_selection(kw["select"], kw["ignore"])
+    profile, _, collect = manifest_setup(None, profile_of(os_state, generation, "os", {}),
+                                         kw["manifest_path"], kw["md5"], declaration_of(kw, None))
+    digests = ("bmap", "sha256", "md5") if kw["md5"] else ("bmap", "sha256")
+    opts = FixOptions(profile, fmt, kw["select"], kw["ignore"], kw["unsafe_fixes"],
+                      kw["generalize"], kw["diff"], kw["guest_timeout"], kw["show_progress"],
+                      kw["sync"], kw["force"], digests if kw["manifest_path"] else ("bmap",),
+                      collect)
+    result = run_with_engine("fix", src, True, "guestfs", kw["guest_timeout"],
+                             lambda _engine: fix(src, dst, opts))
+    sys.exit(emit(result, src, dst, outs, Severity.parse(kw["fail_on"]), kw))
 
 
 @cli.group("checks")

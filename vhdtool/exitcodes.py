@@ -17,6 +17,7 @@ class Exit(enum.IntEnum):
     BAD_IMAGE = 3        #: unreadable, corrupt or unsupported image
     MISSING_TOOL = 4     #: a required tool is missing (libguestfs for guest checks...)
     CONVERT_FAILED = 5   #: ``vhdtool convert`` refused or failed (DST exists, disk full...)
+    FIX_FAILED = 6       #: ``vhdtool fix``: a fix could not be applied (no DST is left)
     HANGUP = 129         #: SIGHUP (the terminal went away): 128 + 1, as a shell reports it
     INTERRUPTED = 130    #: Ctrl-C / SIGINT: 128 + 2
     TERMINATED = 143     #: SIGTERM (CI timeouts, systemd, ``timeout``): 128 + 15
@@ -25,6 +26,17 @@ class Exit(enum.IntEnum):
 class OutputError(Exception):
     """A report or manifest file could not be written (disk full, permissions ...): exit
     FINDINGS, as a gate whose report is missing has not passed."""
+
+
+class FixFailed(Exception):
+    """``vhdtool fix``: a fix could not be applied (a guest program failed or timed out, a full
+    disk in the appliance...); the message names the fix and the file or program. Exit
+    FIX_FAILED; DST and the temporary files are gone, the source untouched."""
+
+
+class GuestUnopenable(Exception):
+    """``vhdtool fix``: the image's guest cannot be opened, so nothing can be fixed: exit
+    BAD_IMAGE (no DST is written)."""
 
 
 def check_exit(results: Iterable[Result], fail_on: Severity) -> Exit:

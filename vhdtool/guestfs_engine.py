@@ -9,7 +9,9 @@ native engine) finds the root holding ``/etc/fstab`` and mounts the fstab entrie
 ``inspect_os`` takes 9-18 s under TCG; when no root is found that way, libguestfs inspection
 (``inspect_os``, ``inspect_get_mountpoints``) decides what to mount.  The views are in
 :mod:`vhdtool.guestfs_view` (read-only for the checks; writable, into libguestfs' overlay, for
-``vhdtool fix``: ``open_guest(..., writable=True)``); no guest program is ever run.  Every process
+``vhdtool fix``: ``open_guest(..., writable=True)``); no guest program is run, except by a fix
+through the writable view.  ``vhdtool fix`` adds its own qcow2 overlay of the image read-write
+(``drive_readonly=False``): the image, its backing file, is still only read.  Every process
 libguestfs starts (the overlay's ``qemu-img``, ``supermin``, the appliance) is marked by a
 :class:`vhdtool.procguard.Guard`: the launch timeout kills all of them, and none outlives vhdtool,
 even one killed with SIGKILL.
@@ -32,12 +34,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from vhdtool.checks.catalog import Context, Profile, Result, run_catalog
+from vhdtool.checks.fixes import WritableGuestView
 from vhdtool.checks.guest import Filesystem, GuestView
 
 from . import mountplan
 from .exitcodes import Exit
 from .guestfs_view import GuestfsView, GuestfsWritableView
-from .mountplan import MountError, WritableView
+from .mountplan import MountError
 from .procguard import Guard
 from .session import Engine, Session, Timing, notice, warn
 
@@ -95,7 +98,8 @@ class _Progress:
         self.stop.set()
 
 
-def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool, guard: Guard) -> Any:
+def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool, guard: Guard,
+                readonly: bool = True) -> Any:
     g = guestfs.GuestFS(python_return_dict=True)
     if tcg:
         g.set_backend_settings(["force_tcg"])
@@ -103,7 +107,7 @@ def _new_handle(guestfs: Any, path: str, fmt: str, tcg: bool, guard: Guard) -> A
     # that polls every 2 s) is kept only where the guard cannot work
     g.set_recovery_proc(not guard.active)
     try:
-        g.add_drive_opts(path, readonly=True, format=fmt)   # qemu-img makes the overlay here
+        g.add_drive_opts(path, readonly=readonly, format=fmt)  # readonly: qemu-img makes an overlay
     except RuntimeError as e:
         g.close()
         raise GuestEngineError(f"{path}: qemu cannot open the image as {fmt} for libguestfs "
@@ -118,9 +122,10 @@ def _kvm_usable() -> bool:
 
 
 def launch(path: str, fmt: str, timing: Timing, progress: bool = True,
-           timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Guard]:
-    """A launched libguestfs handle with ``path`` attached read-only as ``fmt``, and the
-    :class:`~vhdtool.procguard.Guard` of the processes it runs (close it after the handle).
+           timeout: float = DEFAULT_TIMEOUT, readonly: bool = True) -> tuple[Any, Guard]:
+    """A launched libguestfs handle with ``path`` attached read-only as ``fmt`` (read-write
+    with ``readonly=False``: ``vhdtool fix``'s overlay), and the :class:`~vhdtool.procguard.Guard`
+    of the processes it runs (close it after the handle).
 
     ``timeout`` bounds everything libguestfs runs until the appliance is up, the overlay's
     ``qemu-img`` included."""
@@ -140,7 +145,7 @@ def launch(path: str, fmt: str, timing: Timing, progress: bool = True,
             backend = "TCG" if tcg else "KVM"
             timing.attempts.append(backend)
             try:
-                g = _new_handle(guestfs, path, qfmt, tcg, guard)
+                g = _new_handle(guestfs, path, qfmt, tcg, guard, readonly)
             except GuestEngineError:
                 if guard.fired():
                     raise timed_out from None
@@ -207,12 +212,27 @@ class GuestfsBackend:
             self._view = GuestfsWritableView(self.g) if self.writable else GuestfsView(self.g)
         return self._view
 
-    def writable_view(self) -> WritableView:
+    def writable_view(self) -> WritableGuestView:
         if not self.writable:
             raise GuestEngineError("the guest was mounted read-only: open it with writable=True")
         view = self.view()
         assert isinstance(view, GuestfsWritableView)
         return view
+
+    def finish(self) -> None:
+        """Sync, unmount and shut the appliance down, saying what failed (``vhdtool fix``: the
+        writes must be in the overlay before it is converted); then :meth:`close`."""
+        step = "sync"
+        try:
+            self.g.sync()
+            step = "unmount"
+            self.g.umount_all()
+            step = "shutdown"
+            self.g.shutdown()        # qemu's exit status: a failed write to the overlay shows here
+        except RuntimeError as e:
+            raise GuestEngineError(f"libguestfs {step} failed: {str(e).splitlines()[0]}") from None
+        finally:
+            self.close()
 
     def close(self) -> None:
         try:
@@ -291,14 +311,16 @@ def _blkid(g: Any, dev: str) -> dict[str, str]:
 
 
 def open_guest(path: str, fmt: str, progress: bool = True, timeout: float = DEFAULT_TIMEOUT,
-               writable: bool = False) -> Session:
+               writable: bool = False, drive_readonly: bool = True) -> Session:
     """Launch the appliance on ``path`` (read-only drive) and mount its guest.
 
     ``writable``: the filesystems are mounted read-write and ``session.backend.writable_view()``
     writes -- into libguestfs' temporary overlay, discarded on close; the image is never written.
+    ``drive_readonly=False`` (with ``writable``): the drive itself is written (``vhdtool fix``
+    passes its own qcow2 overlay of the image).
     """
     timing = Timing(backend="")
-    g, guard = launch(path, fmt, timing, progress, timeout)
+    g, guard = launch(path, fmt, timing, progress, timeout, readonly=drive_readonly)
     backend = GuestfsBackend(g, guard, writable)
     try:
         t = time.monotonic()

@@ -4,19 +4,26 @@
   cannot change under a read-only mount) with directory listings prefetched in one ``lstatnslist``
   and ``readlinklist`` each, and bounded ``pread`` reads.
 * :class:`GuestfsWritableView`: the same view writing through the handle
-  (:class:`vhdtool.mountplan.WritableView`, for ``vhdtool fix``); the drive is always added
-  read-only, so libguestfs keeps every write in a temporary overlay and the image itself is never
-  written.  Each write drops the caches.
+  (:class:`checks.fixes.WritableGuestView`, for ``vhdtool fix``): into libguestfs' discarded
+  overlay when the drive was added read-only, into ``vhdtool fix``'s own qcow2 overlay when that
+  was added read-write -- the source image is never written.  Each write drops the caches; a
+  failed write (a full disk in the appliance...) raises :class:`~checks.fixes.FixError` naming
+  the file; guest programs run chrooted in the guest (``command``: libguestfs bind-mounts
+  ``/dev``, ``/proc`` and ``/sys`` into it), bounded by the guest's own ``timeout``.
 
 References: guestfs(3) (``lstatns``, ``lstatnslist``, ``readlinklist``, ``ls``, ``pread``,
-``write``, ``mkdir_p``, ``rm``; ``add_drive_opts`` readonly: writes go to a discarded overlay).
+``write``, ``chmod``, ``mkdir_p``, ``rm_rf``, ``ln_sf``, ``command``; ``add_drive_opts``
+readonly: writes go to a discarded overlay); timeout(1) (``-s KILL``; exit 124 on time-out).
 """
 
 from __future__ import annotations
 
 import stat as statmod
+import time
+from collections.abc import Sequence
 from typing import Any
 
+from vhdtool.checks.fixes import FixError
 from vhdtool.checks.guest import Stat
 
 #: bytes per pread message (libguestfs' protocol carries up to ~4 MB per message)
@@ -111,24 +118,57 @@ class GuestfsView:
 
 
 class GuestfsWritableView(GuestfsView):
-    """A :class:`GuestfsView` that writes (into libguestfs' overlay, never into the image)."""
+    """A :class:`GuestfsView` that writes: :class:`checks.fixes.WritableGuestView`."""
 
     def _changed(self) -> None:
         self._stat.clear()
         self._links.clear()
         self._dirs.clear()
 
-    def write_file(self, path: str, data: bytes) -> None:
-        self._call("write", path, data)
-        self._changed()
+    def _write_call(self, what: str, name: str, *args: Any) -> None:
+        try:
+            self._call(name, *args)
+        except RuntimeError as e:
+            raise FixError(f"{what}: {str(e).splitlines()[0] if str(e) else e}") from None
+        finally:
+            self._changed()
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Replace or create a regular file; an existing file keeps its owner and mode (it is
+        truncated and written, not replaced), a new one is root's with ``mode``."""
+        st = self.lstat(path)
+        if st is not None and not st.is_reg:
+            self._write_call(f"cannot replace {path}", "rm_rf", path)
+            st = None
+        self._write_call(f"cannot write {path}", "write", path, data)
+        if st is None:
+            self._write_call(f"cannot set the mode of {path}", "chmod", mode, path)
 
     def make_dir(self, path: str) -> None:
-        self._call("mkdir_p", path)
-        self._changed()
+        self._write_call(f"cannot make the directory {path}", "mkdir_p", path)
 
     def remove(self, path: str) -> None:
-        self._call("rm", path)
-        self._changed()
+        self._write_call(f"cannot delete {path}", "rm_rf", path)
+
+    def symlink(self, target: str, path: str) -> None:
+        self._write_call(f"cannot make the link {path} -> {target}", "ln_sf", target, path)
+
+    def run(self, argv: Sequence[str], timeout: float) -> str:
+        """``argv`` chrooted in the guest, killed after ``timeout`` seconds (the guest's
+        ``timeout``); FixError naming the program when it fails or times out."""
+        limit = max(1, int(timeout + 0.999))
+        start = time.monotonic()
+        try:
+            return str(self._call("command", ["timeout", "-s", "KILL", str(limit), *argv]))
+        except RuntimeError as e:
+            took = time.monotonic() - start
+            what = " ".join(argv)
+            if took >= limit:
+                raise FixError(f"{what}: timed out after {limit} s in the guest") from None
+            first = str(e).strip().splitlines()
+            raise FixError(f"{what}: failed in the guest ({first[-1] if first else e})") from None
+        finally:
+            self._changed()
 
 
 __all__ = ["GuestfsView", "GuestfsWritableView", "READ_CHUNK"]

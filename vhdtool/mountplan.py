@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from vhdtool.checks.fixes import WritableGuestView
 from vhdtool.checks.guest import Filesystem, Guest, GuestView, collect_facts, parse_fstab
 
 #: filesystems a Linux root may be (blkid TYPE), tried in the volumes' order
@@ -37,14 +38,6 @@ Warn = Callable[[str], None]
 
 class MountError(OSError):
     """A volume could not be opened or mounted (the message says why; the run goes on)."""
-
-
-class WritableView(GuestView, Protocol):
-    """A guest view that also writes (into an overlay: the source image is never written)."""
-
-    def write_file(self, path: str, data: bytes) -> None: ...
-    def make_dir(self, path: str) -> None: ...
-    def remove(self, path: str) -> None: ...
 
 
 class MountBackend(Protocol):
@@ -64,7 +57,7 @@ class MountBackend(Protocol):
     def read_file(self, path: str, limit: int) -> bytes: ...
     def view(self) -> GuestView:
         """The checks' read-only view of what is mounted."""
-    def writable_view(self) -> WritableView:
+    def writable_view(self) -> WritableGuestView:
         """A view that writes into a throw-away overlay (``vhdtool fix``)."""
     def close(self) -> None: ...
 
@@ -196,5 +189,5 @@ def open_view(view: GuestView, fss: Sequence[Filesystem],
     return guest, annotated
 
 
-__all__ = ["MountBackend", "WritableView", "MountError", "Mounted", "Step", "ROOT_FSTYPES",
+__all__ = ["MountBackend", "MountError", "Mounted", "Step", "ROOT_FSTYPES",
            "resolve_spec", "lv_names", "find_root", "fstab_plan", "mount_fstab", "open_view"]

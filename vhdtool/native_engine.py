@@ -30,13 +30,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vhdtool.checks.fixes import WritableGuestView
 from vhdtool.checks.guest import Filesystem, Guest, GuestView
 from vhdtool.formats import FormatError
 
 from . import mountplan
 from .blkid import probe
 from .disk import Disk
-from .mountplan import MountError, WritableView
+from .mountplan import MountError
 from .native_fs import READABLE, Volume, open_fs
 from .native_io import (Budget, NativeEngineUnavailable, Readers, Source, Timeout, Window,
                         available, import_readers)
@@ -156,7 +157,7 @@ class NativeBackend:
     def view(self) -> GuestView:
         return self._view
 
-    def writable_view(self) -> WritableView:
+    def writable_view(self) -> WritableGuestView:
         raise NativeEngineError("the native engine reads the guest only: vhdtool fix needs "
                                 "--engine guestfs")
 

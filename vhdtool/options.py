@@ -66,14 +66,78 @@ def fail_on_option(func: Any) -> Any:
                         help="Exit 1 when a finding is at or above this severity.")(func)
 
 
+guest_timeout_option = click.option(
+    "--guest-timeout", type=float, default=300.0, show_default=True,
+    help="Seconds allowed for the libguestfs appliance to start.")
+
+
+def selection_options(func: Any) -> Any:
+    """--select and --ignore, shared by check and fix."""
+    return _stack(func, [
+        click.option("--select", multiple=True, metavar="ID", help="Run only these ids or prefixes."),
+        click.option("--ignore", multiple=True, metavar="ID", help="Skip these ids or prefixes.")])
+
+
+def report_options(func: Any) -> Any:
+    """--format, -o, --color and --show-skipped: the reports of check (and fix)."""
+    return _stack(func, [
+        click.option("--format", "formats", multiple=True, metavar="NAME[:FILE]",
+                     help="Report: text, json, junit or sarif, optionally to FILE; repeatable."),
+        click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                     help="File for the first --format that names none."),
+        click.option("--color/--no-color", default=None,
+                     help="Colour the text report (default: on a TTY)."),
+        click.option("--show-skipped", is_flag=True,
+                     help="Text report: list the checks that did not apply, with the reason "
+                          "(else counted).")])
+
+
+def manifest_file_options(of: str) -> Any:
+    """--manifest FILE and --md5, shared by check and fix; ``of`` says what it describes."""
+    def apply(func: Any) -> Any:
+        return _stack(func, [
+            click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False),
+                         default=None, help=f"Also write the upload manifest (JSON) of {of} to "
+                                            "FILE."),
+            click.option("--md5", is_flag=True,
+                         help="Manifest: also MD5 (hex and Azure's base64 form).")])
+    return apply
+
+
+def check_selection(select: tuple[str, ...], ignore: tuple[str, ...]) -> None:
+    """Every --select/--ignore pattern matches a check id, else a usage error."""
+    from vhdtool import checks
+    from vhdtool.checks.catalog import selected
+    known = checks.load()
+    for pattern in select + ignore:
+        if not any(selected(cid, [pattern], []) for cid in known):
+            raise click.UsageError(f"--select/--ignore {pattern!r} matches no check id")
+
+
+def manifest_setup(image: str, profile: Any, manifest_path: str | None, md5: bool,
+                   declaration: Any, digests_from: str | None = None) -> tuple[Any, Any, Any]:
+    """(profile with the declaration, digests started in a thread, collect hook) for a run.
+
+    A manifest implies a (possibly empty) declaration, so the gallery.* checks run.  ``image``
+    None: no digests are started (``vhdtool fix`` takes them from its conversion).
+    """
+    from vhdtool.checks.gallery import Declaration, declare
+    if declaration is None and manifest_path is None:
+        return profile, None, None
+    profile = declare(profile, declaration or Declaration())
+    if manifest_path is None:
+        return profile, None, None
+    from .manifest import Digests, collect
+    return profile, Digests(image, md5, digests_from) if image else None, collect
+
+
 def guest_options(func: Any) -> Any:
     """--guest/--no-guest, --guest-timeout and --engine, shared by check and manifest."""
     return _stack(func, [
         click.option("--guest/--no-guest", default=True, show_default=True,
                      help="Open the guest read-only (see --engine) and run the guest checks "
                           "(--no-guest: disk-level checks only, no guest engine needed)."),
-        click.option("--guest-timeout", type=float, default=300.0, show_default=True,
-                     help="Seconds allowed for the libguestfs appliance to start."),
+        guest_timeout_option,
         click.option("--engine", "engine_name", type=click.Choice(["auto", "native", "guestfs"]),
                      default="auto", show_default=True,
                      help="Guest engine: native (in-process readers, no appliance), guestfs "

@@ -38,10 +38,12 @@ from .result import (DEFAULT_DIGESTS, ConvertError, ConvertResult, CopyTimings, 
 from .schedules import Pass, hash_file
 
 
-def _refuse(src: str, dst: str, force: bool) -> None:
+def refuse_destination(src: str, dst: str, force: bool,
+                       same: str = "use --in-place to convert in place") -> None:
+    """ConvertError when ``dst`` is ``src``, exists without ``force``, or is a folder."""
     if os.path.lexists(dst):
         if os.path.exists(dst) and os.path.samefile(src, dst):
-            raise ConvertError(f"{dst}: is the source itself; use --in-place to convert in place")
+            raise ConvertError(f"{dst}: is the source itself; {same}")
         if not force:
             raise ConvertError(f"{dst}: exists; use --force to replace it")
         if os.path.isdir(dst):
@@ -65,7 +67,7 @@ def convert(src: str, dst: str, *, fmt: str | None = None,
     ``bmap_path``: also write the bmap there (bmaptool's format; implies the bmap digest)."""
     t0 = time.perf_counter()
     names = _with_bmap(digest_names(digests), bmap_path)
-    _refuse(src, dst, force)
+    refuse_destination(src, dst, force)
     with open_image(src, fmt) as img:
         salvaged = structure_errors(img, salvage)
         refuse_empty(img)

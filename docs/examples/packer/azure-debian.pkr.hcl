@@ -1,16 +1,19 @@
-# Packer: boot a Debian disk image with the qemu builder, then let vhdtool turn the artifact into an
-# Azure-ready fixed VHD, check it and write its upload manifest. Every step fails the build on error:
-# shell-local runs the lines with `sh -e`, and `vhdtool check` / `vhdtool manifest` exit 1 when a
-# check fails at or above --fail-on (see docs/exit-codes.md).
+# Packer: boot a Debian disk image with the qemu builder, then let vhdtool fix what it can offline
+# (`vhdtool fix --generalize`: the deprovision state the boot left, on a copy), turn the artifact
+# into an Azure-ready fixed VHD, check it again and write its upload manifest. Every step fails the
+# build on error: shell-local runs the lines with `sh -e`, and `vhdtool fix` / `vhdtool manifest`
+# exit 1 when a check of the fixed image fails at or above --fail-on (see docs/exit-codes.md,
+# docs/fix.md). To convert without fixing, replace the `fix` line by
+#   vhdtool convert --force disk.raw disk.vhd && vhdtool check disk.vhd --format ...
 #
 #   packer build -var source_image=debian-12.raw docs/examples/packer/azure-debian.pkr.hcl
 #
 # A failing step fails the build, and Packer then deletes the build's artifacts: the findings are
 # in the build log (the check's text report).
 #
-# The check's text report is printed in the build log. Outputs in var.output_dir: disk.vhd (upload
-# it), convert.json (the conversion, with the digests computed in the same pass and reused by the
-# manifest), check.sarif and check.junit.xml (CI reports), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
+# The fix's text report (each finding before -> after, then the check of disk.vhd) is printed in
+# the build log. Outputs in var.output_dir: disk.vhd (upload it), check.sarif and check.junit.xml
+# (CI reports of the fixed image), manifest.json (keep it: sizes, digests, the gallery definition with its evidence) and
 # upload.sh (az disk create / azcopy / az sig commands from the manifest).
 
 variable "source_image" {
@@ -72,9 +75,8 @@ build {
 
   post-processor "shell-local" {
     inline = [
-      "${var.vhdtool} convert --force --no-progress --digest sha256 --digest md5 --json ${var.output_dir}/disk.raw ${var.output_dir}/disk.vhd > ${var.output_dir}/convert.json",
-      "${var.vhdtool} check ${var.output_dir}/disk.vhd --format text --format sarif:${var.output_dir}/check.sarif --format junit:${var.output_dir}/check.junit.xml ${var.gallery_args}",
-      "${var.vhdtool} manifest ${var.output_dir}/disk.vhd --md5 --digests-from ${var.output_dir}/convert.json -o ${var.output_dir}/manifest.json --commands ${var.gallery_args} > ${var.output_dir}/upload.sh",
+      "${var.vhdtool} fix --force --no-progress --generalize ${var.output_dir}/disk.raw ${var.output_dir}/disk.vhd --format text --format sarif:${var.output_dir}/check.sarif --format junit:${var.output_dir}/check.junit.xml ${var.gallery_args}",
+      "${var.vhdtool} manifest ${var.output_dir}/disk.vhd --md5 -o ${var.output_dir}/manifest.json --commands ${var.gallery_args} > ${var.output_dir}/upload.sh",
     ]
   }
 }
