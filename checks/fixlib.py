@@ -202,10 +202,12 @@ def cmdline_changes(g: Guest, add: Sequence[Arg] = (), remove: Sequence[str] = (
         out += edit_file(g, DEFAULT_GRUB, lambda ls: (
             ls[:-1] + [ls[-1] if ls[-1].endswith("\n") else ls[-1] + "\n"] if ls else [])
             + [f'GRUB_CMDLINE_LINUX="{" ".join(map(_fmt, add))}"\n'])
+    # _DEFAULT comes last on the default entries' line: other values of an added name go
+    drop = tuple(remove) + tuple(n for n, _ in add if n != "console")
     deflt = env.get("GRUB_CMDLINE_LINUX_DEFAULT")
-    if remove and deflt is not None and deflt.text is not None:
+    if drop and deflt is not None and deflt.text is not None:
         out += _merge_edit(g, out, deflt.path, lambda ls: [
-            edit_assignment(ln, CMDLINE_VARS[1], (), remove) if i == deflt.line else ln
+            edit_assignment(ln, CMDLINE_VARS[1], (), drop) if i == deflt.line else ln
             for i, ln in enumerate(ls, 1)])
     for path in GRUB_CFGS:
         if g.is_file(path):

@@ -228,3 +228,18 @@ def test_docs_show_every_fix_or_say_none() -> None:
             assert "no automatic fix" in line
         else:
             assert c.fix.summary in line and str(c.fix.safety) in line
+
+
+def test_fixes_editing_one_file_compose() -> None:
+    mp = frozenset({"marketplace"})
+    ctx = context_for(Example("bare grub", profile={"features": mp}, files={
+        "/etc/default/grub": 'GRUB_CMDLINE_LINUX="quiet"\n',
+        "/boot/grub/grub.cfg": "menuentry 'x' {\n\tlinux\t/boot/vmlinuz ro quiet\n}\n"}))
+    plan = plan_fixes(run_catalog(ctx, select=["guest.cmdline"]), ctx, unsafe=True)
+    assert [a.check_id for a in plan.applied] == ["guest.cmdline.console",
+                                                  "guest.cmdline.rootdelay"]
+    g = Guest(plan.overlay)
+    assert g.read_text("/etc/default/grub") == \
+        'GRUB_CMDLINE_LINUX="quiet console=ttyS0 earlyprintk=ttyS0 rootdelay=300"\n'
+    ctx.guest = refreshed(ctx.guest, plan.overlay)
+    assert all(r.verdict is not Verdict.FAIL for r in run_catalog(ctx, select=["guest.cmdline"]))
