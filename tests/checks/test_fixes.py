@@ -6,6 +6,7 @@ grub fix's diff is a unified diff that patch(1) applies to the very result."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,5 +242,6 @@ def test_fixes_editing_one_file_compose() -> None:
     g = Guest(plan.overlay)
     assert g.read_text("/etc/default/grub") == \
         'GRUB_CMDLINE_LINUX="quiet console=ttyS0 earlyprintk=ttyS0 rootdelay=300"\n'
-    ctx.guest = refreshed(ctx.guest, plan.overlay)
-    assert all(r.verdict is not Verdict.FAIL for r in run_catalog(ctx, select=["guest.cmdline"]))
+    after = replace(ctx, guest=refreshed(ctx.guest, plan.overlay), memo={})
+    assert all(r.verdict is not Verdict.FAIL
+               for r in run_catalog(after, select=["guest.cmdline"]))
