@@ -96,10 +96,11 @@ DISK_MODULES = INITRD_MODULES + (
     "drivers/net/ethernet/mellanox/mlx5/core/mlx5_core.ko")
 
 
-def modules_dep(without: str) -> dict[str, str]:
-    """Files that leave the baseline kernel without the modules whose path contains ``without``."""
+def modules_dep(without: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Files that leave the baseline kernel without the modules whose path contains ``without``
+    (and with the ``extra`` module paths under ``kernel/``)."""
     return {f"/lib/modules/{KVER}/modules.dep":
-            "".join(f"kernel/{m}:\n" for m in DISK_MODULES if without not in m)}
+            "".join(f"kernel/{m}:\n" for m in DISK_MODULES + extra if without not in m)}
 
 
 __all__ = ["BASELINES", "DIR", "DISK_MODULES", "INITRD", "INITRD_MODULES", "KVER", "LINK", "MODS",

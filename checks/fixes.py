@@ -89,6 +89,12 @@ class FixError(Exception):
     """A fix could not be planned or applied; the message names the fix and the file."""
 
 
+class NotFixable(Exception):
+    """Raised by a plan when this failure cannot be put right offline (e.g. a module the kernel
+    package lacks, a unit that is not installed); the message says why and what to do.
+    :func:`plan_fixes` records it as :class:`NotApplied` and goes on."""
+
+
 class WritableGuestView(GuestView, Protocol):
     """A guest view that also writes (into an overlay: the source image is never written)."""
 
@@ -114,6 +120,20 @@ class Fix:
     #: part of what ``waagent -deprovision+user`` and ``cloud-init clean --logs --machine-id``
     #: remove: applied by ``--generalize`` whatever its safety class
     deprovision: bool = False
+    #: for a SAFE fix whose change on some guests is unsafe: True when this failure's fix is
+    #: (it is then applied only with --unsafe-fixes); ``unsafe_when`` says when, for the docs
+    unsafe_if: Callable[[Context, Result], bool] | None = field(default=None, repr=False,
+                                                                compare=False)
+    unsafe_when: str = ""
+
+    def describe(self) -> str:
+        """The safety class and set in words (docs, ``checks show``)."""
+        text = str(self.safety)
+        if self.unsafe_when:
+            text += f" (unsafe when {self.unsafe_when})"
+        if self.deprovision:
+            text += "; in the deprovision set (--generalize)"
+        return text
 
 
 # -- the in-memory layer the plans are applied to ------------------------------------------------
@@ -296,8 +316,16 @@ def plan_fixes(results: Sequence[Result], ctx: Context, *, unsafe: bool = False,
             plan.not_applied.append(NotApplied(result.check.id, why))
             continue
         fctx = replace(ctx, guest=refreshed(ctx.guest, overlay), memo={})
+        if (fix.unsafe_if is not None and not unsafe and not (generalize and fix.deprovision)
+                and fix.unsafe_if(fctx, result)):
+            plan.not_applied.append(NotApplied(
+                result.check.id, f"unsafe here ({fix.unsafe_when}): pass --unsafe-fixes"))
+            continue
         try:
             changes = tuple(fix.plan(fctx, result))
+        except NotFixable as e:
+            plan.not_applied.append(NotApplied(result.check.id, f"not fixable offline: {e}"))
+            continue
         except FixError as e:
             raise FixError(f"{result.check.id}: {e}") from None
         for change in changes:
@@ -366,6 +394,6 @@ def _text_diff(path: str, old: bytes | None, new: bytes) -> str:
                    for line in lines)
 
 
-__all__ = ["Safety", "Fix", "FixError", "WriteFile", "Delete", "Symlink", "RunProgram",
-           "Change", "WritableGuestView", "OverlayView", "Plan", "Applied", "NotApplied",
-           "plan_fixes", "commit", "render_diff", "chosen", "refreshed"]
+__all__ = ["Safety", "Fix", "FixError", "NotFixable", "WriteFile", "Delete", "Symlink",
+           "RunProgram", "Change", "WritableGuestView", "OverlayView", "Plan", "Applied",
+           "NotApplied", "plan_fixes", "commit", "render_diff", "chosen", "refreshed"]

@@ -15,11 +15,12 @@ References:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .catalog import (GENERALIZED, V2, Applies, CheckFunc, Context, Example, Finding,
                       NotApplicable, Severity, check)
 from .examples import INITRD, INITRD_MODULES, KVER, MODS, elf, initrd, modules_dep
+from . import fixes_boot as fx
 from .guest import fs_index
 from .guestlib import (disabled_findings, guest, has_arg, kernel_modules, missing_at_boot,
                        missing_installed, require_cmdlines)
@@ -145,7 +146,8 @@ def _kernel_args(row: KernelArgs) -> CheckFunc:
     return func
 
 
-declare(CMDLINE_ARGS, _kernel_args)
+declare([replace(row, fix=fx.cmdline_fix(row.args)) for row in CMDLINE_ARGS],
+        _kernel_args)
 
 
 @check(id="guest.drivers.blacklist", title="Hyper-V drivers are not disabled",
@@ -159,7 +161,8 @@ declare(CMDLINE_ARGS, _kernel_args)
        fails=[Example("hv_netvsc blacklisted",
                       files={"/etc/modprobe.d/bl.conf": "# x\nblacklist hv_netvsc\n"}),
               Example("hv_storvsc installed as /bin/true",
-                      files={"/lib/modprobe.d/cis.conf": "install hv_storvsc /bin/true\n"})])
+                      files={"/lib/modprobe.d/cis.conf": "install hv_storvsc /bin/true\n"})],
+       fix=fx.REENABLE)
 def drivers_blacklist(ctx: Context) -> list[Finding]:
     return disabled_findings(ctx, lambda m: m.startswith("hv_") or m == "pci_hyperv")
 
@@ -191,7 +194,8 @@ DRIVERS = (
         fails=(Example("initramfs built with MODULES=dep on another host",
                        files={INITRD: initrd(("drivers/ata/ahci.ko",))}),
                Example("no initramfs", files={INITRD: None})),
-        modules=("hv_vmbus", "hv_storvsc", "hv_netvsc"), at_boot=True),
+        modules=("hv_vmbus", "hv_storvsc", "hv_netvsc"), at_boot=True,
+        fix=fx.initramfs_fix(("hv_vmbus", "hv_storvsc", "hv_netvsc"), "hyperv")),
     Drivers(
         id="guest.drivers.udf", title="udf and vfat are available", severity=Severity.ERROR,
         rationale="Azure hands the provisioning data (ovf-env.xml) over a UDF-formatted virtual "
@@ -209,7 +213,7 @@ DRIVERS = (
         fails=(Example("CIS hardening disables udf",
                        files={"/etc/modprobe.d/CIS.conf": "install udf /bin/true\n"}),
                Example("udf missing", files=modules_dep("udf"))),
-        modules=("udf", "vfat"), at_boot=False),
+        modules=("udf", "vfat"), at_boot=False, fix=fx.REENABLE),
     Drivers(
         id="guest.drivers.cdrom", title="The CD-ROM driver is available",
         severity=Severity.WARNING, applies=Applies(os_states=frozenset({GENERALIZED})),
@@ -220,7 +224,7 @@ DRIVERS = (
         passes=(Example("baseline"),),
         fails=(Example("sr_mod disabled",
                        files={"/etc/modprobe.d/x.conf": "blacklist sr_mod\n"}),),
-        modules=("sr_mod", "cdrom"), at_boot=False),
+        modules=("sr_mod", "cdrom"), at_boot=False, fix=fx.REENABLE),
     Drivers(
         id="guest.drivers.nvme", title="NVMe drivers load at boot", severity=Severity.ERROR,
         applies=Applies(features=NVME),
@@ -235,8 +239,13 @@ DRIVERS = (
                     INITRD: initrd(INITRD_MODULES + ("drivers/nvme/host/nvme.ko",
                                                      "drivers/nvme/host/nvme-core.ko"))})),
         fails=(Example("neither", profile={"features": NVME},
-                       files={f"/lib/modules/{KVER}/modules.builtin": ""}),),
-        modules=("nvme", "nvme_core"), at_boot=True),
+                       files={f"/lib/modules/{KVER}/modules.builtin": ""}),
+               Example("modules installed, not in the initramfs", profile={"features": NVME},
+                       files={f"/lib/modules/{KVER}/modules.builtin": "",
+                              **modules_dep("\0", ("drivers/nvme/host/nvme.ko",
+                                                    "drivers/nvme/host/nvme-core.ko"))})),
+        modules=("nvme", "nvme_core"), at_boot=True,
+        fix=fx.initramfs_fix(("nvme", "nvme_core"), "nvme")),
     Drivers(
         id="guest.drivers.mana", title="Accelerated Networking drivers are installed",
         severity=Severity.WARNING, applies=Applies(features=AN),
@@ -308,7 +317,8 @@ def efi_fallback_path(ctx: Context) -> tuple[str, str]:
                    "copy shimx64.efi to EFI/BOOT/BOOTX64.EFI with grubx64.efi next to it).",
        passes=[Example("lower-case name on FAT", files={
            "/boot/efi/EFI/BOOT": None, "/boot/efi/EFI/boot/bootx64.efi": b"MZ"})],
-       fails=[Example("vendor directory only", files={"/boot/efi/EFI/BOOT": None})])
+       fails=[Example("vendor directory only", files={"/boot/efi/EFI/BOOT": None})],
+       fix=fx.efi_fallback_fix(ESP_DIRS, efi_fallback_path))
 def efi_fallback(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     if not any(g.is_dir(f"{esp}/EFI") for esp in ESP_DIRS):
@@ -335,7 +345,8 @@ SWAPFILES = ("/swapfile", "/swap.img", "/swap/swapfile", "/var/swap")
        fails=[Example("swap file in fstab", files={
            "/etc/fstab": "UUID=6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f / ext4 defaults 0 1\n"
                          "/swapfile none swap sw 0 0\n", "/swapfile": b"\0" * 64}),
-           Example("leftover swap file", files={"/swap.img": b"\0" * 64})])
+           Example("leftover swap file", files={"/swap.img": b"\0" * 64})],
+       fix=fx.SWAP)
 def swap(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = [Finding(f"swap entry {e.spec} in fstab", f"/etc/fstab:{e.line}",
@@ -357,7 +368,8 @@ UNSTABLE = re.compile(r"^/dev/(sd[a-z]+|hd[a-z]+|vd[a-z]+|xvd[a-z]+|nvme\d+n\d+)
        remediation="Use UUID=, LABEL=, PARTUUID= or /dev/disk/by-* in /etc/fstab.",
        passes=[Example("by-uuid link", files={"/etc/fstab": "/dev/disk/by-uuid/"
                        "6f0e3d1c-2a4b-4c5d-8e9f-0a1b2c3d4e5f / ext4 defaults 0 1\n"})],
-       fails=[Example("/dev/sda1", files={"/etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n"})])
+       fails=[Example("/dev/sda1", files={"/etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n"})],
+       fix=fx.STABLE_NAMES)
 def fstab_stable(ctx: Context) -> list[Finding]:
     return [Finding(f"{e.mountpoint} is mounted by kernel device name {e.spec}",
                     f"/etc/fstab:{e.line}", fix="use UUID= (blkid shows it)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from .catalog import (GENERALIZED, Applies, CheckFunc, Context, Example, Finding, NotApplicable,
                       Severity, check)
+from . import fixes_deprov as fx
 from .fixes import Change, Delete, Fix, Safety
 from .guest import Guest
 from .provisioning import cloudinit_provisions
@@ -63,7 +64,7 @@ LEFTOVERS = (
         passes=(Example("baseline"),),
         fails=(Example("keys left, cloud-init regenerates them",
                        files={"/etc/ssh/ssh_host_ed25519_key": "k"}),),
-        places=HOST_KEYS),
+        places=HOST_KEYS, fix=fx.HOST_KEYS),
     Leftovers(
         id="guest.deprovision.waagent-state", title="No waagent state", severity=Severity.ERROR,
         rationale="/var/lib/waagent of a provisioned VM holds 'provisioned' (the agent then "
@@ -128,7 +129,8 @@ def _leftovers_check(row: Leftovers) -> CheckFunc:
     return func
 
 
-declare([replace(row, fix=_delete_leftovers(row)) for row in LEFTOVERS], _leftovers_check)
+declare([replace(row, fix=row.fix or _delete_leftovers(row)) for row in LEFTOVERS],
+        _leftovers_check)
 
 
 NO_CI_WAAGENT_KEEPS_KEYS = {
@@ -153,7 +155,8 @@ NO_CI_WAAGENT_KEEPS_KEYS = {
                    **NO_CI_WAAGENT_KEEPS_KEYS, "/etc/waagent.conf":
                        "Provisioning.Agent=waagent\nProvisioning.RegenerateSshHostKeyPair=y\n"})],
        fails=[Example("waagent provisions without regenerating keys",
-                      files=NO_CI_WAAGENT_KEEPS_KEYS)])
+                      files=NO_CI_WAAGENT_KEEPS_KEYS)],
+       fix=fx.REGENERATE)
 def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
     cfg = cloud_config(ctx)
     if cloudinit_provisions(ctx) and cfg and cfg.merged.get("ssh_deletekeys", True) is not False:
@@ -174,7 +177,8 @@ def ssh_host_keys_shared(ctx: Context) -> list[Finding]:
        passes=[Example("uninitialized", files={"/etc/machine-id": "uninitialized\n"}),
                Example("absent", files={"/etc/machine-id": None})],
        fails=[Example("a real id",
-                      files={"/etc/machine-id": "4c4c4544004d3510804bb4c04f4e4d32\n"})])
+                      files={"/etc/machine-id": "4c4c4544004d3510804bb4c04f4e4d32\n"})],
+       fix=fx.MACHINE_ID)
 def machine_id(ctx: Context) -> list[Finding]:
     text = guest(ctx).read_text("/etc/machine-id", 4096)
     if text is None or text.strip() in ("", "uninitialized"):
@@ -195,7 +199,8 @@ HISTORIES = (".bash_history", ".zsh_history", ".python_history", ".mysql_history
        remediation="Delete the files and run 'export HISTSIZE=0' before capture.",
        passes=[Example("baseline")],
        fails=[Example("root history", files={"/root/.bash_history": "apt install x\n"}),
-              Example("user history", files={"/home/build/.bash_history": "ls\n"})])
+              Example("user history", files={"/home/build/.bash_history": "ls\n"})],
+       fix=fx.HISTORY)
 def history(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = []
@@ -217,7 +222,8 @@ def history(ctx: Context) -> list[Finding]:
        passes=[Example("public key only", files={"/root/.ssh/known_hosts": "h"})],
        fails=[Example("root authorized_keys",
                       files={"/root/.ssh/authorized_keys": "ssh-ed25519 A"}),
-              Example("user private key", files={"/home/build/.ssh/id_ed25519": "-----BEGIN"})])
+              Example("user private key", files={"/home/build/.ssh/id_ed25519": "-----BEGIN"})],
+       fix=fx.KEYS)
 def authorized_keys(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = []
@@ -244,7 +250,8 @@ def _login_defs(g: Guest) -> tuple[int, int]:
        fails=[Example("build user", files={
            "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n"
                           "build:x:1000:1000:,,,:/home/build:/bin/bash\n",
-           "/home/build/.profile": ""})])
+           "/home/build/.profile": ""})],
+       fix=fx.USERS)
 def users(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     lo, hi = _login_defs(g)
@@ -278,7 +285,8 @@ def _usable_hash(field: str) -> bool:
        fails=[Example("root password",
                       files={"/etc/shadow": "root:$6$salt$hash:19700:0:99999:7:::\n"}),
               Example("empty password",
-                      files={"/etc/shadow": "root:*:1::::::\nguest::19700::::::\n"})])
+                      files={"/etc/shadow": "root:*:1::::::\nguest::19700::::::\n"})],
+       fix=fx.ROOT_PASSWORD)
 def root_password(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     if not g.exists("/etc/shadow"):
@@ -307,7 +315,8 @@ NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
            "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", NAME="eth0"\n'}),
            Example("ifcfg HWADDR", files={
                "/etc/sysconfig/network-scripts/ifcfg-eth0":
-                   "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})])
+                   "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})],
+       fix=fx.NET_RULES)
 def net_rules(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = _entries(g, "/etc/udev/rules.d", NET_RULES)

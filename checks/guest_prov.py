@@ -19,6 +19,7 @@ from .examples import symlink
 from .cloudinit import cloud_config, cloudinit_enabled
 from .guestlib import (WAAGENT_CONF, cmdlines, guest, line_of, provisioning_agent, units,
                        waagent_conf, waagent_enabled, where)
+from . import fixes_prov as fx
 from .provisioning import (AGENT_VERSION_FILES, agent_version, cloudinit_provisions,
                            waagent_provisions)
 
@@ -45,7 +46,8 @@ VALID_AGENTS = ("auto", "waagent", "cloud-init", "disabled")
        fails=[Example("no cloud-init and waagent not enabled",
                       files={**NO_CLOUDINIT, WA_WANTS: None}),
               Example("cloud-init disabled by marker, waagent defers to cloud-init",
-                      files={"/etc/cloud/cloud-init.disabled": ""})])
+                      files={"/etc/cloud/cloud-init.disabled": ""})],
+       fix=fx.PRESENT)
 def provisioner_present(ctx: Context) -> list[Finding]:
     if waagent_provisions(ctx) or cloudinit_provisions(ctx):
         return []
@@ -70,7 +72,8 @@ def provisioner_present(ctx: Context) -> list[Finding]:
                    "disable cloud-init when waagent does.",
        passes=[Example("waagent alone", files=WAAGENT_ONLY)],
        fails=[Example("waagent provisioning with cloud-init enabled",
-                      files={WAAGENT_CONF: "Provisioning.Agent=waagent\n"})])
+                      files={WAAGENT_CONF: "Provisioning.Agent=waagent\n"})],
+       fix=fx.CONFLICT)
 def provisioner_conflict(ctx: Context) -> list[Finding]:
     agent = provisioning_agent(ctx)
     if agent and agent.value == "waagent" and cloudinit_enabled(ctx):
@@ -90,7 +93,8 @@ def provisioner_conflict(ctx: Context) -> list[Finding]:
                        files={WAAGENT_CONF: "Provisioning.Agent=disabled\n"},
                        profile={"os_state": SPECIALIZED})],
        fails=[Example("specialized image with waagent provisioning", files=WAAGENT_ONLY,
-                      profile={"os_state": SPECIALIZED})])
+                      profile={"os_state": SPECIALIZED})],
+       fix=fx.SPECIALIZED)
 def provisioner_specialized(ctx: Context) -> list[Finding]:
     agent = provisioning_agent(ctx)
     if waagent_provisions(ctx):
@@ -113,7 +117,8 @@ def provisioner_specialized(ctx: Context) -> list[Finding]:
                              "ResourceDisk.EnableSwap=y\n"}),
               Example("unknown agent value", files={WAAGENT_CONF: "Provisioning.Agent=yes\n"}),
               Example("removed key", files={WAAGENT_CONF: "Provisioning.Agent=auto\n"
-                                            "Provisioning.UseCloudInit=y\n"})])
+                                            "Provisioning.UseCloudInit=y\n"})],
+       fix=fx.WAAGENT_CONFIG)
 def waagent_config(ctx: Context) -> list[Finding]:
     conf = waagent_conf(ctx)
     if conf is None:
@@ -171,7 +176,8 @@ def waagent_version(ctx: Context) -> list[Finding]:
            WA_WANTS: None, "/etc/systemd/system/multi-user.target.wants/waagent.service":
                symlink("/usr/lib/systemd/system/waagent.service")})],
        fails=[Example("installed, not enabled", files={WA_WANTS: None}),
-              Example("not installed", files={WAAGENT_CONF: None, WA_WANTS: None})])
+              Example("not installed", files={WAAGENT_CONF: None, WA_WANTS: None})],
+       fix=fx.WAAGENT_ENABLED)
 def waagent_is_enabled(ctx: Context) -> list[Finding]:
     if waagent_conf(ctx) is None:
         return [Finding("waagent is not installed (no /etc/waagent.conf)", WAAGENT_CONF)]
@@ -201,7 +207,8 @@ DS_IDENTIFY = "/etc/cloud/ds-identify.cfg"
                                              "datasource_list: [ NoCloud, None ]\n"}),
               Example("cloud-init disabled", files={"/etc/cloud/cloud-init.disabled": ""}),
               Example("ds-identify policy disabled",
-                      files={DS_IDENTIFY: "policy: disabled\n"})])
+                      files={DS_IDENTIFY: "policy: disabled\n"})],
+       fix=fx.DATASOURCE)
 def cloudinit_datasource(ctx: Context) -> list[Finding]:
     cfg = cloud_config(ctx)
     if cfg is None:
@@ -241,7 +248,8 @@ SSH_UNITS = ("ssh.service", "sshd.service")
                                   symlink("/lib/systemd/system/ssh.service")})],
        fails=[Example("sshd not installed", files={"/usr/sbin/sshd": None}),
               Example("ssh.service not enabled",
-                      files={"/etc/systemd/system/multi-user.target.wants/ssh.service": None})])
+                      files={"/etc/systemd/system/multi-user.target.wants/ssh.service": None})],
+       fix=fx.SSHD_PRESENT)
 def sshd_present(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     if not g.exists("/usr/sbin/sshd"):
@@ -299,7 +307,8 @@ def _expand_include(ctx: Context, spec: str) -> list[str]:
                       profile={"features": frozenset({"marketplace"})}),
               Example("an earlier drop-in sets 600",
                       files={"/etc/ssh/sshd_config.d/10-alive.conf": "ClientAliveInterval 600\n"},
-                      profile={"features": frozenset({"marketplace"})})])
+                      profile={"features": frozenset({"marketplace"})})],
+       fix=fx.CLIENT_ALIVE)
 def sshd_client_alive(ctx: Context) -> list[Finding]:
     if not guest(ctx).exists(SSHD_CONFIG):
         raise NotApplicable("no /etc/ssh/sshd_config")

@@ -31,6 +31,13 @@ def _short(v: object) -> str:
     return repr(v)
 
 
+def fix_text(c: Check) -> str:
+    """The check's automatic fix in words: what it changes, its safety class and set."""
+    if c.fix is None:
+        return "no automatic fix (vhdtool fix leaves it to the remediation)"
+    return f"{c.fix.summary} [{c.fix.describe()}]"
+
+
 def list_line(c: Check) -> str:
     return f"{c.id:<28} {c.severity!s:<8} {c.needs:<6} {c.title}"
 
@@ -44,7 +51,7 @@ def show(c: Check) -> str:
              f"rationale:   {c.rationale}",
              "sources:"]
     lines += [f"  - {sources.text((s,))}" for s in c.sources]
-    lines += [f"remediation: {c.remediation}", "passes when:"]
+    lines += [f"remediation: {c.remediation}", f"automatic fix: {fix_text(c)}", "passes when:"]
     lines += [f"  - {_example(e)}" for e in c.passes]
     lines.append("fails when:")
     lines += [f"  - {_example(e)}" for e in c.fails]
@@ -68,7 +75,8 @@ def markdown(catalog: dict[str, Check]) -> str:
                 f"{'/'.join(sorted(c.applies.roles))} disk; reads the {c.needs}",
                 f"- **Why**: {c.rationale}",
                 f"- **Source**: {sources.markdown(c.sources)}",
-                f"- **Fix**: `{c.remediation}`",
+                f"- **Remediation**: `{c.remediation}`",
+                f"- **Automatic fix** (`vhdtool fix`): {fix_text(c)}",
                 "- **Passes**: " + "; ".join(_example(e) for e in c.passes),
                 "- **Fails**: " + "; ".join(_example(e) for e in c.fails)]
     return "\n".join(out) + "\n"

@@ -156,11 +156,13 @@ def _units() -> dict[str, str | bytes]:
     ci = "/etc/systemd/system/cloud-init.target.wants"
     out: dict[str, str | bytes] = {}
     for unit in ("walinuxagent.service", "ssh.service"):
-        out[f"/lib/systemd/system/{unit}"] = "[Unit]\n"
+        alias = "Alias=sshd.service\n" if unit == "ssh.service" else ""
+        out[f"/lib/systemd/system/{unit}"] = ("[Unit]\n[Install]\nWantedBy=multi-user.target\n"
+                                              + alias)
         out[f"{wants}/{unit}"] = symlink(f"/lib/systemd/system/{unit}")
     for unit in ("cloud-init-local.service", "cloud-init.service", "cloud-config.service",
                  "cloud-final.service"):
-        out[f"/lib/systemd/system/{unit}"] = "[Unit]\n"
+        out[f"/lib/systemd/system/{unit}"] = "[Unit]\n[Install]\nWantedBy=cloud-init.target\n"
         out[f"{ci}/{unit}"] = symlink(f"/lib/systemd/system/{unit}")
     out["/etc/systemd/system/sshd.service"] = symlink("/lib/systemd/system/ssh.service")
     return out
@@ -173,6 +175,9 @@ BASE_FILES: dict[str, str | bytes] = {
     "/etc/os-release": symlink("../usr/lib/os-release"),
     "/usr/lib/systemd/systemd": ELF_X86_64, "/usr/bin/dash": ELF_X86_64,
     "/usr/bin/sh": symlink("dash"), "/usr/sbin/sshd": ELF_X86_64,
+    "/usr/sbin/update-initramfs": "#!/bin/sh\n",
+    "/etc/initramfs-tools/modules": "# List of modules that you want to include in your "
+                                    "initramfs.\n",
     f"/boot/vmlinuz-{KVER}": b"MZkernel", f"/boot/initrd.img-{KVER}": b"",  # filled in below
     f"/boot/config-{KVER}": "CONFIG_HYPERV=m\nCONFIG_HYPERV_STORAGE=m\n",
     f"/lib/modules/{KVER}/modules.builtin": "kernel/drivers/nvme/host/nvme-core.ko\n"
