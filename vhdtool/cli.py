@@ -17,8 +17,8 @@ from vhdtool.formats import FormatError, open_image
 from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, OutputError, check_exit
-from .options import (FORMAT_CHOICE, IMAGE_PATH, declaration_of, fail_on_option, gallery_options,
-                      guest_options, image_options, profile_of, run_with_engine)
+from .options import (FORMAT_CHOICE, IMAGE_PATH, data_disk_option, declaration_of, fail_on_option,
+                      gallery_options, guest_options, image_options, profile_of, run_with_engine)
 from .session import NOTICE
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
                    "(else counted).")
 @guest_options
 @gallery_options
+@data_disk_option
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the upload manifest (JSON) of this run to FILE.")
 @click.option("--md5", is_flag=True, help="Manifest: also MD5 (hex and Azure's base64 form).")
@@ -128,12 +129,13 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None,
               show_skipped: bool, guest: bool, guest_timeout: float, engine_name: str,
-              manifest_path: str | None, md5: bool, digests_from: str | None,
-              **declared: Any) -> None:
+              data_disks: tuple[Any, ...], manifest_path: str | None, md5: bool,
+              digests_from: str | None, **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
     from vhdtool import checks
     from vhdtool.checks.catalog import Severity, selected
 
+    from .datadisks import all_results
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import check_writable, parse_outputs, render, write_atomic
     try:
@@ -151,12 +153,16 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     threshold = Severity.parse(fail_on)
     # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
     # --manifest) gallery.accelerated-networking reads it from there
+    declaration = declaration_of(declared, None)
     profile, digests, collect = _manifest_setup(image, profile, manifest_path, md5,
-                                                declaration_of(declared, None), digests_from)
+                                                declaration, digests_from)
+    extra_disks = _data_disks(data_disks, declaration, profile, select, ignore,
+                              md5 if manifest_path else None)
     result = run_with_engine(
         "check", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, select, ignore, guest_engine=engine,
                                   collect=collect))
+    result.extra["data_disks"] = extra_disks
     timing = result.extra.get("guest_timing")
     if timing is not None:
         log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
@@ -171,7 +177,19 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     if manifest_path and digests is not None:
         from .manifest import build, render as render_manifest
         write_atomic(manifest_path, render_manifest(build(result, digests.result(), threshold)))
-    sys.exit(check_exit(result.results, threshold))
+    sys.exit(check_exit(all_results(result), threshold))
+
+
+def _data_disks(disks: tuple[Any, ...], declaration: Any, profile: Profile,
+                select: tuple[str, ...] = (), ignore: tuple[str, ...] = (),
+                md5: bool | None = None) -> list[Any]:
+    """Check each ``--data-disk`` (before the OS disk's guest is opened: an unreadable data
+    disk stops the run early, exit 3 naming it); usage error when the route cannot carry them."""
+    from .datadisks import route_problem, run_all
+    problem = route_problem(disks, getattr(declaration, "source", None))
+    if problem:
+        raise click.BadParameter(problem, param_hint="--data-disk")
+    return run_all(disks, profile, select, ignore, md5)
 
 
 def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5: bool,
@@ -210,18 +228,20 @@ def _manifest_setup(image: str, profile: Profile, manifest_path: str | None, md5
 @click.option("--disk-name", default=None, help="Upload commands: managed disk name.")
 @fail_on_option
 @guest_options
+@data_disk_option
 def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
                  accelerated_networking: bool | None, md5: bool, digests_from: str | None,
                  output: str | None,
                  show_commands: bool, resource_group: str | None,
                  disk_name: str | None, fail_on: str, guest: bool, guest_timeout: float,
-                 engine_name: str,
+                 engine_name: str, data_disks: tuple[Any, ...],
                  **declared: Any) -> None:
     """The upload manifest of IMAGE (JSON): file, digests, container, partitions, guest, check
     results, the gallery definition the disk supports with evidence, upload commands and an ARM
     fragment. Exit codes as for check (docs/exit-codes.md)."""
     from vhdtool.checks.catalog import Severity
 
+    from .datadisks import all_results
     from .manifest import Target, build, render as render_manifest, script
     from .pipeline import run as run_checks
     from .report import check_writable, write_atomic
@@ -237,9 +257,11 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     profile, digests, collect = _manifest_setup(
         image, profile_of(os_state, generation, "os", {}), output or "-", md5, declaration,
         digests_from)
+    extra_disks = _data_disks(data_disks, declaration, profile, md5=md5)
     result = run_with_engine(
         "manifest", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, guest_engine=engine, collect=collect))
+    result.extra["data_disks"] = extra_disks
     doc = build(result, digests.result(), threshold, Target(resource_group, profile.gallery.location, disk_name))
     text = render_manifest(doc)
     if output:
@@ -250,7 +272,7 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
         click.echo(script(doc), nl=False)
     for blocker in doc["upload"]["blockers"]:
         click.echo(f"vhdtool: not ready to upload: {blocker}", err=True)
-    sys.exit(check_exit(result.results, threshold))
+    sys.exit(check_exit(all_results(result), threshold))
 
 
 @cli.group("checks")
