@@ -161,16 +161,9 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
                             *definition_flags(decl)]))
         luns = [str(d["lun"]) for d in doc["data_disks"]]
         disk_ids = [f'"$DATA_DISK_ID_{n}"' for n in luns]
-        origin = {"managed-disk": ["--os-snapshot", source, *(
-                      ["--data-snapshots", *disk_ids, "--data-snapshot-luns", *luns]
-                      if luns else [])],
+        origin = {"managed-disk": ["--os-snapshot", source, *_data_snapshots(luns)],
                   "storage-vhd": ["--os-vhd-uri", '"$VHD_URI"', "--os-vhd-storage-account",
-                                  '"$STORAGE_ACCOUNT"', *(
-                                      ["--data-vhds-uris", *(f'"$DATA_VHD_URI_{n}"' for n in luns),
-                                       "--data-vhds-luns", *luns,
-                                       "--data-vhds-storage-accounts",
-                                       *(['"$STORAGE_ACCOUNT"'] * len(luns))]
-                                      if luns else [])]}.get(kind)
+                                  '"$STORAGE_ACCOUNT"', *_data_vhds(luns)]}.get(kind)
         if origin is None:      # managed image: from the disk (or snapshot) of this generation,
             # with the data disks (az image create numbers them 0.. in order: LUNs 0..N-1)
             lines += _managed_image(suffix, source, gen, disk_ids)
@@ -181,6 +174,22 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
                             "--gallery-image-version", '"$VERSION"', "--location",
                             '"$LOCATION"', *origin, *version_flags(decl)]))
     return lines
+
+
+def _data_snapshots(luns: list[str]) -> list[str]:
+    """The data disks of ``az sig image-version create`` from managed disks (ids by LUN)."""
+    if not luns:
+        return []
+    return ["--data-snapshots", *(f'"$DATA_DISK_ID_{n}"' for n in luns),
+            "--data-snapshot-luns", *luns]
+
+
+def _data_vhds(luns: list[str]) -> list[str]:
+    """The data disks of ``az sig image-version create`` from page blobs (URIs by LUN)."""
+    if not luns:
+        return []
+    return ["--data-vhds-uris", *(f'"$DATA_VHD_URI_{n}"' for n in luns), "--data-vhds-luns",
+            *luns, "--data-vhds-storage-accounts", *['"$STORAGE_ACCOUNT"'] * len(luns)]
 
 
 def _disk_upload(disk: str, vhd: str, size: int, flags: list[str], id_var: str,
@@ -236,6 +245,7 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
                      "defaultValue": decl.location or "[resourceGroup().location]"},
     }
     resources = []
+    luns = [d["lun"] for d in doc["data_disks"]]
     for i, definition in enumerate(g["register"]):
         gen = definition["hyperVGeneration"]
         suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
@@ -266,8 +276,7 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
             "dependsOn": [f"[resourceId('Microsoft.Compute/galleries/images', "
                           f"parameters('galleryName'), {name[1:-1]})]"],
             **tags(decl),
-            "properties": {"storageProfile": _storage_profile(decl, source, params,
-                                                              [d["lun"] for d in doc["data_disks"]]),
+            "properties": {"storageProfile": _storage_profile(decl, source, params, luns),
                            "publishingProfile": publishing_profile(decl)}})
     for key in ("publisher", "offer", "sku"):
         if getattr(decl, key) is None and resources:
