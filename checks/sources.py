@@ -52,6 +52,9 @@ REFERENCES: dict[str, Reference] = {
                            f"{LEARN}/share-gallery"),
     "ACG-COMM": Reference("Azure: Share images using a community gallery (limitations)",
                           f"{LEARN}/share-gallery-community"),
+    "AZ-SIG": Reference("Azure CLI 2.91.0: az sig create / az sig update (--permissions "
+                        "Community with --publisher-uri, --publisher-email, --eula, "
+                        "--public-name-prefix)", "https://learn.microsoft.com/cli/azure/sig"),
     "ACG-REPL": Reference("Azure Compute Gallery: scaling, replication and shallow replication",
                           f"{LEARN}/azure-compute-gallery#scaling"),
     "SDK-GAL": Reference("azure-mgmt-compute 34.1.0 models (API 2023-07-03): GalleryImage, "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -17,13 +17,11 @@ from vhdtool.formats import FormatError, open_image
 from . import __version__, signals
 from .convert import ConvertError, convert, convert_in_place
 from .exitcodes import Exit, FixFailed, GuestUnopenable, OutputError, check_exit
-from .options import (FORMAT_CHOICE, IMAGE_PATH, check_selection, declaration_of, fail_on_option,
-                      gallery_options, guest_options, image_options, manifest_setup, profile_of,
-                      guest_timeout_option, manifest_file_options, report_options, run_with_engine, selection_options)
+from .options import (FORMAT_CHOICE, IMAGE_PATH, check_selection, data_disk_option, data_disks_of,
+                      declaration_of, fail_on_option, gallery_options, guest_options, guest_timeout_option,
+                      image_options, manifest_file_options, manifest_setup, profile_of,
+                      report_options, run_with_engine, selection_options)
 from .session import NOTICE
-
-if TYPE_CHECKING:
-    from vhdtool.checks.catalog import Profile
 
 log = logging.getLogger("vhdtool")
 
@@ -110,6 +108,7 @@ def info(image: str, fmt: str | None, as_json: bool) -> None:
 @report_options
 @guest_options
 @gallery_options
+@data_disk_option
 @manifest_file_options("this run")
 @click.option("--digests-from", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="Manifest: take the digests from `vhdtool convert --json` output when it "
@@ -119,11 +118,12 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
               fail_on: str, select: tuple[str, ...], ignore: tuple[str, ...],
               formats: tuple[str, ...], output: str | None, color: bool | None,
               show_skipped: bool, guest: bool, guest_timeout: float, engine_name: str,
-              manifest_path: str | None, md5: bool, digests_from: str | None,
-              **declared: Any) -> None:
+              data_disks: tuple[Any, ...], manifest_path: str | None, md5: bool,
+              digests_from: str | None, **declared: Any) -> None:
     """Check IMAGE against Azure's requirements; see docs/checks.md and docs/exit-codes.md."""
     from vhdtool.checks.catalog import Severity
 
+    from .datadisks import all_results
     from .pipeline import run as run_checks    # imported here: convert need not pay for it
     from .report import render, write_atomic
     outs = _outputs(formats, output, manifest_path)
@@ -134,12 +134,16 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     threshold = Severity.parse(fail_on)
     # --accelerated-networking stays a profile feature: with a declaration (any gallery option or
     # --manifest) gallery.accelerated-networking reads it from there
-    profile, digests, collect = manifest_setup(image, profile, manifest_path, md5,
-                                               declaration_of(declared, None), digests_from)
+    declaration = declaration_of(declared, None)
+    profile, digests, collect = manifest_setup(image, profile, manifest_path, md5, declaration,
+                                               digests_from)
+    extra_disks = data_disks_of(data_disks, declaration, profile, select, ignore,
+                              md5 if manifest_path else None)
     result = run_with_engine(
         "check", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, select, ignore, guest_engine=engine,
                                   collect=collect))
+    result.extra["data_disks"] = extra_disks
     timing = result.extra.get("guest_timing")
     if timing is not None:
         log.info("timing: %s; whole run %.2f s", timing.describe(), result.seconds)
@@ -154,7 +158,7 @@ def check_cmd(image: str, fmt: str | None, os_state: str, generation: str, role:
     if manifest_path and digests is not None:
         from .manifest import build, render as render_manifest
         write_atomic(manifest_path, render_manifest(build(result, digests.result(), threshold)))
-    sys.exit(check_exit(result.results, threshold))
+    sys.exit(check_exit(all_results(result), threshold))
 
 
 def _outputs(formats: tuple[str, ...], output: str | None, *files: str | None) -> Any:
@@ -187,18 +191,20 @@ def _outputs(formats: tuple[str, ...], output: str | None, *files: str | None) -
 @click.option("--disk-name", default=None, help="Upload commands: managed disk name.")
 @fail_on_option
 @guest_options
+@data_disk_option
 def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
                  accelerated_networking: bool | None, md5: bool, digests_from: str | None,
                  output: str | None,
                  show_commands: bool, resource_group: str | None,
                  disk_name: str | None, fail_on: str, guest: bool, guest_timeout: float,
-                 engine_name: str,
+                 engine_name: str, data_disks: tuple[Any, ...],
                  **declared: Any) -> None:
     """The upload manifest of IMAGE (JSON): file, digests, container, partitions, guest, check
     results, the gallery definition the disk supports with evidence, upload commands and an ARM
     fragment. Exit codes as for check (docs/exit-codes.md)."""
     from vhdtool.checks.catalog import Severity
 
+    from .datadisks import all_results
     from .manifest import Target, build, render as render_manifest, script
     from .pipeline import run as run_checks
     from .report import check_writable, write_atomic
@@ -214,9 +220,11 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
     profile, digests, collect = manifest_setup(
         image, profile_of(os_state, generation, "os", {}), output or "-", md5, declaration,
         digests_from)
+    extra_disks = data_disks_of(data_disks, declaration, profile, md5=md5)
     result = run_with_engine(
         "manifest", image, guest, engine_name, guest_timeout,
         lambda engine: run_checks(image, profile, fmt, guest_engine=engine, collect=collect))
+    result.extra["data_disks"] = extra_disks
     doc = build(result, digests.result(), threshold, Target(resource_group, profile.gallery.location, disk_name))
     text = render_manifest(doc)
     if output:
@@ -227,7 +235,7 @@ def manifest_cmd(image: str, fmt: str | None, os_state: str, generation: str,
         click.echo(script(doc), nl=False)
     for blocker in doc["upload"]["blockers"]:
         click.echo(f"vhdtool: not ready to upload: {blocker}", err=True)
-    sys.exit(check_exit(result.results, threshold))
+    sys.exit(check_exit(all_results(result), threshold))
 
 
 @cli.command("fix")

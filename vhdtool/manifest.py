@@ -41,6 +41,7 @@ from vhdtool.checks.gallery.document import source_section, updatable_section
 from vhdtool.checks.provisioning import provisioners
 
 from . import __version__
+from .datadisks import of as data_disks_of
 from .exitcodes import trips
 from .pipeline import CheckRun
 from .upload import Target, arm_template, commands, script, upload_section
@@ -152,6 +153,15 @@ def _footer(run: CheckRun) -> dict[str, Any] | None:
             "creator_app": f.creator_app, "offset": f.offset}
 
 
+def _file(run: CheckRun, digests: Mapping[str, str]) -> dict[str, Any]:
+    """The file uploaded: its size (= --upload-size-bytes) and digests of every byte."""
+    size = run.facts.file_size
+    return {"name": os.path.basename(run.image), "path": os.path.abspath(run.image),
+            "size": size, "upload_size_bytes": size, "sha256": digests.get("sha256"),
+            "md5": digests.get("md5"), "md5_base64": digests.get("md5_base64"),
+            "digests_from": digests.get("source", "computed")}
+
+
 def _container(run: CheckRun) -> dict[str, Any]:
     d = run.facts
     return {"format": d.format, "subformat": d.subformat, "virtual_size": d.virtual_size,
@@ -237,21 +247,20 @@ def build(run: CheckRun, digests: Mapping[str, str], fail_on: Severity,
           target: Target = Target()) -> dict[str, Any]:
     """The manifest of one run (``run.extra`` must hold what :func:`collect` gathered)."""
     derivation: Derivation = run.extra["gallery"]
-    size = run.facts.file_size
     checks_part = _checks(run, fail_on)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "vhdtool", "version": __version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "file": {"name": os.path.basename(run.image), "path": os.path.abspath(run.image),
-                 "size": size, "upload_size_bytes": size, "sha256": digests.get("sha256"),
-                 "md5": digests.get("md5"), "md5_base64": digests.get("md5_base64"),
-                 "digests_from": digests.get("source", "computed")},
+        "file": _file(run, digests),
         "container": _container(run),
         "partitions": _partitions(run),
         "guest": run.extra["guest"],
         "checks": checks_part,
         "gallery": gallery_section(run, derivation),
+        "data_disks": [{"lun": d.disk.lun, "file": _file(d.run, d.digests.result()),
+                        "container": _container(d.run), "partitions": _partitions(d.run),
+                        "checks": _checks(d.run, fail_on)} for d in data_disks_of(run)],
     }
     doc["upload"] = upload_section(doc, run, target)
     return doc

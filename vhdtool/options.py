@@ -146,6 +146,24 @@ def guest_options(func: Any) -> Any:
     ])
 
 
+def _data_disks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from .datadisks import parse
+    try:
+        return parse(values)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def data_disk_option(func: Any) -> Any:
+    """--data-disk LUN=FILE (repeatable), shared by check and manifest (and fix): the image's
+    data disks, each checked at disk level with the data-disk role (vhdtool/datadisks.py)."""
+    return click.option("--data-disk", "data_disks", multiple=True, metavar="LUN=FILE",
+                        callback=_data_disks,
+                        help="A data disk of the image at its LUN (0-63, unique); repeatable. "
+                             "Each is read and checked as a data disk (fixed VHD, whole MiB, "
+                             "size limit) and carried by the manifest and its commands.")(func)
+
+
 def run_with_engine(command: str, image: str, guest: bool, engine_name: str, timeout: float,
                      run: Any) -> Any:
     """``run(engine)`` with the chosen guest engine; exit 4 when no engine can open the guest."""
@@ -239,8 +257,8 @@ def gallery_options(func: Any) -> Any:
         click.option("--vcpus", default=None, metavar="MIN-MAX",
                      help="Recommended vCPUs (MIN-MAX, MIN- or -MAX)."),
         click.option("--memory", default=None, metavar="MIN-MAX",
-                     help="Recommended memory (MIN-MAX, in the unit az and the API take: az's "
-                          "help says MB)."),
+                     help="Recommended memory in MB (MIN-MAX; passed unchanged to az's "
+                          "--minimum/maximum-memory and the fragment's recommended.memory)."),
         click.option("--disallowed-disk-type", "disallowed_disk_types", multiple=True,
                      metavar="TYPE", help="Disk type the image must not use (e.g. Standard_LRS); "
                                           "repeatable."),
@@ -266,6 +284,15 @@ def gallery_options(func: Any) -> Any:
         click.option("--source", type=click.Choice(["managed-disk", "managed-image",
                                                    "storage-vhd"]), default=None,
                      help="What the version is made from (default managed-disk)."),
+        click.option("--publisher-uri", default=None, metavar="URI",
+                     help="Community gallery: the publisher's website (public)."),
+        click.option("--publisher-email", default=None, metavar="ADDRESS",
+                     help="Community gallery: the publisher's support e-mail (public)."),
+        click.option("--community-eula", default=None, metavar="URI",
+                     help="Community gallery: its end-user license agreement, a link (az sig "
+                          "update --eula; not the definition's --eula)."),
+        click.option("--public-name-prefix", default=None, metavar="PREFIX",
+                     help="Community gallery: prefix of its public name."),
     ])
 
 
@@ -290,7 +317,9 @@ def declaration_of(opts: dict[str, Any], accelerated: bool | None) -> Any:
                                      "privacy_statement_uri", "release_note_uri", "plan_publisher",
                                      "plan_name", "plan_product", "location", "replica_count",
                                      "storage_account_type", "exclude_from_latest",
-                                     "replication_mode", "sharing", "source")},
+                                     "replication_mode", "sharing", "source", "publisher_uri",
+                                     "publisher_email", "community_eula",
+                                     "public_name_prefix")},
         "version": opts.get("image_version"),
         "tags": tuple(_pairs("--tag", opts.get("tags") or ())) or None,
         "vcpus": parse_range("--vcpus", opts.get("vcpus")),
@@ -305,3 +334,15 @@ def declaration_of(opts: dict[str, Any], accelerated: bool | None) -> Any:
         return Declaration(**values)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--gallery-file") from None
+
+
+def data_disks_of(disks: tuple[Any, ...], declaration: Any, profile: Any,
+                select: tuple[str, ...] = (), ignore: tuple[str, ...] = (),
+                md5: bool | None = None) -> list[Any]:
+    """Check each ``--data-disk`` (before the OS disk's guest is opened: an unreadable data
+    disk stops the run early, exit 3 naming it); usage error when the route cannot carry them."""
+    from .datadisks import route_problem, run_all
+    problem = route_problem(disks, getattr(declaration, "source", None))
+    if problem:
+        raise click.BadParameter(problem, param_hint="--data-disk")
+    return run_all(disks, profile, select, ignore, md5)

@@ -63,6 +63,19 @@ def version_flags(decl: Declaration) -> list[str]:
 GALLERY = ['--resource-group', '"$RESOURCE_GROUP"', '--gallery-name', '"$GALLERY"']
 
 
+#: communityGalleryInfo: (ARM key, az sig create/update flag, Declaration attribute, script
+#: variable when not declared); the fragment's parameter is "community" + the ARM key
+COMMUNITY_INFO = (("publisherUri", "--publisher-uri", "publisher_uri", "PUBLISHER_URI"),
+                  ("publisherContact", "--publisher-email", "publisher_email", "PUBLISHER_EMAIL"),
+                  ("eula", "--eula", "community_eula", "COMMUNITY_EULA"),
+                  ("publicNamePrefix", "--public-name-prefix", "public_name_prefix",
+                   "PUBLIC_NAME_PREFIX"))
+
+
+def _community_param(key: str) -> str:
+    return "community" + key[0].upper() + key[1:]
+
+
 def sharing_lines(decl: Declaration) -> list[str]:
     """Commands that open the gallery to the declared audience (none for private)."""
     if decl.sharing == "direct":
@@ -70,10 +83,10 @@ def sharing_lines(decl: Declaration) -> list[str]:
                 " ".join(["az", "sig", "share", "add", *GALLERY, "--subscription-ids",
                           '"$SHARE_SUBSCRIPTION_ID"'])]
     if decl.sharing == "community":
-        return [" ".join(["az", "sig", "update", *GALLERY, "--permissions", "Community",
-                          "--publisher-uri", '"$PUBLISHER_URI"', "--publisher-email",
-                          '"$PUBLISHER_EMAIL"', "--public-name-prefix", '"$PUBLIC_NAME_PREFIX"',
-                          "--eula", Q(decl.eula) if decl.eula else '"$EULA"']),
+        info = [part for _, flag, attr, var in COMMUNITY_INFO
+                for part in (flag, Q(getattr(decl, attr)) if getattr(decl, attr)
+                             else f'"${var}"')]
+        return [" ".join(["az", "sig", "update", *GALLERY, "--permissions", "Community", *info]),
                 " ".join(["az", "sig", "share", "enable-community", *GALLERY])]
     return []
 
@@ -83,8 +96,7 @@ def sharing_variables(decl: Declaration) -> list[str]:
     if decl.sharing == "direct":
         return ["SHARE_SUBSCRIPTION_ID"]
     if decl.sharing == "community":
-        return ["PUBLISHER_URI", "PUBLISHER_EMAIL", "PUBLIC_NAME_PREFIX"] + \
-            ([] if decl.eula else ["EULA"])
+        return [var for _, _, attr, var in COMMUNITY_INFO if not getattr(decl, attr)]
     return []
 
 
@@ -158,6 +170,19 @@ def gallery_resource(decl: Declaration) -> list[dict[str, Any]]:
     """The gallery with its sharingProfile, when a sharing mode is declared."""
     if decl.sharing is None:
         return []
+    profile: dict[str, Any] = {"permissions": PERMISSIONS[decl.sharing]}
+    if decl.sharing == "community":
+        profile["communityGalleryInfo"] = {
+            key: getattr(decl, attr) or f"[parameters('{_community_param(key)}')]"
+            for key, _, attr, _ in COMMUNITY_INFO}
     return [{"type": "Microsoft.Compute/galleries", "apiVersion": "2023-07-03",
              "name": "[parameters('galleryName')]", "location": "[parameters('location')]",
-             "properties": {"sharingProfile": {"permissions": PERMISSIONS[decl.sharing]}}}]
+             "properties": {"sharingProfile": profile}}]
+
+
+def community_parameters(decl: Declaration) -> dict[str, Any]:
+    """The fragment's parameters for the community information not declared."""
+    if decl.sharing != "community":
+        return {}
+    return {_community_param(key): {"type": "string"} for key, _, attr, _ in COMMUNITY_INFO
+            if not getattr(decl, attr)}

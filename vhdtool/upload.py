@@ -25,9 +25,11 @@ from typing import Any
 from vhdtool.checks.gallery import SIGNED_TYPES, Declaration
 
 from . import __version__
+from .datadisks import of as data_disks_of
 from .pipeline import CheckRun
-from .publish import (definition_flags, definition_properties, gallery_resource,
-                      publishing_profile, sharing_lines, sharing_variables, tags, version_flags)
+from .publish import (community_parameters, definition_flags, definition_properties,
+                      gallery_resource, publishing_profile, sharing_lines, sharing_variables, tags,
+                      version_flags)
 
 ARM_API = "2023-07-03"
 SAS_SECONDS = 86400
@@ -59,6 +61,13 @@ def _blockers(doc: dict[str, Any], run: CheckRun) -> list[str]:
         out.append("the OS state could not be derived (see gallery.osState)")
     if not doc["gallery"]["register"]:
         out.append("the disk boots no Hyper-V generation")
+    for d, data in zip(data_disks_of(run), doc["data_disks"]):
+        if not d.run.facts.is_fixed_vhd():
+            out.append(f"data disk LUN {d.disk.lun} {data['file']['name']} is not a fixed VHD: "
+                       "run vhdtool convert first")
+        gated = [cid for cid, r in data["checks"]["results"].items() if r["gate"]]
+        if gated:
+            out.append(f"data disk LUN {d.disk.lun} checks failed: " + ", ".join(gated))
     return out
 
 
@@ -95,6 +104,7 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         _var("VERSION", decl.version), _var("PUBLISHER", decl.publisher),
         _var("OFFER", decl.offer), _var("SKU", decl.sku),
         _var("VHD", doc["file"]["path"]),
+        *(_var(f"DATA_VHD_{d['lun']}", d["file"]["path"]) for d in doc["data_disks"]),
         *(_var(name, None) for name in sharing_variables(decl)),
     ]
     kind = decl.source or "managed-disk"
@@ -109,8 +119,21 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
         lines.append("# hybrid disk: the upload disk stays Standard so that a V1 snapshot can be "
                      "made from it; the V2 definition still says SecurityType="
                      f"{primary['features']['SecurityType']}")
-    lines += _storage_upload(doc) if kind == "storage-vhd" else \
-        _disk_upload(doc, primary, arch, security, target)
+    if kind == "storage-vhd":
+        lines += _storage_upload("$VHD", "$BLOB", "VHD_URI")
+        for d in doc["data_disks"]:
+            n = d["lun"]
+            lines.append(_var(f"DATA_BLOB_{n}", f"{_safe_name(stem)}-lun{n}.vhd"))
+            lines += _storage_upload(f"$DATA_VHD_{n}", f"$DATA_BLOB_{n}", f"DATA_VHD_URI_{n}")
+    else:
+        lines += _disk_upload("$DISK", "$VHD", doc["file"]["upload_size_bytes"],
+                              ["--os-type", "Linux", "--hyper-v-generation",
+                               primary["hyperVGeneration"], "--architecture", arch, *security],
+                              "DISK_ID", target)
+        for d in doc["data_disks"]:
+            n = d["lun"]
+            lines += _disk_upload(f"$DISK-lun{n}", f"$DATA_VHD_{n}",
+                                  d["file"]["upload_size_bytes"], [], f"DATA_DISK_ID_{n}", target)
     lines += sharing_lines(decl)
     for i, definition in enumerate(register):
         gen = definition["hyperVGeneration"]
@@ -136,11 +159,14 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
                             "--os-state", os_state, "--hyper-v-generation", gen,
                             "--architecture", arch, "--features", shlex.quote(features),
                             *definition_flags(decl)]))
-        origin = {"managed-disk": ["--os-snapshot", source],
+        luns = [str(d["lun"]) for d in doc["data_disks"]]
+        disk_ids = [f'"$DATA_DISK_ID_{n}"' for n in luns]
+        origin = {"managed-disk": ["--os-snapshot", source, *_data_snapshots(luns)],
                   "storage-vhd": ["--os-vhd-uri", '"$VHD_URI"', "--os-vhd-storage-account",
-                                  '"$STORAGE_ACCOUNT"']}.get(kind)
-        if origin is None:      # managed image: from the disk (or snapshot) of this generation
-            lines += _managed_image(suffix, source, gen)
+                                  '"$STORAGE_ACCOUNT"', *_data_vhds(luns)]}.get(kind)
+        if origin is None:      # managed image: from the disk (or snapshot) of this generation,
+            # with the data disks (az image create numbers them 0.. in order: LUNs 0..N-1)
+            lines += _managed_image(suffix, source, gen, disk_ids)
             origin = ["--managed-image", '"$IMAGE_ID"']
         lines.append(" ".join(["az", "sig", "image-version", "create", "--resource-group",
                             '"$RESOURCE_GROUP"', "--gallery-name", '"$GALLERY"',
@@ -150,37 +176,55 @@ def commands(doc: dict[str, Any], run: CheckRun, target: Target) -> list[str]:
     return lines
 
 
-def _disk_upload(doc: dict[str, Any], primary: dict[str, Any], arch: str, security: list[str],
+def _data_snapshots(luns: list[str]) -> list[str]:
+    """The data disks of ``az sig image-version create`` from managed disks (ids by LUN)."""
+    if not luns:
+        return []
+    return ["--data-snapshots", *(f'"$DATA_DISK_ID_{n}"' for n in luns),
+            "--data-snapshot-luns", *luns]
+
+
+def _data_vhds(luns: list[str]) -> list[str]:
+    """The data disks of ``az sig image-version create`` from page blobs (URIs by LUN)."""
+    if not luns:
+        return []
+    return ["--data-vhds-uris", *(f'"$DATA_VHD_URI_{n}"' for n in luns), "--data-vhds-luns",
+            *luns, "--data-vhds-storage-accounts", *['"$STORAGE_ACCOUNT"'] * len(luns)]
+
+
+def _disk_upload(disk: str, vhd: str, size: int, flags: list[str], id_var: str,
                  target: Target) -> list[str]:
-    """Upload to a managed disk: create it for the file's bytes, write it with azcopy."""
+    """Upload to a managed disk: create it for the file's bytes, write it with azcopy, and set
+    ``id_var`` to its id."""
+    where = ["--resource-group", '"$RESOURCE_GROUP"', "--name", f'"{disk}"']
     return [
-        " ".join(["az", "disk", "create", "--resource-group", '"$RESOURCE_GROUP"',
-               "--name", '"$DISK"', "--location", '"$LOCATION"', "--os-type", "Linux", "--upload-type", "Upload",
-               "--upload-size-bytes", str(doc["file"]["upload_size_bytes"]),
-               "--sku", target.storage_sku, "--hyper-v-generation", primary["hyperVGeneration"],
-               "--architecture", arch, *security]),
-        " ".join(['SAS="$(az', "disk", "grant-access", "--resource-group", '"$RESOURCE_GROUP"',
-               "--name", '"$DISK"', "--access-level", "Write", "--duration-in-seconds",
-               str(SAS_SECONDS), "--query", "accessSas", "--output", 'tsv)"']),
-        'azcopy copy "$VHD" "$SAS" --blob-type PageBlob',
-        'az disk revoke-access --resource-group "$RESOURCE_GROUP" --name "$DISK"',
-        'DISK_ID="$(az disk show --resource-group "$RESOURCE_GROUP" --name "$DISK" '
-        '--query id --output tsv)"',
+        " ".join(["az", "disk", "create", *where, "--location", '"$LOCATION"',
+                  "--upload-type", "Upload", "--upload-size-bytes", str(size),
+                  "--sku", target.storage_sku, *flags]),
+        " ".join(['SAS="$(az', "disk", "grant-access", *where, "--access-level", "Write",
+                  "--duration-in-seconds", str(SAS_SECONDS), "--query", "accessSas", "--output",
+                  'tsv)"']),
+        f'azcopy copy "{vhd}" "$SAS" --blob-type PageBlob',
+        " ".join(["az", "disk", "revoke-access", *where]),
+        " ".join([f'{id_var}="$(az', "disk", "show", *where, "--query", "id", "--output",
+                  'tsv)"']),
     ]
 
 
-def _storage_upload(doc: dict[str, Any]) -> list[str]:
-    """Upload as a page blob to a storage account (the --os-vhd-uri route)."""
+def _storage_upload(vhd: str, blob: str, uri_var: str) -> list[str]:
+    """Upload as a page blob to a storage account (the --os-vhd-uri route), its URI in
+    ``uri_var``."""
     return [" ".join(["az", "storage", "blob", "upload", "--account-name", '"$STORAGE_ACCOUNT"',
-                      "--container-name", '"$CONTAINER"', "--name", '"$BLOB"', "--file",
-                      '"$VHD"', "--type", "page", "--auth-mode", "login"]),
-            'VHD_URI="https://$STORAGE_ACCOUNT.blob.core.windows.net/$CONTAINER/$BLOB"']
+                      "--container-name", '"$CONTAINER"', "--name", f'"{blob}"', "--file",
+                      f'"{vhd}"', "--type", "page", "--auth-mode", "login"]),
+            f'{uri_var}="https://$STORAGE_ACCOUNT.blob.core.windows.net/$CONTAINER/{blob}"']
 
 
-def _managed_image(suffix: str, source: str, gen: str) -> list[str]:
-    """``az image create`` from the uploaded disk (or snapshot), and its id."""
+def _managed_image(suffix: str, source: str, gen: str, data: list[str]) -> list[str]:
+    """``az image create`` from the uploaded disk (or snapshot) and the data disks, its id."""
     return [" ".join(["az", "image", "create", "--resource-group", '"$RESOURCE_GROUP"', "--name",
                       f'"$DISK{suffix}-image"', "--location", '"$LOCATION"', "--source", source,
+                      *(["--data-disk-sources", *data] if data else []),
                       "--os-type", "Linux", "--hyper-v-generation", gen]),
             f'IMAGE_ID="$(az image show --resource-group "$RESOURCE_GROUP" --name '
             f'"$DISK{suffix}-image" --query id --output tsv)"']
@@ -201,6 +245,7 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
                      "defaultValue": decl.location or "[resourceGroup().location]"},
     }
     resources = []
+    luns = [d["lun"] for d in doc["data_disks"]]
     for i, definition in enumerate(g["register"]):
         gen = definition["hyperVGeneration"]
         suffix = "" if i == 0 else f"-{gen.lower().replace('v', 'gen')}"
@@ -231,31 +276,49 @@ def arm_template(doc: dict[str, Any], run: CheckRun) -> dict[str, Any]:
             "dependsOn": [f"[resourceId('Microsoft.Compute/galleries/images', "
                           f"parameters('galleryName'), {name[1:-1]})]"],
             **tags(decl),
-            "properties": {"storageProfile": _storage_profile(decl, source, params),
+            "properties": {"storageProfile": _storage_profile(decl, source, params, luns),
                            "publishingProfile": publishing_profile(decl)}})
     for key in ("publisher", "offer", "sku"):
         if getattr(decl, key) is None and resources:
             params[key] = {"type": "string"}
     resources[:0] = gallery_resource(decl)
+    params.update(community_parameters(decl))
     return {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/"
                        "deploymentTemplate.json#",
             "contentVersion": "1.0.0.0", "parameters": params, "resources": resources}
 
 
-def _storage_profile(decl: Declaration, source: str, params: dict[str, Any]) -> dict[str, Any]:
+def _storage_profile(decl: Declaration, source: str, params: dict[str, Any],
+                     luns: list[int]) -> dict[str, Any]:
     """The version's source by route: the disk or snapshot (``source`` parameter), a managed
-    image made from it, or the VHD blob with its storage account."""
+    image made from it (which holds the data disks), or the VHD blob with its storage account;
+    with each data disk at its LUN in ``dataDiskImages`` (disk id or VHD blob)."""
     if decl.source == "managed-image":
         params[f"{source}Image"] = {"type": "string", "metadata": {"description": (
-            f"resource id of the managed image made from {source}")}}
+            f"resource id of the managed image made from {source}"
+            + (" and the data disks" if luns else ""))}}
         return {"source": {"id": f"[parameters('{source}Image')]"}}
     if decl.source == "storage-vhd":
         params["vhdUri"] = {"type": "string", "metadata": {"description": "URI of the VHD blob"}}
         params["storageAccountId"] = {"type": "string", "metadata": {
-            "description": "resource id of the storage account holding the VHD"}}
-        return {"osDiskImage": {"source": {"uri": "[parameters('vhdUri')]", "storageAccountId":
-                                           "[parameters('storageAccountId')]"}}}
-    return {"osDiskImage": {"source": {"id": f"[parameters('{source}')]"}}}
+            "description": "resource id of the storage account holding the VHDs"}}
+        account = "[parameters('storageAccountId')]"
+        out = {"osDiskImage": {"source": {"uri": "[parameters('vhdUri')]",
+                                          "storageAccountId": account}}}
+        data = {n: {"uri": f"[parameters('dataVhdUri{n}')]", "storageAccountId": account}
+                for n in luns}
+        for n in luns:
+            params[f"dataVhdUri{n}"] = {"type": "string", "metadata": {
+                "description": f"URI of the VHD blob of the data disk at LUN {n}"}}
+    else:
+        out = {"osDiskImage": {"source": {"id": f"[parameters('{source}')]"}}}
+        data = {n: {"id": f"[parameters('dataDiskId{n}')]"} for n in luns}
+        for n in luns:
+            params[f"dataDiskId{n}"] = {"type": "string", "metadata": {
+                "description": f"resource id of the uploaded managed disk at LUN {n}"}}
+    if luns:
+        out["dataDiskImages"] = [{"lun": n, "source": data[n]} for n in luns]
+    return out
 
 
 def upload_section(doc: dict[str, Any], run: CheckRun, target: Target) -> dict[str, Any]:

@@ -59,7 +59,7 @@ class Declaration:
     release_note_uri: str | None = None
     tags: tuple[tuple[str, str], ...] | None = None
     vcpus: tuple[int | None, int | None] | None = None       #: recommended (min, max)
-    memory: tuple[int | None, int | None] | None = None      #: recommended (min, max), API unit
+    memory: tuple[int | None, int | None] | None = None      #: recommended (min, max), in MB
     disallowed_disk_types: tuple[str, ...] | None = None
     plan_publisher: str | None = None
     plan_name: str | None = None
@@ -74,6 +74,11 @@ class Declaration:
     # -- who it reaches, and where the version comes from --
     sharing: str | None = None          #: private, direct or community
     source: str | None = None           #: managed-disk, managed-image or storage-vhd
+    # -- the community gallery's public information (sharingProfile.communityGalleryInfo) --
+    publisher_uri: str | None = None        #: the publisher's website
+    publisher_email: str | None = None      #: publisherContact: the support e-mail
+    community_eula: str | None = None       #: the gallery's EULA (a link), not the definition's
+    public_name_prefix: str | None = None   #: prefix of the gallery's public name
 
     def __post_init__(self) -> None:
         if self.security_type is not None and self.security_type not in SECURITY_TYPES:

@@ -35,6 +35,9 @@ SCALARS = {
 }
 LISTS = {"diskControllerTypes": "disk_controllers", "disallowedDiskTypes": "disallowed_disk_types"}
 PLAN = (("publisher", "plan_publisher"), ("name", "plan_name"), ("product", "plan_product"))
+#: communityGalleryInfo (ARM CommunityGalleryInfo, the keys az sig create/update fill)
+COMMUNITY = (("publisherUri", "publisher_uri"), ("publisherContact", "publisher_email"),
+             ("eula", "community_eula"), ("publicNamePrefix", "public_name_prefix"))
 
 #: which resource each key describes, and whether it can be changed after creation
 UPDATABLE: dict[str, tuple[str, bool]] = {
@@ -50,7 +53,7 @@ UPDATABLE: dict[str, tuple[str, bool]] = {
     "targetRegions": ("version", True), "replicaCount": ("version", True),
     "storageAccountType": ("version", False), "excludeFromLatest": ("version", True),
     "replicationMode": ("version", False), "sharing": ("gallery", True),
-    "source": ("version", False),
+    "source": ("version", False), "communityGalleryInfo": ("gallery", True),
 }
 KEYS = tuple(UPDATABLE)
 
@@ -69,6 +72,8 @@ def as_document(decl: Declaration) -> dict[str, Any]:
         {"vCPUs": _range(decl.vcpus), "memory": _range(decl.memory)}
     plan = {k: getattr(decl, a) for k, a in PLAN}
     out["purchasePlan"] = None if all(v is None for v in plan.values()) else plan
+    info = {k: getattr(decl, a) for k, a in COMMUNITY}
+    out["communityGalleryInfo"] = None if all(v is None for v in info.values()) else info
     out["targetRegions"] = None if decl.target_regions is None else \
         [{"name": n, "regionalReplicaCount": c} for n, c in decl.target_regions]
     return {k: out[k] for k in KEYS}
@@ -89,9 +94,10 @@ def from_document(doc: dict[str, Any]) -> dict[str, Any]:
         for attr, key in (("vcpus", "vCPUs"), ("memory", "memory")):
             if rec.get(key) is not None:
                 out[attr] = _pair(rec[key])
-    for k, a in PLAN:
-        if (doc.get("purchasePlan") or {}).get(k) is not None:
-            out[a] = doc["purchasePlan"][k]
+    for group, pairs in (("purchasePlan", PLAN), ("communityGalleryInfo", COMMUNITY)):
+        for k, a in pairs:
+            if (doc.get(group) or {}).get(k) is not None:
+                out[a] = doc[group][k]
     if doc.get("targetRegions") is not None:
         out["target_regions"] = tuple((r["name"], r.get("regionalReplicaCount"))
                                       for r in doc["targetRegions"])

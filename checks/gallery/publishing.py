@@ -6,6 +6,8 @@ when its values are declared.
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from ..catalog import SPECIALIZED, Context, Example, Finding, NotApplicable, Severity, check
@@ -207,6 +209,13 @@ def recommended(ctx: Context) -> list[Finding]:
     return out
 
 
+def _is_url(uri: str) -> bool:
+    """An absolute http(s) URL with a host and no white space."""
+    parts = urlsplit(uri)
+    return parts.scheme in ("https", "http") and bool(parts.netloc) and not any(
+        c.isspace() for c in uri)
+
+
 @check(id="gallery.uris", title="Privacy statement and release note URIs are absolute https URLs",
        severity=Severity.ERROR, needs="disk", applies=NAMES,
        rationale="privacyStatementUri and releaseNoteUri are shown to whoever deploys the "
@@ -228,11 +237,9 @@ def uris(ctx: Context) -> list[Finding]:
         raise NotApplicable("no URI declared")
     out = []
     for key, uri in given:
-        parts = urlsplit(uri)
-        if parts.scheme not in ("https", "http") or not parts.netloc or any(
-                c.isspace() for c in uri):
+        if not _is_url(uri):
             out.append(Finding(f"{key} {uri!r} is not an absolute http(s) URL", key))
-        elif parts.scheme == "http":
+        elif urlsplit(uri).scheme == "http":
             out.append(Finding(f"{key} {uri!r} is not https", key, fix=uri.replace("http:",
                                                                                    "https:", 1)))
     return out
@@ -307,6 +314,57 @@ def community_specialized(ctx: Context) -> list[Finding]:
         return [Finding("a specialized image in a community gallery: its identity, host keys "
                         "and accounts reach everyone", "osState")]
     return []
+
+
+COMMUNITY_INFO = Declaration(sharing="community", publisher_uri="https://example.org",
+                             publisher_email="images@example.org",
+                             community_eula="https://example.org/eula", public_name_prefix="myorg")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@check(id="gallery.community-info",
+       title="A community gallery declares its publisher URI, contact e-mail, EULA and prefix",
+       severity=Severity.ERROR, needs="disk", applies=NAMES,
+       rationale="Sharing a gallery with the community publishes who stands behind it: its "
+                 "sharingProfile.communityGalleryInfo gives the publisher's website, a support "
+                 "e-mail, the end-user license agreement and the prefix of the gallery's public "
+                 "name, all visible to every user; az sig create/update --permissions Community "
+                 "takes them as --publisher-uri, --publisher-email, --eula and "
+                 "--public-name-prefix, and Azure refuses community sharing without them.",
+       source=("ACG-COMM", "AZ-SIG", "SDK-GAL: CommunityGalleryInfo"),
+       remediation="Give --publisher-uri, --publisher-email, --community-eula and "
+                   "--public-name-prefix (or communityGalleryInfo in --gallery-file).",
+       passes=[Example("community with all four", profile={"gallery": COMMUNITY_INFO}),
+               Example("private, none given", profile={"gallery": Declaration(
+                   sharing="private")})],
+       fails=[Example("community, no information", profile={"gallery": Declaration(
+           sharing="community")}),
+              Example("community, e-mail without a domain and a relative URI", profile={
+                  "gallery": replace(COMMUNITY_INFO, publisher_email="images",
+                                     publisher_uri="example.org")})])
+def community_info(ctx: Context) -> list[Finding]:
+    decl = _decl(ctx)
+    if decl.sharing is None:
+        raise NotApplicable("no sharing mode declared")
+    if decl.sharing != "community":
+        return []
+    given = {"publisherUri": decl.publisher_uri, "publisherContact": decl.publisher_email,
+             "eula": decl.community_eula, "publicNamePrefix": decl.public_name_prefix}
+    out = [Finding(f"community sharing without communityGalleryInfo.{k}",
+                   f"communityGalleryInfo.{k}", fix=f"--{FLAGS[k]}")
+           for k, v in given.items() if not v]
+    uri = decl.publisher_uri
+    if uri and not _is_url(uri):
+        out.append(Finding(f"publisher URI {uri!r} is not an absolute http(s) URL",
+                           "communityGalleryInfo.publisherUri"))
+    if decl.publisher_email and not EMAIL_RE.match(decl.publisher_email):
+        out.append(Finding(f"publisher contact {decl.publisher_email!r} is not an e-mail "
+                           "address", "communityGalleryInfo.publisherContact"))
+    return out
+
+
+FLAGS = {"publisherUri": "publisher-uri", "publisherContact": "publisher-email",
+         "eula": "community-eula", "publicNamePrefix": "public-name-prefix"}
 
 
 @check(id="gallery.source", title="The version's source type can carry this image",

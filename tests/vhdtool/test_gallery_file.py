@@ -26,7 +26,9 @@ FULL = Declaration(
     plan_name="n", plan_product="q", location="westeurope",
     target_regions=(("westeurope", 2), ("northeurope", None)), replica_count=1,
     storage_account_type="Standard_ZRS", exclude_from_latest=False, replication_mode="Full",
-    sharing="direct", source="managed-image")
+    sharing="direct", source="managed-image", publisher_uri="https://example.org",
+    publisher_email="images@example.org", community_eula="https://example.org/eula",
+    public_name_prefix="myorg")
 
 
 def test_every_field_round_trips_through_the_document_and_the_schema(tmp_path: Path) -> None:
@@ -39,6 +41,21 @@ def test_every_field_round_trips_through_the_document_and_the_schema(tmp_path: P
     # every Declaration field has a key, every key says whether it is updatable
     assert set(UPDATABLE) == set(KEYS)
     assert set(schemas.load("gallery")["properties"]) == set(KEYS)
+    assert doc["communityGalleryInfo"] == {"publisherUri": "https://example.org",
+                                           "publisherContact": "images@example.org",
+                                           "eula": "https://example.org/eula",
+                                           "publicNamePrefix": "myorg"}
+
+
+def test_community_information_options_over_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "g.yaml"
+    f.write_text("sharing: community\ncommunityGalleryInfo: {publisherUri: https://a.example, "
+                 "publicNamePrefix: pre}\n")
+    d = declaration_of({"gallery_file": str(f), "publisher_uri": "https://b.example",
+                        "publisher_email": "x@b.example", "community_eula": "https://b/eula"},
+                       None)
+    assert (d.publisher_uri, d.publisher_email, d.community_eula, d.public_name_prefix) == (
+        "https://b.example", "x@b.example", "https://b/eula", "pre")
 
 
 def test_the_manifest_declares_the_same_keys() -> None:

@@ -22,6 +22,7 @@ from vhdtool.checks.gallery import Declaration, declare
 from vhdtool.checks.gallery.rules import UNSIGNED
 from tests.vhdtool.images import MiB, gpt_hybrid, wrap_fixed
 from vhdtool.cli import cli
+from vhdtool.datadisks import DataDisk, run_all
 from vhdtool.manifest import Digests, build, collect, script
 from vhdtool.pipeline import run
 from vhdtool import schemas
@@ -59,11 +60,16 @@ def vhd(tmp_path_factory) -> Path:
     return wrap_fixed(raw, d / "disk.vhd")
 
 
-def manifest(path: Path, profile: Profile = Profile(), files=None, md5: bool = True, **decl):
+def manifest(path: Path, profile: Profile = Profile(), files=None, md5: bool = True,
+             data_disks: tuple[DataDisk, ...] = (), **decl):
+    """The manifest of ``path`` with the fake guest (and ``data_disks``, checked as the CLI
+    does)."""
     engine = FakeEngine(files)
     profile = declare(profile, Declaration(**decl))
     digests = Digests(str(path), md5)
+    extra = run_all(data_disks, profile, md5=md5)
     result = run(str(path), profile, guest_engine=engine, collect=collect)
+    result.extra["data_disks"] = extra
     assert engine.calls == 1
     return build(result, digests.result(), Severity.ERROR)
 

@@ -12,6 +12,7 @@ from typing import Any
 from vhdtool.checks.catalog import Severity, Verdict
 
 from .. import __version__
+from ..datadisks import of
 from ..pipeline import CheckRun
 from ..exitcodes import trips
 
@@ -31,14 +32,35 @@ def _disk(run: CheckRun) -> dict[str, Any]:
     }
 
 
-def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
+def _results(run: CheckRun, fail_on: Severity) -> list[dict[str, Any]]:
     results = []
     for r in run.results:
         item = r.as_dict()
         item["source"] = r.check.source
         item["gate"] = trips(r.verdict, r.severity, fail_on)
         results.append(item)
-    summary = {v.value: sum(r.verdict is v for r in run.results) for v in Verdict}
+    return results
+
+
+def _summary(run: CheckRun) -> dict[str, int]:
+    return {v.value: sum(r.verdict is v for r in run.results) for v in Verdict}
+
+
+def _data_disks(run: CheckRun, fail_on: Severity) -> list[dict[str, Any]]:
+    """Each data disk: its LUN and file, disk facts, results (labelled by the LUN)."""
+    out = []
+    for d in of(run):
+        results = _results(d.run, fail_on)
+        out.append({"lun": d.disk.lun, "image": d.disk.path, "label": d.disk.label,
+                     "disk": _disk(d.run), "passed": not any(i["gate"] for i in results),
+                     "summary": _summary(d.run), "results": results})
+    return out
+
+
+def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
+    results = _results(run, fail_on)
+    summary = _summary(run)
+    data_disks = _data_disks(run, fail_on)
     p = run.profile
     engine = run.extra.get("guest_engine")
     out = {
@@ -51,9 +73,11 @@ def report_dict(run: CheckRun, fail_on: Severity) -> dict[str, Any]:
         "generations": {"targeted": sorted(run.generations), "supported": sorted(run.supported)},
         "disk": _disk(run),
         "fail_on": str(fail_on),
-        "passed": not any(item["gate"] for item in results),
+        "passed": not any(item["gate"] for item in results)
+        and all(d["passed"] for d in data_disks),
         "summary": summary,
         "results": results,
+        "data_disks": data_disks,
     }
     if engine is not None:
         out["guest_engine"] = engine.as_dict()

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 
 from vhdtool.checks.catalog import Result, Severity, Verdict
 
+from ..datadisks import of
 from ..pipeline import CheckRun
 from ..exitcodes import trips
 
@@ -24,8 +25,9 @@ def _finding_text(r: Result) -> str:
                      + f"\nfix: {f.fix or r.check.remediation}" for f in r.findings)
 
 
-def _case(r: Result, fail_on: Severity) -> ET.Element:
-    case = ET.Element("testcase", classname=r.check.id.rsplit(".", 1)[0], name=r.check.id)
+def _case(r: Result, fail_on: Severity, prefix: str = "") -> ET.Element:
+    case = ET.Element("testcase", classname=prefix + r.check.id.rsplit(".", 1)[0],
+                      name=prefix + r.check.id)
     if r.verdict is Verdict.ERROR:
         ET.SubElement(case, "error", message=r.reason or "crashed", type="crash").text = r.reason
     elif r.verdict is Verdict.SKIP:
@@ -41,15 +43,22 @@ def _case(r: Result, fail_on: Severity) -> ET.Element:
     return case
 
 
-def render(run: CheckRun, fail_on: Severity) -> str:
-    cases = [_case(r, fail_on) for r in run.results]
+def _suite(suites: ET.Element, name: str, cases: list[ET.Element], seconds: float) -> None:
     n = {tag: sum(c.find(tag) is not None for c in cases)
          for tag in ("failure", "error", "skipped")}
-    suites = ET.Element("testsuites", name="vhdtool check")
-    suite = ET.SubElement(suites, "testsuite", name=f"vhdtool check {run.image}",
-                          tests=str(len(cases)), failures=str(n["failure"]),
-                          errors=str(n["error"]), skipped=str(n["skipped"]),
-                          time=f"{run.seconds:.3f}")
+    suite = ET.SubElement(suites, "testsuite", name=name, tests=str(len(cases)),
+                          failures=str(n["failure"]), errors=str(n["error"]),
+                          skipped=str(n["skipped"]), time=f"{seconds:.3f}")
     suite.extend(cases)
+
+
+def render(run: CheckRun, fail_on: Severity) -> str:
+    suites = ET.Element("testsuites", name="vhdtool check")
+    _suite(suites, f"vhdtool check {run.image}", [_case(r, fail_on) for r in run.results],
+           run.seconds)
+    for d in of(run):     # one suite per data disk, its cases' classnames prefixed by the LUN
+        cases = [_case(r, fail_on, f"lun{d.disk.lun}.") for r in d.run.results]
+        _suite(suites, f"vhdtool check data disk {d.disk.label} ({d.disk.path})", cases,
+               d.run.seconds)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

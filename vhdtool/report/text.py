@@ -10,6 +10,7 @@ import click
 
 from vhdtool.checks.catalog import Result, Severity, Verdict
 
+from ..datadisks import all_results, of
 from ..pipeline import CheckRun
 from ..exitcodes import trips
 
@@ -20,14 +21,45 @@ def _paint(text: str, color: bool, **style: object) -> str:
     return click.style(text, **style) if color else text  # type: ignore[arg-type]
 
 
-def _finding_lines(r: Result, color: bool) -> list[str]:
+def _finding_lines(r: Result, color: bool, label: str = "") -> list[str]:
     sev = f"{r.severity!s:<7}"
     head = _paint(sev, color, fg=_STYLE[r.severity], bold=True)
     lines = []
     for f in r.findings:
         where = f" [{f.evidence}]" if f.evidence else ""
-        lines.append(f"  {head} {r.check.id}: {f.message}{where} -- fix: "
+        lines.append(f"  {head} {r.check.id}{label}: {f.message}{where} -- fix: "
                      f"{f.fix or r.check.remediation}")
+    return lines
+
+
+def _failed_lines(results: list[Result], color: bool, label: str = "") -> list[str]:
+    """The failures grouped by severity (errors first), one line per finding."""
+    failed = sorted((r for r in results if r.verdict is Verdict.FAIL),
+                    key=lambda r: (-r.severity, r.check.id))
+    lines = []
+    for sev in sorted(Severity, reverse=True):
+        group = [r for r in failed if r.severity is sev]
+        if group:
+            title = f"{sev}s" if sev is not Severity.INFO else "info"
+            lines.append(_paint(f"{title} ({len(group)}):", color, bold=True))
+            for r in group:
+                lines.extend(_finding_lines(r, color, label))
+    lines += [_paint(f"  crashed {r.check.id}{label}: {r.reason}", color, fg="magenta")
+              for r in results if r.verdict is Verdict.ERROR]
+    return lines
+
+
+def _data_disk_lines(run: CheckRun, color: bool) -> list[str]:
+    """Each data disk: what it is, then its failures labelled with its LUN and file."""
+    lines = []
+    for d in of(run):
+        f = d.run.facts
+        what = f"{f.format} ({f.subformat})" if f.subformat else f.format
+        size = f", {f.virtual_size:,} bytes" if f.virtual_size is not None else ""
+        n = sum(r.verdict is Verdict.FAIL for r in d.run.results)
+        lines.append(f"data disk LUN {d.disk.lun}: {d.disk.path}: {what}{size}, "
+                     f"{n} failed")
+        lines += _failed_lines(d.run.results, color, f" ({d.disk.label})")
     return lines
 
 
@@ -47,26 +79,19 @@ def render(run: CheckRun, fail_on: Severity, color: bool = False,
     engine = run.extra.get("guest_engine")
     if engine is not None:
         lines.append(f"guest engine: {engine.name or 'none'} ({engine.reason})")
-    failed = sorted((r for r in run.results if r.verdict is Verdict.FAIL),
-                    key=lambda r: (-r.severity, r.check.id))
-    crashed = [r for r in run.results if r.verdict is Verdict.ERROR]
+    lines += _failed_lines(run.results, color)
+    lines += _data_disk_lines(run, color)
+    results = all_results(run)
+    failed = [r for r in results if r.verdict is Verdict.FAIL]
+    crashed = [r for r in results if r.verdict is Verdict.ERROR]
     skipped = [r for r in run.results if r.verdict is Verdict.SKIP]
-    passed = [r for r in run.results if r.verdict is Verdict.PASS]
-    for sev in sorted(Severity, reverse=True):
-        group = [r for r in failed if r.severity is sev]
-        if group:
-            title = f"{sev}s" if sev is not Severity.INFO else "info"
-            lines.append(_paint(f"{title} ({len(group)}):", color, bold=True))
-            for r in group:
-                lines.extend(_finding_lines(r, color))
-    for r in crashed:
-        lines.append(_paint(f"  crashed {r.check.id}: {r.reason}", color, fg="magenta"))
+    passed = [r for r in results if r.verdict is Verdict.PASS]
     if skipped and show_skipped:
         lines.append("skipped:")
         lines.extend(f"  {r.check.id}: {r.reason}" for r in skipped)
     elif skipped:
         lines.append(f"({len(skipped)} checks did not apply: --show-skipped lists them and why)")
-    gate = [r for r in run.results if trips(r.verdict, r.severity, fail_on)]
+    gate = [r for r in results if trips(r.verdict, r.severity, fail_on)]
     verdict = _paint("FAILED", color, fg="red", bold=True) if gate else \
         _paint("OK", color, fg="green", bold=True)
     lines.append(f"{verdict}: {len(passed)} passed, {len(failed)} failed, "
