@@ -152,7 +152,8 @@ def _unmanaged_conf(ctx: Context) -> str | None:
                  "manage it (it would run DHCP on it and break the bond). Azure ships a udev rule "
                  "marking it NM_UNMANAGED (WALinuxAgent's 68-azure-sriov-nm-unmanaged.rules, "
                  "azure-vm-utils' 10-azure-unmanaged-sriov.rules).",
-       source=("WA-SRIOV", "AVU: udev/10-azure-unmanaged-sriov.rules", "AN",
+       source=("WA-SRIOV", "RHEL: /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules",
+               "AVU: udev/10-azure-unmanaged-sriov.rules", "AN",
                "CIV: test_68_azure_sriov_nm_unmanaged_rules_file_content"),
        remediation="Install /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules: "
                    'SUBSYSTEM=="net", DRIVERS=="hv_pci", ACTION=="add", ENV{NM_UNMANAGED}="1" '
