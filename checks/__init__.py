@@ -15,7 +15,12 @@ Open:
     with :mod:`checks.shellvars` (the static reader of /etc/default/grub and its drop-ins) and
     :mod:`checks.cloudinit` (cloud-init's configuration merged as cloud-init merges it);
   - :mod:`checks.provisioning` for who provisions and the agents' versions;
+  - :mod:`checks.netconfig` for the static network configuration of every stack (ifupdown,
+    netplan, NetworkManager, systemd-networkd, ifcfg);
   - the guest checks by subject: :mod:`checks.guest_prov` (provisioner, sshd),
+    :mod:`checks.guest_net` (DHCP on the first NIC, Accelerated Networking and NetworkManager),
+    :mod:`checks.guest_system` (time sync, KVP daemon, sudo, Python, other clouds' agents,
+    fstab nofail, SELinux relabel),
     :mod:`checks.guest_boot` (command line, drivers, EFI loader, fstab, swap),
     :mod:`checks.guest_deprov` (generalized state), :mod:`checks.guest_tl` (Trusted Launch,
     with :mod:`checks.authenticode` (Authenticode verification; :mod:`checks.cms` reads the
@@ -37,7 +42,8 @@ from .disk import DiskFacts, supported_generations
 #: the modules that declare checks (relative to this package), imported by load(); each adds its
 #: checks to CATALOG
 CHECK_MODULES: tuple[str, ...] = (".disk_checks", ".disk_layout", ".guest_prov", ".guest_boot",
-                                  ".guest_deprov", ".guest_tl", ".gallery.rules")
+                                  ".guest_deprov", ".guest_tl", ".guest_net",
+                                  ".guest_system", ".gallery.rules")
 
 
 def load() -> dict[str, Check]:

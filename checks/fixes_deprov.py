@@ -96,15 +96,24 @@ def _net_rules(ctx: Context, result: Result) -> list[Change]:
     if any(line_no(f.evidence) and "/netplan/" in (f.evidence or "") for f in found):
         raise NotFixable("a netplan configuration matches on macaddress: rewrite its match "
                          "by hand")
-    out: list[Change] = [Delete(f.evidence) for f in found
-                         if f.evidence and not line_no(f.evidence)]
+    # a systemd .link file matching one MAC renames that NIC: its Match without the MAC would
+    # rename every NIC, so the whole file goes
+    links = {p for p in by_file(found) if p.endswith(".link")}
+    out: list[Change] = [Delete(p) for p in sorted(links)]
+    out += [Delete(f.evidence) for f in found if f.evidence and not line_no(f.evidence)
+            and f.evidence not in links]
     for path, nos in by_file(found).items():
+        if path in links:
+            continue
         out += edit_file(g, path, lambda ls, nos=set(nos): [
             ln for i, ln in enumerate(ls, 1) if i not in nos])
     return out
 
 
-NET_RULES = fix("deletes 70-persistent-net.rules and the HWADDR=/MACADDR= lines of ifcfg files",
+NET_RULES = fix("deletes 70-persistent-net.rules and systemd .link files matching a MAC, and the "
+                "lines binding a NIC to a MAC (udev rules, ifcfg HWADDR=/MACADDR=, NetworkManager "
+                "mac-address=, networkd MACAddress=); a netplan match on macaddress is left to "
+                "the author",
                 Safety.SAFE, _net_rules)
 
 

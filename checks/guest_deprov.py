@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, replace
 
 from .catalog import (GENERALIZED, Applies, CheckFunc, Context, Example, Finding, NotApplicable,
@@ -24,7 +25,9 @@ from .fixes import Change, Delete, Fix, Safety
 from .guest import Guest
 from .provisioning import cloudinit_provisions
 from .cloudinit import cloud_config
+from .examples import symlink
 from .guestlib import guest, home_dirs, parse_keyvalue, waagent_conf, where
+from .netconfig import nic_configs, rewritten_on_boot
 from .tables import Row, declare
 
 GEN = Applies(os_states=frozenset({GENERALIZED}))
@@ -302,30 +305,115 @@ def root_password(ctx: Context) -> list[Finding]:
 
 
 NET_RULES = r"70-persistent-net\.rules|75-persistent-net-generator\.rules"
+#: a udev rule naming an interface after its MAC address (what 70-persistent-net.rules holds)
+MAC_NAME_RULE = re.compile(r'ATTR\{address\}\s*==\s*"[0-9a-fA-F:?*]+".*\bNAME\s*:?=')
+NM_ETH0 = "/etc/NetworkManager/system-connections/eth0.nmconnection"
+#: what cloud-init renders on Ubuntu for the build VM's NIC (bound to its MAC)
+CI_NETPLAN = ("# This file is generated from information provided by the datasource.  Changes\n"
+              "# to it will not persist across an instance reboot.\n"
+              "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n      match:\n"
+              "        macaddress: 00:0d:3a:12:34:56\n      set-name: eth0\n  version: 2\n")
 
 
-@check(id="guest.deprovision.net-rules", title="No persistent network names bound to a MAC",
-       severity=Severity.WARNING, applies=GEN,
-       rationale="Rules or configs bound to the build machine's MAC address leave the new VM's "
-                 "NIC unconfigured (it gets another MAC).",
-       source=("WA-PROV", "PROVE"),
-       remediation="Delete 70-persistent-net.rules and HWADDR=/macaddress lines.",
-       passes=[Example("baseline")],
+def _mac_links(g: Guest) -> list[Finding]:
+    """systemd .link files renaming the interface of one MAC (systemd.link(5) [Match])."""
+    out = []
+    for p in g.glob("/etc/systemd/network", r".+\.link"):
+        for no, line in g.lines(p):
+            if re.match(r"(Permanent)?MACAddress\s*=\s*\S", line):
+                out.append(Finding(f"systemd link file matches '{line}'", where(p, no)))
+    return out
+
+
+@check(id="guest.deprovision.net-rules", title="No network configuration bound to a MAC",
+       severity=Severity.WARNING,
+       rationale="Rules or configurations bound to the build machine's MAC address leave the new "
+                 "VM's NIC unconfigured or misnamed (it gets another MAC): udev persistent-net "
+                 "rules, netplan 'match: macaddress', NetworkManager 'mac-address=', "
+                 "systemd-networkd/link 'MACAddress=', ifcfg 'HWADDR='. A specialized disk "
+                 "attached to a new VM gets a new MAC too.",
+       source=("WA-PROV", "PROVE", "LISA: verify_udev_rules_moved",
+               "GCE-TR: 70-persistent-net.rules deleted"),
+       remediation="Delete 70-persistent-net.rules and the HWADDR=/macaddress/mac-address lines "
+                   "(match by name, or by driver hv_netvsc).",
+       passes=[Example("baseline"),
+               Example("cloud-init's netplan file, rendered again on boot",
+                       files={"/etc/netplan/50-cloud-init.yaml": CI_NETPLAN}),
+               Example("NetworkManager keyfile bound to eth0 by name", files={
+                   NM_ETH0: "[connection]\nid=eth0\ntype=ethernet\ninterface-name=eth0\n"
+                            "[ipv4]\nmethod=auto\n"})],
        fails=[Example("udev persistent rules", files={
            "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", NAME="eth0"\n'}),
+           Example("a MAC-naming rule in another rules file", files={
+               "/etc/udev/rules.d/60-net.rules": 'SUBSYSTEM=="net", ACTION=="add", '
+                                                 'ATTR{address}=="00:15:5d:00:00:01", '
+                                                 'NAME="eth0"\n'}),
            Example("ifcfg HWADDR", files={
                "/etc/sysconfig/network-scripts/ifcfg-eth0":
-                   "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"})],
+                   "DEVICE=eth0\nHWADDR=00:15:5d:00:00:01\n"}),
+           Example("netplan match: macaddress, cloud-init's network disabled", files={
+               "/etc/cloud/cloud.cfg.d/99-disable-network-config.cfg":
+                   "network: {config: disabled}\n",
+               "/etc/netplan/50-cloud-init.yaml": CI_NETPLAN}),
+           Example("netplan match: macaddress, written by hand", files={
+               "/etc/netplan/01-eth0.yaml":
+                   "network:\n  ethernets:\n    eth0:\n      match:\n"
+                   "        macaddress: '00:15:5d:00:00:01'\n      set-name: eth0\n"
+                   "      dhcp4: true\n"}),
+           Example("NetworkManager mac-address=", files={
+               NM_ETH0: "[connection]\nid=eth0\ntype=ethernet\n[ethernet]\n"
+                        "mac-address=00:15:5D:00:00:01\n[ipv4]\nmethod=auto\n"}),
+           Example("systemd .link by MACAddress", files={
+               "/etc/systemd/network/10-eth0.link": "[Match]\nMACAddress=00:15:5d:00:00:01\n"
+                                                    "[Link]\nName=eth0\n"})],
        fix=fx.NET_RULES)
 def net_rules(ctx: Context) -> list[Finding]:
     g = guest(ctx)
     out = _entries(g, "/etc/udev/rules.d", NET_RULES)
+    for p in g.glob("/etc/udev/rules.d", r".+\.rules"):
+        if not re.fullmatch(NET_RULES, posixpath.basename(p)):
+            out += [Finding(f"udev rule names an interface by MAC: {line[:80]}", where(p, no))
+                    for no, line in g.lines(p) if MAC_NAME_RULE.search(line)]
     for p in g.glob("/etc/sysconfig/network-scripts", r"ifcfg-.+"):
         for no, line in g.lines(p):
             if line.upper().startswith(("HWADDR=", "MACADDR=")):
                 out.append(Finding(f"{line} binds the NIC to a MAC", where(p, no)))
     for p in g.glob("/etc/netplan", r".+\.ya?ml"):
+        if rewritten_on_boot(ctx, p):
+            continue
         for no, line in g.lines(p):
             if line.startswith("macaddress:"):
                 out.append(Finding(f"netplan '{line}' binds the NIC to a MAC", where(p, no)))
-    return out
+    out += [Finding(f"{c.stack} profile bound to MAC {c.mac}", c.evidence)
+            for c in nic_configs(ctx) if c.mac and c.stack in ("NetworkManager", "networkd")
+            and not rewritten_on_boot(ctx, c.path)]
+    return out + _mac_links(g)
+
+
+RESOLV = "/etc/resolv.conf"
+
+
+@check(id="guest.deprovision.resolv-conf", title="No static resolv.conf of the build network",
+       severity=Severity.WARNING, applies=GEN,
+       rationale="A regular /etc/resolv.conf with nameserver lines holds the build network's DNS "
+                 "servers; waagent -deprovision deletes it so the VM's DHCP client or resolver "
+                 "writes Azure's (168.63.129.16). Whether it is also immutable (chattr +i, which "
+                 "migration tools clear) cannot be seen offline: the guest view does not expose "
+                 "inode attributes.",
+       source=("WA-DP: del_resolv", "GCE-TR: ClearEtcResolv"),
+       remediation="Delete /etc/resolv.conf (or link it to the resolver's file, e.g. "
+                   "/run/systemd/resolve/stub-resolv.conf) before capture; chattr -i it first "
+                   "if it is immutable.",
+       passes=[Example("absent (baseline)"),
+               Example("link to systemd-resolved's stub", files={
+                   RESOLV: symlink("../run/systemd/resolve/stub-resolv.conf")})],
+       fails=[Example("build network's nameserver", files={
+           RESOLV: "# Generated by NetworkManager\nsearch corp.example\nnameserver 10.0.0.2\n"})])
+def resolv_conf(ctx: Context) -> list[Finding]:
+    g = guest(ctx)
+    st = g.lstat(RESOLV)
+    if st is None or not st.is_reg:
+        return []
+    servers = [(no, line) for no, line in g.lines(RESOLV) if line.split()[0] == "nameserver"]
+    return [Finding(f"{RESOLV} is a static file with '{line}'", where(RESOLV, no),
+                    fix=f"delete {RESOLV} before capture") for no, line in servers[:1]]

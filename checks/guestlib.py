@@ -22,10 +22,11 @@ References:
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -48,6 +49,49 @@ def memo(ctx: Context, key: str, fn: Callable[[Guest], T]) -> T:
 
 def where(path: str, line: int | None = None) -> str:
     return f"{path}:{line}" if line else path
+
+
+# -- configuration files -------------------------------------------------------------------------
+def dir_files(g: Guest, dirs: Iterable[str], pattern: str) -> list[str]:
+    """Entries of ``dirs`` whose names match the regex ``pattern``, each directory read once
+    (``/lib/x`` and ``/usr/lib/x`` are one directory on a merged-/usr guest)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for d in dirs:
+        real = g.realpath(d)
+        if real not in seen:
+            seen.add(real)
+            out += g.glob(d, pattern)
+    return out
+
+
+def glob_files(g: Guest, pattern: str) -> list[str]:
+    """Regular files matching a shell ``pattern`` whose wildcards are in the last component
+    (``/etc/network/interfaces.d/*``), sorted as the shell sorts them."""
+    d, base = posixpath.split(pattern)
+    return sorted(p for p in (posixpath.join(d, n) for n in g.list_dir(d)
+                              if fnmatch.fnmatchcase(n, base)) if g.is_file(p))
+
+
+Line = tuple[str, int, str]
+
+
+def with_includes(first: str, read: Callable[[str], Iterable[tuple[int, str]]],
+                  included: Callable[[str], list[str]], most: int = 256) -> list[Line]:
+    """(path, line number, line) of ``first`` and of the files its lines include, breadth-first,
+    each file read once (at most ``most`` files): ``included(line)`` names the files a line
+    pulls in (chrony ``confdir``, ifupdown ``source``, sudoers ``@includedir``)."""
+    out: list[Line] = []
+    todo, seen = [first], set()
+    while todo and len(seen) < most:
+        path = todo.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        for no, line in read(path):
+            out.append((path, no, line))
+            todo += included(line)
+    return out
 
 
 # -- systemd --------------------------------------------------------------------------------------
@@ -330,18 +374,11 @@ class Disabled:
 
 def _disabled_modules(g: Guest) -> list[Disabled]:
     out = []
-    seen: set[str] = set()
-    for d in MODPROBE_DIRS:
-        real = g.realpath(d)
-        if real in seen:
-            continue
-        seen.add(real)
-        for path in g.glob(d, r".+\.conf"):
-            for no, line in g.lines(path):
-                m = DISABLING.match(line)
-                if m:
-                    out.append(Disabled((m.group(1) or m.group(2)).replace("-", "_"), path, no,
-                                        line))
+    for path in dir_files(g, MODPROBE_DIRS, r".+\.conf"):
+        for no, line in g.lines(path):
+            m = DISABLING.match(line)
+            if m:
+                out.append(Disabled((m.group(1) or m.group(2)).replace("-", "_"), path, no, line))
     return out
 
 

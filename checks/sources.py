@@ -110,6 +110,38 @@ REFERENCES: dict[str, Reference] = {
                           "clean.py"),
     "AVU": Reference("azure-vm-utils (udev rules for Azure disks and NICs)",
                      "https://github.com/Azure/azure-vm-utils"),
+    "WA-SRIOV": Reference("WALinuxAgent: config/68-azure-sriov-nm-unmanaged.rules (NetworkManager "
+                          "ignores the Accelerated Networking VFs)",
+                          f"{WAAGENT}/blob/master/config/68-azure-sriov-nm-unmanaged.rules"),
+    "WA-2921": Reference("WALinuxAgent issue 2921 (no Python interpreter found on the box)",
+                         f"{WAAGENT}/issues/2921"),
+    "EXT-361": Reference("azure-linux-extensions issue 361 (/usr/bin/env: python: No such file or "
+                         "directory)", "https://github.com/Azure/azure-linux-extensions/issues/361"),
+    "TIME": Reference("Azure: Time sync for Linux VMs in Azure (chrony and the PTP clock source)",
+                      f"{LEARN}/linux/time-sync"),
+    "DEVN": Reference("Azure: Troubleshoot Linux VM device name changes (fstab nofail)",
+                      f"{TROUBLESHOOT}/troubleshoot-device-names-problems"),
+    # -- peers: validators and migration tools --------------------------------------------------
+    "LISA": Reference("microsoft/lisa: the Azure image standard test suite "
+                      "(testsuites/core/azure_image_standard.py)",
+                      "https://github.com/microsoft/lisa/blob/main/lisa/microsoft/testsuites/core/"
+                      "azure_image_standard.py"),
+    "LISA-TS": Reference("microsoft/lisa: the time-sync test suite (testsuites/core/timesync.py)",
+                         "https://github.com/microsoft/lisa/blob/main/lisa/microsoft/testsuites/"
+                         "core/timesync.py"),
+    "CIV": Reference("osbuild/cloud-image-val: Azure tests (test_suite/cloud/test_azure.py)",
+                     "https://github.com/osbuild/cloud-image-val/blob/main/test_suite/cloud/"
+                     "test_azure.py"),
+    "GCE-TR": Reference("Google Compute Engine image import: the translate scripts "
+                        "(daisy_workflows/image_import, linux_common/utils/common.py)",
+                        "https://github.com/GoogleCloudPlatform/compute-image-import"),
+    "AWS-VMIE": Reference("AWS VM Import/Export: programmatic modifications to VMs",
+                          "https://docs.aws.amazon.com/vm-import/latest/userguide/"
+                          "import-modify-vm.html"),
+    "SELINUX": Reference("Red Hat Enterprise Linux 9: Using SELinux (changing SELinux states and "
+                         "modes; relabeling on the next boot)",
+                         "https://docs.redhat.com/en/documentation/red_hat_enterprise_linux/9/html/"
+                         "using_selinux/changing-selinux-states-and-modes_using-selinux"),
     # -- formats and firmware ----------------------------------------------------------------------
     "VHDSPEC": Reference("Virtual Hard Disk Image Format Specification v1.0",
                          "https://www.microsoft.com/en-us/download/details.aspx?id=23850"),

@@ -8,7 +8,8 @@ or delete them (``None`` deletes the path and everything under it); a
 :class:`checks.examples.Made` value is built here by its recipe (:func:`build`).
 
 :func:`baseline` is a well-prepared, generalized Debian 12 (cloud kernel, cloud-init with the Azure
-datasource plus walinuxagent for extensions, grub with the serial console, no leftover state); every
+datasource plus walinuxagent for extensions, grub with the serial console, chrony on the Hyper-V
+PTP clock, hyperv-daemons' KVP daemon, no leftover state); every
 guest check passes on it. Its initramfs is a real gzip-compressed newc archive so the initramfs
 reader runs on it.
 
@@ -155,7 +156,8 @@ def _units() -> dict[str, str | bytes]:
     wants = "/etc/systemd/system/multi-user.target.wants"
     ci = "/etc/systemd/system/cloud-init.target.wants"
     out: dict[str, str | bytes] = {}
-    for unit in ("walinuxagent.service", "ssh.service"):
+    for unit in ("walinuxagent.service", "ssh.service", "chrony.service",
+                 "hv-kvp-daemon.service"):
         alias = "Alias=sshd.service\n" if unit == "ssh.service" else ""
         out[f"/lib/systemd/system/{unit}"] = ("[Unit]\n[Install]\nWantedBy=multi-user.target\n"
                                               + alias)
@@ -207,6 +209,17 @@ BASE_FILES: dict[str, str | bytes] = {
     "/etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\n"
                             "ClientAliveInterval 180\n",
     "/etc/ssh/sshd_config.d": DIR,
+    "/usr/bin/python3": symlink("python3.11"), "/usr/bin/python3.11": ELF_X86_64,
+    "/etc/sudoers": "Defaults\tenv_reset\nDefaults\tmail_badpass\nDefaults\tuse_pty\n"
+                    "root\tALL=(ALL:ALL) ALL\n%sudo\tALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n",
+    "/etc/sudoers.d/README": "# files in this directory are read by sudo\n",
+    # chrony with the Hyper-V PTP clock (Azure time-sync doc), hyperv-daemons' KVP daemon
+    "/usr/sbin/chronyd": ELF_X86_64,
+    "/etc/chrony/chrony.conf": "confdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\n"
+                               "driftfile /var/lib/chrony/chrony.drift\nmakestep 1 3\n",
+    "/etc/chrony/conf.d/azure.conf": "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0 "
+                                     "stratum 2\n",
+    "/usr/sbin/hv_kvp_daemon": ELF_X86_64,
     "/etc/machine-id": "",
     "/etc/hostname": "localhost.localdomain\n",
     "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"

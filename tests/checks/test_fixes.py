@@ -34,14 +34,20 @@ NOT_FIXABLE = {
     ("guest.drivers.nvme", "neither"): "install a kernel that has them",
     ("guest.waagent.enabled", "not installed"): "waagent is not installed",
     ("guest.sshd.present", "sshd not installed"): "sshd is not installed",
+    ("guest.deprovision.net-rules", "netplan match: macaddress, cloud-init's network disabled"):
+        "rewrite its match by hand",
+    ("guest.deprovision.net-rules", "netplan match: macaddress, written by hand"):
+        "rewrite its match by hand",
 }
 #: (check, example) -> the other checks that see the same defect, which the fix puts right too
 ALSO_FIXES = {
     ("guest.provisioner.present", "no cloud-init and waagent not enabled"):
         {"guest.waagent.enabled"},
     ("guest.provisioner.present", "cloud-init disabled by marker, waagent defers to cloud-init"):
-        {"guest.cloudinit.datasource"},
-    ("guest.cloudinit.datasource", "cloud-init disabled"): {"guest.provisioner.present"},
+        {"guest.cloudinit.datasource", "guest.network.dhcp"},
+    # cloud-init enabled again writes eth0's DHCP configuration at boot
+    ("guest.cloudinit.datasource", "cloud-init disabled"): {"guest.provisioner.present",
+                                                            "guest.network.dhcp"},
     ("guest.cloudinit.datasource", "NoCloud only"): {"guest.provisioner.present"},
 }
 

@@ -164,6 +164,41 @@ def test_text_report_lines(images) -> None:
     assert all(f"  {x.check.id}: {x.reason}" in listed for x in skipped)
 
 
+HOST_KEYS = [f"/etc/ssh/ssh_host_{k}_key{pub}" for k in ("ecdsa", "ed25519", "rsa")
+             for pub in ("", ".pub")]
+
+
+def test_text_report_summarises_a_check_with_many_findings(images) -> None:
+    """Six host key files: one text line with the count, the first three pieces of evidence and
+    how many more; JSON, SARIF and JUnit keep every location. Three findings stay three lines."""
+    from vhdtool.checks.catalog import CATALOG, Result
+    r = run(str(images["good"]), Profile())
+    keys, cmd = CATALOG["guest.deprovision.ssh-host-keys"], CATALOG["guest.cmdline.console"]
+    many = tuple(Finding(f"{p} is left from the build machine", p, fix=f"delete {p}")
+                 for p in HOST_KEYS)
+    few = tuple(Finding(f"line {n} lacks console=ttyS0", f"/boot/grub/grub.cfg:{n}")
+                for n in (10, 20, 30))
+    made = {keys.id: Result(keys, Verdict.FAIL, Severity.WARNING, many),
+            cmd.id: Result(cmd, Verdict.FAIL, Severity.ERROR, few)}
+    r.results = [made.get(x.check.id, x) for x in r.results]
+    text = render("text", r, Severity.ERROR)
+    lines = [x for x in text.splitlines() if keys.id in x]
+    assert len(lines) == 1, lines
+    assert "6 findings, e.g. /etc/ssh/ssh_host_ecdsa_key is left" in lines[0]
+    assert f"[{', '.join(HOST_KEYS[:3])}, +3 more]" in lines[0]
+    assert HOST_KEYS[3] not in lines[0] and f"fix: {keys.remediation}" in lines[0]
+    assert len([x for x in text.splitlines() if f"{cmd.id}: line" in x]) == 3
+    doc = json.loads(render("json", r, Severity.ERROR))
+    got = next(x for x in doc["results"] if x["id"] == keys.id)
+    assert [f["evidence"] for f in got["findings"]] == HOST_KEYS
+    sarif = json.loads(render("sarif", r, Severity.ERROR))
+    evidence = [res["properties"]["evidence"] for res in sarif["runs"][0]["results"]
+                if res["ruleId"] == keys.id]
+    assert evidence == HOST_KEYS
+    junit = render("junit", r, Severity.ERROR)
+    assert all(p in junit for p in HOST_KEYS)
+
+
 def test_show_skipped_option(images) -> None:
     res = CliRunner().invoke(cli, ["check", "--no-guest", str(images["nf"])])
     assert "guest.opened" not in res.output and "--show-skipped lists them" in res.output

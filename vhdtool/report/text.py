@@ -1,5 +1,9 @@
 """The human report: failures grouped by severity, one line per finding with evidence and fix.
 
+A check with more than :data:`MANY` findings (the same leftover in six places: six host key files)
+gets one line: the count, the first finding's message, the first :data:`EVIDENCE_SHOWN` pieces of
+evidence and how many more; the JSON, SARIF and JUnit reports keep every finding.
+
 References:
   click.style (ANSI colours, only on a terminal or with --color); docs/check.md.
 """
@@ -21,9 +25,31 @@ def _paint(text: str, color: bool, **style: object) -> str:
     return click.style(text, **style) if color else text  # type: ignore[arg-type]
 
 
+#: more findings than this in one check are summarised on one line
+MANY = 3
+#: pieces of evidence the summary line shows
+EVIDENCE_SHOWN = 3
+
+
+def _summary_line(r: Result, head: str, label: str = "") -> str:
+    """One line for a check with many findings: count, first message, first evidence, fix."""
+    fs = r.findings
+    shown = [f.evidence for f in fs if f.evidence][:EVIDENCE_SHOWN]
+    more = sum(1 for f in fs if f.evidence) - len(shown)
+    where = f" [{', '.join(shown)}{f', +{more} more' if more else ''}]" if shown else ""
+    same = all(f.message == fs[0].message for f in fs)
+    what = fs[0].message if same else f"e.g. {fs[0].message}"
+    fixes = {f.fix for f in fs}
+    fix = fixes.pop() if len(fixes) == 1 and None not in fixes else r.check.remediation
+    return (f"  {head} {r.check.id}{label}: {len(fs)} findings, {what}{where} -- fix: {fix} "
+            "(--format json lists them all)")
+
+
 def _finding_lines(r: Result, color: bool, label: str = "") -> list[str]:
     sev = f"{r.severity!s:<7}"
     head = _paint(sev, color, fg=_STYLE[r.severity], bold=True)
+    if len(r.findings) > MANY:
+        return [_summary_line(r, head, label)]
     lines = []
     for f in r.findings:
         where = f" [{f.evidence}]" if f.evidence else ""
