@@ -268,7 +268,20 @@ def fix_cmd(src: str, dst: str, fmt: str | None, os_state: str, generation: str,
                       collect)
     result = run_with_engine("fix", src, True, "guestfs", kw["guest_timeout"],
                              lambda _engine: fix(src, dst, opts))
+    _log_fix_timing(result)
     sys.exit(emit(result, src, dst, outs, Severity.parse(kw["fail_on"]), kw))
+
+
+def _log_fix_timing(result: Any) -> None:
+    """``-v``: the seconds of each step of ``vhdtool fix``, and the split of both check runs."""
+    steps = result.extra.get("timing")
+    if steps:
+        log.info("timing: %s; whole run %.2f s",
+                 ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()), sum(steps.values()))
+    for name, run in (("before", result.before), ("re-check", result.after)):
+        timing = run.extra.get("guest_timing") if run is not None else None
+        if timing is not None:
+            log.info("timing of the %s run: %s", name, timing.describe())
 
 
 @cli.group("checks")
