@@ -13,7 +13,8 @@
    committed through the appliance's writable view, which is synced, unmounted and shut down, every
    step's error checked.
 4. The overlay (or SRC itself when no fix applied: mounting alone changes a filesystem's bytes) is
-   converted by ``vhdtool.convert`` (sparse, 1 MiB-aligned fixed VHD, digests in the same pass)
+   converted by ``vhdtool.convert`` (sparse, 1 MiB-aligned fixed VHD; with ``--manifest`` the
+   manifest's digests in the same pass, without it none: no report shows them)
    into the temporary folder, checked again (engine auto: the *after* run), and only then given
    DST's name (``atomicfile.publish``; ``--sync``: durable first).
 
@@ -215,7 +216,8 @@ class FixOptions:
     progress: bool | None = None
     sync: bool = False
     force: bool = False
-    digests: Sequence[str] = ("bmap",)
+    #: the digests of DST the manifest needs; ("none",) when no manifest is written
+    digests: Sequence[str] = ("none",)
     #: the manifest's collect hook for the after run (None: no manifest)
     collect: Callable[[Context], Any] | None = None
 
