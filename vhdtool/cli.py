@@ -269,14 +269,33 @@ def fix_cmd(src: str, dst: str, fmt: str | None, os_state: str, generation: str,
     check_selection(kw["select"], kw["ignore"])
     profile, _, collect = manifest_setup(None, profile_of(os_state, generation, "os", {}),
                                          kw["manifest_path"], kw["md5"], declaration_of(kw, None))
+    # the manifest's digests, in the conversion's pass; without --manifest nothing shows any
+    # (a bmap alone cost fix 0.5-1.5 s of reading the output back: bench/README.md)
     digests = ("bmap", "sha256", "md5") if kw["md5"] else ("bmap", "sha256")
     opts = FixOptions(profile, fmt, kw["select"], kw["ignore"], kw["unsafe_fixes"],
                       kw["generalize"], kw["diff"], kw["guest_timeout"], kw["show_progress"],
-                      kw["sync"], kw["force"], digests if kw["manifest_path"] else ("bmap",),
+                      kw["sync"], kw["force"], digests if kw["manifest_path"] else ("none",),
                       collect)
     result = run_with_engine("fix", src, True, "guestfs", kw["guest_timeout"],
                              lambda _engine: fix(src, dst, opts))
+    _log_fix_timing(result)
     sys.exit(emit(result, src, dst, outs, Severity.parse(kw["fail_on"]), kw))
+
+
+def _log_fix_timing(result: Any) -> None:
+    """``-v``: the seconds of each step of ``vhdtool fix``, and the split of both check runs."""
+    steps = result.extra.get("timing")
+    if steps:
+        log.info("timing: %s; whole run %.2f s",
+                 ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()), sum(steps.values()))
+    conv = getattr(result.converted, "timings", None)
+    if conv is not None:
+        log.info("timing of the conversion: plan %.2f s, copy %.2f s, bmap %.2f s",
+                 conv.plan, conv.copy, conv.bmap)
+    for name, run in (("before", result.before), ("re-check", result.after)):
+        timing = run.extra.get("guest_timing") if run is not None else None
+        if timing is not None:
+            log.info("timing of the %s run: %s", name, timing.describe())
 
 
 @cli.group("checks")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:   # imported where used: `vhdtool convert` need not load the c
 class Exit(enum.IntEnum):
     OK = 0               #: nothing at or above --fail-on
     FINDINGS = 1         #: findings at or above --fail-on (or a report that could not be written)
+    CHANGES = 1          #: ``vhdtool fix --diff``: fixes would change the image (as diff(1))
     USAGE = 2            #: bad command line (click's own code for usage errors)
     BAD_IMAGE = 3        #: unreadable, corrupt or unsupported image
     MISSING_TOOL = 4     #: a required tool is missing (libguestfs for guest checks...)

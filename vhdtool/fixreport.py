@@ -126,9 +126,9 @@ def emit(run: FixRun, src: str, dst: str, outs: Any, fail_on: Any, kw: dict[str,
     from .exitcodes import Exit, check_exit
     from .report import write_atomic
     from .signals import InterruptedAfterOutput, exit_code
-    if run.diff is not None:
+    if run.diff is not None:     # as diff(1) and ruff --diff: 1 when something would change
         click.echo(run.diff or "(nothing to change)\n", nl=False)
-        return Exit.OK
+        return Exit.CHANGES if run.plan.applied else Exit.OK
     assert run.after is not None and run.converted is not None
     try:
         if not any(o.fmt == "text" for o in outs):

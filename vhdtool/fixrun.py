@@ -13,12 +13,15 @@
    committed through the appliance's writable view, which is synced, unmounted and shut down, every
    step's error checked.
 4. The overlay (or SRC itself when no fix applied: mounting alone changes a filesystem's bytes) is
-   converted by ``vhdtool.convert`` (sparse, 1 MiB-aligned fixed VHD, digests in the same pass)
+   converted by ``vhdtool.convert`` (sparse, 1 MiB-aligned fixed VHD; with ``--manifest`` the
+   manifest's digests in the same pass, without it none: no report shows them)
    into the temporary folder, checked again (engine auto: the *after* run), and only then given
    DST's name (``atomicfile.publish``; ``--sync``: durable first).
 
 Any failure or signal before that last step leaves no DST, and the temporary folder (overlay,
-partial files) is removed whatever happens; SRC is only ever read (qemu opens a backing file
+partial files) is removed whatever happens -- it is locked for as long as this process lives, so a
+later run removes it if SIGKILL left it (``atomicfile.remove_stale``); a signal after it says DST
+is complete (``InterruptedAfterOutput``).  SRC is only ever read (qemu opens a backing file
 read-only): not even its mtime changes.  A fix that fails raises :class:`FixFailed` naming the
 check and the file or program; a guest that cannot be opened raises :class:`GuestUnopenable`.
 
@@ -30,9 +33,8 @@ backing files: unallocated clusters read through, zeros past the backing file's 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,7 +51,7 @@ from .guestfs_engine import (QEMU_FORMATS, GuestEngineError, GuestEngineUnavaila
                              GuestfsEngine, open_guest)
 from .procguard import Guard
 from .session import Session, notice
-from .signals import deferred_signals
+from .signals import InterruptedAfterOutput, Terminated, deferred_signals, exit_code
 
 OVERLAY = "overlay.qcow2"
 
@@ -214,7 +216,8 @@ class FixOptions:
     progress: bool | None = None
     sync: bool = False
     force: bool = False
-    digests: Sequence[str] = ("bmap",)
+    #: the digests of DST the manifest needs; ("none",) when no manifest is written
+    digests: Sequence[str] = ("none",)
     #: the manifest's collect hook for the after run (None: no manifest)
     collect: Callable[[Context], Any] | None = None
 
@@ -223,24 +226,49 @@ def fix(src: str, dst: str, opts: FixOptions) -> FixRun:
     """See the module docstring."""
     refuse_destination(src, dst, opts.force, "fix writes a new image")
     parent = os.path.dirname(os.path.abspath(dst))
+    for line in atomicfile.remove_stale(parent):
+        notice(f"warning: {line}")
     try:
-        folder = tempfile.mkdtemp(dir=parent, suffix=".fix",
-                                  prefix=f".{os.path.basename(dst)}.vhdtool-{os.getpid()}.")
+        lock, folder = atomicfile.create_work_folder(dst)
     except OSError as e:
         raise ConvertError(f"{dst}: cannot make a temporary folder in {parent}: "
                            f"{e.strerror}") from e
+    state = _State()
     try:
-        return _fix(src, dst, opts, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            return _fix(src, dst, opts, folder, state)
+        finally:
+            with deferred_signals():
+                atomicfile.remove_work_folder(lock, folder)
+    except KeyboardInterrupt as e:
+        if state.published and not isinstance(e, InterruptedAfterOutput):
+            raise InterruptedAfterOutput(exit_code(e) - 128, dst) from e
+        if not state.published and isinstance(e, InterruptedAfterOutput):
+            # the conversion's output was complete -- in the temporary folder, now removed
+            raise Terminated(e.signum) from e
+        raise
 
 
-def _fix(src: str, dst: str, opts: FixOptions, folder: str) -> FixRun:
+@dataclass
+class _State:
+    published: bool = False
+    #: seconds of each step, in order (``vhdtool -v fix`` prints them)
+    timing: dict[str, float] = field(default_factory=dict)
+    t: float = field(default_factory=time.perf_counter)
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timing[name] = self.timing.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _fix(src: str, dst: str, opts: FixOptions, folder: str, state: _State) -> FixRun:
     engine = OverlayEngine(folder, progress=opts.progress is not False, timeout=opts.timeout)
     seen: list[Context] = []
     try:
         before = pipeline.run(src, opts.profile, opts.fmt, opts.select, opts.ignore,
                               guest_engine=engine, collect=lambda ctx: seen.append(ctx) or {})
+        state.step("before")
         ctx = seen[0]
         if ctx.guest_requested and ctx.guest is None:
             raise GuestUnopenable(f"{src}: the guest cannot be opened, so nothing can be fixed "
@@ -248,31 +276,39 @@ def _fix(src: str, dst: str, opts: FixOptions, folder: str) -> FixRun:
         if ctx.guest is None:
             ctx = replace(ctx, guest=Guest(_NoGuest()))
         plan = plan_fixes(before.results, ctx, unsafe=opts.unsafe, generalize=opts.generalize)
+        state.step("plan")
         if opts.diff:
             from vhdtool.checks.fixes import render_diff
-            return FixRun(before, plan, diff=render_diff(plan))
+            return FixRun(before, plan, diff=render_diff(plan), extra={"timing": state.timing})
         if plan.applied:
             apply(plan, engine, notice)
+            state.step("commit")
     finally:
         engine.release()
+    state.step("shutdown")
     changed = bool(plan.applied) and engine.overlay is not None
     source, fmt = (engine.overlay, "qcow2") if changed else (src, opts.fmt)
     tmp = os.path.join(folder, os.path.basename(dst))
     converted = convert(source, tmp, fmt=fmt, digests=opts.digests, progress=opts.progress,
                         sync=opts.sync)
+    state.step("convert")
     after = pipeline.run(tmp, opts.profile, "vpc", opts.select, opts.ignore,
                          guest_engine=_recheck_engine(opts.timeout, opts.progress is not False),
                          collect=opts.collect)
     after = replace(after, image=dst)
+    state.step("recheck")
     try:
         with deferred_signals():     # named, or not: never "interrupted" half-way
             atomicfile.publish(tmp, dst, opts.force)
+            state.published = True
             if opts.sync:
                 atomicfile.fsync_dir(os.path.dirname(os.path.abspath(dst)))
     except FileExistsError as e:
         raise ConvertError(f"{dst}: appeared during the fix; nothing was written under that "
                            "name") from e
-    return FixRun(before, plan, converted=converted, after=after)
+    state.step("publish")
+    return FixRun(before, plan, converted=converted, after=after,
+                  extra={"timing": dict(state.timing)})
 
 
 def _recheck_engine(timeout: float, progress: bool) -> Any:
