@@ -68,7 +68,13 @@ def failed(report: dict) -> dict[str, list[tuple[str, str | None]]]:
             for r in report["results"] if r["verdict"] == "fail"}
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+#: through the command line and libguestfs: every recipe that fails a check, and the base's three
+#: flawless layouts; test_engines_differential holds every recipe to its declaration on both
+#: engines (libguestfs == native == declared), so the other layouts are not launched a third time
+CLI_RECIPES = sorted({n for n, r in RECIPES.items() if r.fails} | {"good", "gen1-mbr", "specialized"})
+
+
+@pytest.mark.parametrize("name", CLI_RECIPES)
 def test_recipe_fails_exactly_its_flaws(name: str, fixture_image) -> None:
     path = fixture_image(name)
     recipe = RECIPES[name]
