@@ -260,6 +260,10 @@ class GuestFacts:
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "i386", 0x28: "arm", 0xF3: "riscv64"}
 INITRAMFS_NAMES = ("/boot/initrd.img-{v}", "/boot/initramfs-{v}.img", "/boot/initrd-{v}",
                    "/boot/initramfs-{v}")
+#: Boot Loader Specification type-1 entries: ``$BOOT/loader/entries`` where $BOOT is the XBOOTLDR
+#: partition or the ESP, mounted at /boot, /boot/efi or /efi (systemd-boot's bootctl and
+#: kernel-install look in that order; Debian's systemd-boot writes them to the ESP)
+BLS_ENTRY_DIRS = ("/boot/loader/entries", "/boot/efi/loader/entries", "/efi/loader/entries")
 BOOTLOADER_FILES = ("/etc/default/grub", "/boot/grub/grub.cfg", "/boot/grub2/grub.cfg",
                     "/boot/grub/grubenv", "/boot/grub2/grubenv", "/etc/kernel/cmdline")
 
@@ -334,7 +338,8 @@ def _kernels(g: Guest) -> tuple[Kernel, ...]:
 
 def _bootloader_files(g: Guest) -> tuple[str, ...]:
     files = [p for p in BOOTLOADER_FILES if g.is_file(p)]
-    files += g.glob("/boot/loader/entries", r".+\.conf")
+    for d in BLS_ENTRY_DIRS:
+        files += g.glob(d, r".+\.conf")
     for esp in ("/boot/efi/EFI", "/efi/EFI"):
         for vendor in g.list_dir(esp):
             files += g.glob(f"{esp}/{vendor}", r"grub\.cfg")

@@ -39,6 +39,18 @@ def _grub_with(cmdline: str) -> dict[str, str]:
             DEFAULT_GRUB: f'GRUB_CMDLINE_LINUX="{cmdline}"\n'}
 
 
+#: Debian's systemd-boot: no GRUB, a BLS type-1 entry on the ESP (kernel-install, entry token
+#: "debian"); the command line is in its ``options`` lines (concatenated) only
+BLS_ESP_ENTRY = f"/boot/efi/loader/entries/debian-{KVER}.conf"
+
+
+def _systemd_boot(*options: str) -> dict[str, str | None]:
+    return {GRUB_CFG: None, DEFAULT_GRUB: None, "/boot/efi/EFI/debian/grub.cfg": None,
+            BLS_ESP_ENTRY: f"title Debian GNU/Linux 12 (bookworm)\nversion {KVER}\n"
+                           + "".join(f"options {o}\n" for o in options)
+                           + f"linux /debian/{KVER}/linux\ninitrd /debian/{KVER}/initrd.img-{KVER}\n"}
+
+
 #: Ubuntu's cloud images: the console in a grub.d drop-in, the recovery entry without it
 CLOUDIMG_CFG = "/etc/default/grub.d/50-cloudimg-settings.cfg"
 UBUNTU_GRUB = {
@@ -92,22 +104,27 @@ CMDLINE_ARGS = (
         rationale="console=ttyS0 sends kernel and boot messages to the serial console, the only "
                   "view of a VM that does not boot (boot diagnostics, serial console). Judged on "
                   "the default grub.cfg entries and on GRUB_CMDLINE_LINUX[_DEFAULT] as "
-                  "grub-mkconfig composes them from /etc/default/grub and grub.d/*.cfg.",
-        source=("MKT: test 40", "GEN"),
+                  "grub-mkconfig composes them from /etc/default/grub and grub.d/*.cfg, and on "
+                  "the options of BLS entries (systemd-boot; on the ESP or /boot).",
+        source=("MKT: test 40", "GEN", "BLS"),
         remediation="Add console=ttyS0 to GRUB_CMDLINE_LINUX in /etc/default/grub (or where a "
                     "/etc/default/grub.d/*.cfg drop-in sets it last) and regenerate grub.cfg "
                     "(update-grub / grub2-mkconfig).",
         passes=(Example("console=ttyS0,115200 on both",
                         files=_grub_with("console=ttyS0,115200")),
                 Example("Ubuntu cloud image: in GRUB_CMDLINE_LINUX_DEFAULT of "
-                        "grub.d/50-cloudimg-settings.cfg", files=UBUNTU_GRUB)),
+                        "grub.d/50-cloudimg-settings.cfg", files=UBUNTU_GRUB),
+                Example("systemd-boot: in the second options line of the BLS entry on the ESP",
+                        files=_systemd_boot("root=UUID=x ro", "console=tty1 console=ttyS0"))),
         fails=(Example("grub.cfg regenerated without it",
                        files={GRUB_CFG: f"menuentry 'x' {{\n\tlinux\t/boot/vmlinuz-{KVER} ro "
                                         "quiet\n}\n"}),
                Example("only tty0", files=_grub_with("console=tty0")),
                Example("a later grub.d file sets GRUB_CMDLINE_LINUX_DEFAULT without it",
                        files={**UBUNTU_GRUB, "/etc/default/grub.d/99-local.cfg":
-                              'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'})),
+                              'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'}),
+               Example("systemd-boot: the BLS entry on the ESP without it",
+                       files=_systemd_boot("root=UUID=x ro quiet"))),
         args=(("console", "ttyS0"),)),
     KernelArgs(
         id="guest.cmdline.rootdelay", title="earlyprintk=ttyS0 and rootdelay=300 are set",

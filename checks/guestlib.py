@@ -12,8 +12,8 @@ References:
     grub.cfg); grub-mkconfig sources ``/etc/default/grub`` then ``/etc/default/grub.d/*.cfg``
     (Debian/Ubuntu; read with :mod:`checks.shellvars`), and ``10_linux`` gives the default
     entries ``GRUB_CMDLINE_LINUX GRUB_CMDLINE_LINUX_DEFAULT``, the recovery entries only
-    ``GRUB_CMDLINE_LINUX``; Boot Loader Specification (``options`` in
-    ``/boot/loader/entries/*.conf``), grubenv
+    ``GRUB_CMDLINE_LINUX``; Boot Loader Specification (``options`` lines, concatenated, in
+    ``$BOOT/loader/entries/*.conf``, $BOOT at /boot, /boot/efi or /efi), grubenv
     ``kernelopts`` (RHEL 8), kernel-install(8) ``/etc/kernel/cmdline``.
   - modprobe.d(5): ``blacklist <mod>``, ``install <mod> /bin/true|/bin/false``; directories
     ``/etc/modprobe.d``, ``/lib/modprobe.d``, ``/usr/lib/modprobe.d``, ``/run/modprobe.d``.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .catalog import Context, Finding, NotApplicable
-from .guest import Guest, Kernel, module_name
+from .guest import BLS_ENTRY_DIRS, Guest, Kernel, module_name
 from .initramfs import InitramfsError, read_initramfs
 from .shellvars import ShellVars
 
@@ -250,16 +250,27 @@ class Cmdlines:
     unevaluated: list[str]       #: sources that could not be read statically, and why
 
 
+def bls_cmdlines(g: Guest) -> list[Cmdline]:
+    """One command line per BLS type-1 entry: its ``options`` lines, concatenated (the spec allows
+    several), in every place $BOOT may be mounted (:data:`checks.guest.BLS_ENTRY_DIRS`)."""
+    out = []
+    for d in BLS_ENTRY_DIRS:
+        for path in g.glob(d, r".+\.conf"):
+            opts = [(no, (line.split(None, 1) + [""])[1])
+                    for no, line in g.lines(path) if line.split(None, 1)[0] == "options"]
+            if opts:
+                args = _split(" ".join(text for _, text in opts))
+                out.append(Cmdline(path, opts[0][0], args, "BLS options"))
+    return out
+
+
 def _all_cmdlines(g: Guest) -> Cmdlines:
     out: list[Cmdline] = []
     for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"):
         out += _grub_cfg_lines(g, path)
     defaults, unevaluated = _default_grub(g)
     out += defaults
-    for path in g.glob("/boot/loader/entries", r".+\.conf"):
-        for no, line in g.lines(path):
-            if line.startswith("options"):
-                out.append(Cmdline(path, no, _split(line[len("options"):]), "BLS options"))
+    out += bls_cmdlines(g)
     for path in ("/boot/grub2/grubenv", "/boot/grub/grubenv"):
         for no, line in g.lines(path):
             if line.startswith("kernelopts="):

@@ -153,6 +153,8 @@ REFERENCES: dict[str, Reference] = {
     "QEMU-VPC": Reference("QEMU block/vpc.c (vpc_open: the size each creator's VHD is read at)",
                           "https://gitlab.com/qemu-project/qemu/-/blob/master/block/vpc.c"),
     "UEFI": Reference("UEFI Specification 2.10", "https://uefi.org/specs/UEFI/2.10/"),
+    "BLS": Reference("UAPI Group: Boot Loader Specification (type #1 entries, options)",
+                     "https://uapi-group.org/specifications/specs/boot_loader_specification/"),
 }
 
 

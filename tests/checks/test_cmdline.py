@@ -164,3 +164,28 @@ def test_conditional_drop_in_is_not_guessed() -> None:
     ctx = ctx_of(files)
     assert not [c for c in cmdlines(ctx) if c.what.startswith("GRUB_CMDLINE")]
     assert run_check(CONSOLE, ctx).verdict is Verdict.PASS      # grub.cfg has it
+
+
+# -- BLS type-1 entries (systemd-boot) -------------------------------------------------------------
+
+NO_GRUB = {GRUB_CFG: None, DEFAULT_GRUB: None, "/boot/efi/EFI/debian/grub.cfg": None}
+
+
+@pytest.mark.parametrize("boot", ["/boot", "/boot/efi", "/efi"])
+def test_bls_entries_are_read_wherever_boot_is_mounted(boot: str) -> None:
+    """$BOOT (XBOOTLDR or the ESP) at /boot, /boot/efi or /efi; options lines concatenated."""
+    entry = f"{boot}/loader/entries/debian-{KVER}.conf"
+    files = {**NO_GRUB, entry: f"title Debian\nversion {KVER}\noptions root=UUID=x ro\n"
+                               f"linux /debian/{KVER}/linux\noptions\tconsole=ttyS0,115200\n"}
+    (c,) = cmdlines(ctx_of(files))
+    assert (c.path, c.line, c.what) == (entry, 3, "BLS options")
+    assert c.args == ("root=UUID=x", "ro", "console=ttyS0,115200")
+    assert console(files).verdict is Verdict.PASS
+    files[entry] = f"title Debian\noptions root=UUID=x ro quiet\nlinux /debian/{KVER}/linux\n"
+    r = console(files)
+    assert r.verdict is Verdict.FAIL and r.findings[0].evidence == f"{entry}:2"
+
+
+def test_without_any_bootloader_configuration_the_console_check_skips() -> None:
+    r = console({**NO_GRUB, "/etc/kernel/cmdline": None})
+    assert r.verdict is Verdict.SKIP and "no bootloader configuration" in r.reason

@@ -3,7 +3,9 @@
 For each recipe (fixtures/recipes.py) the whole catalog runs twice, once per engine, on the same
 image: every check's id, verdict, reason and findings (message, evidence, fix) must be equal, and
 so must the guest facts both engines derive (filesystems with UUID/LABEL/PARTUUID/mountpoint,
-kernels, bootloader files, fstab). libguestfs is the reference: it reads through the Linux kernel.
+kernels, bootloader files, fstab), and the checks that fail are exactly the recipe's declared
+`fails` (plus disk.convert.needed: raw). libguestfs is the reference: it reads through the Linux
+kernel.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def test_native_equals_guestfs(name: str, fixture_image, fixture_info) -> None:
     assert not [cid for cid, v in native.items() if v[0] == Verdict.ERROR.value]
     assert differences(native, ref) == {}
     assert native_facts == ref_facts
+    # exactly the recipe's declared failures, and no finding elsewhere (at any severity)
+    declared = RECIPES[name].fails | {"disk.convert.needed"}
+    assert {cid for cid, v in native.items() if v[0] == Verdict.FAIL.value} == declared
+    assert {cid for cid, v in native.items() if v[2]} == declared
 
 
 #: trees the catalog reads; every entry's lstat, link target and (small files) content compared
@@ -58,7 +64,7 @@ def _walk(view, top: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["good", "lvm-xfs"])
+@pytest.mark.parametrize("name", ["good", "lvm-xfs", "btrfs-subvol", "systemd-boot"])
 def test_views_agree_entry_by_entry(name: str, fixture_image) -> None:
     """Below the checks: every entry of the trees the catalog reads, stat by stat, byte by byte."""
     from vhdtool import guestfs_engine as ge
