@@ -29,7 +29,7 @@ from typing import Any
 from .catalog import Context, Finding, NotApplicable, Result
 from .cloudinit import CLOUD_CFG_D
 from .fixes import Change, Fix, NotFixable, RunProgram, Safety, Symlink, WriteFile
-from .guest import Guest
+from .guest import BLS_ENTRY_DIRS, Guest
 from .guestlib import CMDLINE_VARS, DEFAULT_GRUB, grub_defaults
 
 # -- lines of text files --------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def cmdline_changes(g: Guest, add: Sequence[Arg] = (), remove: Sequence[str] = (
         if g.is_file(path):
             out += edit_file(g, path, _edit_prefixed(LINUX, add, remove))
     bls = re.compile(r"^(\s*options)(.*?)(\s*)$")
-    for path in g.glob("/boot/loader/entries", r".+\.conf"):
+    for path in (p for d in BLS_ENTRY_DIRS for p in g.glob(d, r".+\.conf")):
         out += edit_file(g, path, _edit_prefixed(bls, add, remove))
     for path in GRUBENVS:
         if g.is_file(path) and any(ln.startswith("kernelopts=") for _, ln in g.lines(path)):
