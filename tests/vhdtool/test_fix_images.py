@@ -275,7 +275,7 @@ def test_the_fixed_image_boots_to_a_serial_login(name: str, firmware: boot.Firmw
     overlay = tmp_path / "overlay.qcow2"
     root = fixture_info(name)["disk"]["filesystems"]["root"]["device"]
     boot.make_overlay(f.dst, root, overlay, fmt="vpc")
-    result = boot.boot(overlay, firmware, tmp_path, timeout=420)
+    result = boot.boot(overlay, firmware, tmp_path, timeout=420, ready_rx=boot.LOGIN)
     record_property("banner_seconds", result.banner_seconds)
     record_property("ready_seconds", result.ready_seconds)
     print(f"{name} {firmware.name}: banner {result.banner_seconds} s, ready {result.ready_seconds} s")
