@@ -1,7 +1,10 @@
-"""``vhdtool fix`` on the real fixture images (one appliance launch each): the flawed images lose
-every finding that has a fix, the good image comes out with SRC's data byte for byte (qemu-img
-compare), both engines agree on a fixed image, SRC is never modified (sha256 and mtime), and a fix
-that fails or a signal leaves no DST and no temporary file."""
+"""``vhdtool fix`` on the real fixture images (one appliance launch each; each flawed image is
+fixed once per module and the result reused): the flawed images lose every finding that has a fix
+(or its fix says why the guest is not fixable), the rebuilt initramfs holds the Hyper-V drivers,
+both engines agree on the fixed images, the fixed Gen1 image boots under SeaBIOS and a fixed Gen2
+image under OVMF and OVMF Secure Boot to a serial login prompt, the good image comes out with SRC's
+data byte for byte (qemu-img compare), SRC is never modified (sha256 and mtime), and a fix that
+fails or a signal leaves no DST and no temporary file."""
 
 from __future__ import annotations
 
