@@ -2,11 +2,22 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.shared import shared_path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A runner started in the background (`cmd &` in a script, nohup) passes SIGINT and SIGHUP on
+    # to its children ignored, and vhdtool, like any program, keeps an inherited ignore: the tests
+    # that send those signals to a vhdtool child need them delivered as from a terminal.
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 SAMPLES = shared_path("samples")
 
