@@ -36,8 +36,8 @@ def expected(recipe: Recipe) -> dict:
                  and e.path == "etc/default/grub"), DEFAULT_GRUB)
     if recipe.os_state == "specialized" or "deprov.ssh-hostkeys" in recipe.flaws:
         state = "Specialized"                 # host keys kept: the image keeps its identity
-    elif "prov.agent" in recipe.flaws:
-        state = None                          # no provisioner, nothing kept: neither
+    elif "prov.agent" in recipe.flaws or "prov.waagent.enabled" in recipe.flaws:
+        state = None                          # no provisioner (or no agent), nothing kept
     else:
         state = "Generalized"
     return {
@@ -45,7 +45,7 @@ def expected(recipe: Recipe) -> dict:
         "os_state": state,
         # every UEFI recipe installs Debian's Microsoft-signed shim (grub-install
         # --uefi-secure-boot, copied to EFI/BOOT/BOOTX64.EFI)
-        "trusted_launch": lay.uefi,
+        "trusted_launch": lay.uefi and lay.boot != "systemd-boot",   # systemd-boot: unsigned
         "nvme": lay.uefi and lay.fstab == "uuid" and "nvme_core.io_timeout=240" in grub,
     }
 
